@@ -1,0 +1,174 @@
+# engram - one GNU Makefile.
+#   make            library (static + shared) and the engram CLI, in build/
+#   make test       the test suite (ends with "N passed, N failed")
+#   make asan       the test suite under AddressSanitizer + UBSan (build-asan/)
+#   make bench      benchmarks, numbers against a peer in the same script
+#   make fuzz       libFuzzer targets (clang), short runs
+#   make format     clang-format the sources
+#   make clean
+# Options: CUDA=0/1 (default: 1 when nvcc exists), CI=true adds -Werror,
+#          V=1 shows commands, BUILD=dir picks the output folder.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+BUILD ?= build
+CC ?= cc
+CXX ?= c++
+NVCC ?= nvcc
+PKG_CONFIG ?= pkg-config
+PYTHON ?= /usr/bin/python3
+
+ifeq ($(origin CC),default)
+CC := cc
+endif
+ifeq ($(origin CXX),default)
+CXX := c++
+endif
+
+Q := $(if $(V),,@)
+
+# ---- dependency probes ------------------------------------------------------
+# Each probe yields CFLAGS/LIBS for one dependency, or marks it missing.
+pc_ok = $(shell $(PKG_CONFIG) --exists $(1) 2>/dev/null && echo yes)
+pc_cflags = $(shell $(PKG_CONFIG) --cflags $(1) 2>/dev/null)
+pc_libs = $(shell $(PKG_CONFIG) --libs $(1) 2>/dev/null)
+# A trial compile and link for libraries without a .pc file.
+try_link = $(shell printf '#include <$(1)>\nint main(void){return 0;}\n' | \
+             $(CC) -x c - -o /dev/null $(2) >/dev/null 2>&1 && echo yes)
+
+HAVE_ICU := $(call pc_ok,icu-uc icu-i18n)
+ICU_CFLAGS := $(call pc_cflags,icu-uc icu-i18n)
+ICU_LIBS := $(if $(HAVE_ICU),$(call pc_libs,icu-uc icu-i18n),)
+
+HAVE_SPM := $(or $(call pc_ok,sentencepiece),$(shell printf '#include <sentencepiece_processor.h>\nint main(){return 0;}\n' | $(CXX) -x c++ - -o /dev/null -lsentencepiece >/dev/null 2>&1 && echo yes))
+SPM_LIBS := $(if $(call pc_ok,sentencepiece),$(call pc_libs,sentencepiece),-lsentencepiece)
+
+HAVE_LMDB := $(or $(call pc_ok,lmdb),$(call try_link,lmdb.h,-llmdb))
+LMDB_LIBS := $(if $(call pc_ok,lmdb),$(call pc_libs,lmdb),-llmdb)
+
+HAVE_ZLIB := $(or $(call pc_ok,zlib),$(call try_link,zlib.h,-lz))
+ZLIB_LIBS := $(if $(call pc_ok,zlib),$(call pc_libs,zlib),-lz)
+
+HAVE_ZSTD := $(or $(call pc_ok,libzstd),$(call try_link,zstd.h,-lzstd))
+ZSTD_LIBS := $(if $(call pc_ok,libzstd),$(call pc_libs,libzstd),-lzstd)
+
+HAVE_JANSSON := $(or $(call pc_ok,jansson),$(call try_link,jansson.h,-ljansson))
+JSON_LIBS := $(if $(call pc_ok,jansson),$(call pc_libs,jansson),-ljansson)
+
+HAVE_ONIG := $(or $(call pc_ok,oniguruma),$(call try_link,oniguruma.h,-lonig))
+ONIG_LIBS := $(if $(call pc_ok,oniguruma),$(call pc_libs,oniguruma),-lonig)
+
+HAVE_OPENMP := $(shell printf '#include <omp.h>\nint main(void){return omp_get_max_threads() < 0;}\n' | \
+                 $(CC) -fopenmp -x c - -o /dev/null >/dev/null 2>&1 && echo yes)
+
+HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo yes)
+ifeq ($(origin CUDA),undefined)
+CUDA := $(if $(HAVE_NVCC),1,0)
+endif
+
+# What this stage of the project links. Required ones stop the build when
+# missing; the rest are reported for the stages that will need them.
+REQUIRED := JANSSON OPENMP
+MISSING := $(foreach d,$(REQUIRED),$(if $(HAVE_$(d)),,$(d)))
+
+mark = $(if $(1),✓,✗)
+.PHONY: deps
+deps:
+	@echo "dependencies:"
+	@echo "  $(call mark,$(HAVE_ICU)) ICU            $(if $(HAVE_ICU),$(shell $(PKG_CONFIG) --modversion icu-uc),libicu-dev)"
+	@echo "  $(call mark,$(HAVE_SPM)) sentencepiece  $(if $(HAVE_SPM),,libsentencepiece-dev)"
+	@echo "  $(call mark,$(HAVE_LMDB)) LMDB           $(if $(HAVE_LMDB),,liblmdb-dev)"
+	@echo "  $(call mark,$(HAVE_ZLIB)) zlib           $(if $(HAVE_ZLIB),,zlib1g-dev)"
+	@echo "  $(call mark,$(HAVE_ZSTD)) zstd           $(if $(HAVE_ZSTD),,libzstd-dev)"
+	@echo "  $(call mark,$(HAVE_JANSSON)) jansson        $(if $(HAVE_JANSSON),,libjansson-dev)"
+	@echo "  $(call mark,$(HAVE_ONIG)) oniguruma      $(if $(HAVE_ONIG),,libonig-dev)"
+	@echo "  $(call mark,$(HAVE_OPENMP)) OpenMP"
+	@echo "  $(call mark,$(filter 1,$(CUDA))) CUDA           $(if $(HAVE_NVCC),nvcc found,no nvcc)$(if $(filter 1,$(CUDA)),, (CUDA=0))"
+	@echo "  missing packages: scripts/install-deps.sh installs them"
+
+# ---- flags ------------------------------------------------------------------
+WARN := -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+        -Wformat=2 -Wvla -Wundef -Wpointer-arith -Wcast-qual -Wwrite-strings \
+        -Wold-style-definition -Wnull-dereference -Wdouble-promotion
+ifeq ($(CI),true)
+WARN += -Werror
+endif
+OPT ?= -O2
+# No fast-math anywhere: the reference paths are exact.
+CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) -g -fPIC -fopenmp $(WARN) \
+              -Iinclude -Ibase $(CFLAGS) $(EXTRA_CFLAGS)
+LDLIBS_ALL := $(JSON_LIBS) -fopenmp -lm $(LDLIBS) $(EXTRA_LDLIBS)
+
+# ---- sources ----------------------------------------------------------------
+LIB_SRC := $(wildcard base/*.c) $(wildcard tokenizer/*.c) $(wildcard tables/*.c) \
+           $(wildcard runtime/*.c) $(wildcard prep/*.c)
+CLI_SRC := $(wildcard cli/*.c)
+TEST_SRC := $(wildcard tests/*.c)
+HDRS := $(wildcard include/engram/*.h base/*.h cli/*.h tests/*.h)
+
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
+
+LIB_A := $(BUILD)/libengram.a
+LIB_SO := $(BUILD)/libengram.so
+ENGRAM := $(BUILD)/engram
+TESTS := $(BUILD)/engram-tests
+
+.PHONY: all check-deps test asan bench fuzz format clean demo
+all: check-deps $(LIB_A) $(LIB_SO) $(ENGRAM)
+
+check-deps:
+ifneq ($(strip $(MISSING)),)
+	@$(MAKE) --no-print-directory deps
+	@echo "error: missing required dependencies: $(MISSING); run scripts/install-deps.sh" >&2
+	@exit 1
+endif
+
+$(BUILD)/obj/%.o: %.c $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  CC    $<")
+	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(LIB_A): $(LIB_OBJ)
+	$(if $(Q),@echo "  AR    $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(LIB_SO): $(LIB_OBJ)
+	$(if $(Q),@echo "  LD    $@")
+	$(Q)$(CC) -shared -o $@ $^ $(LDLIBS_ALL)
+
+$(ENGRAM): $(CLI_OBJ) $(LIB_A)
+	$(if $(Q),@echo "  LD    $@")
+	$(Q)$(CC) -o $@ $(CLI_OBJ) $(LIB_A) $(LDLIBS_ALL) $(LDFLAGS)
+
+$(TESTS): $(TEST_OBJ) $(LIB_A)
+	$(if $(Q),@echo "  LD    $@")
+	$(Q)$(CC) -o $@ $(TEST_OBJ) $(LIB_A) $(LDLIBS_ALL) $(LDFLAGS)
+
+# The test runner finds the CLI through ENGRAM_BIN and ../shared through
+# ENGRAM_SHARED (default: ../shared beside the checkout; skipped when absent).
+test: all $(TESTS)
+	$(Q)ENGRAM_BIN=$(ENGRAM) ./$(TESTS) $(TEST_ARGS)
+
+asan:
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
+	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all -DEG_NO_CLONES" \
+	  EXTRA_LDLIBS="-fsanitize=address,undefined" test
+
+bench: all
+	$(Q)$(PYTHON) scripts/bench_hash.py --engram $(ENGRAM)
+
+fuzz:
+	$(Q)scripts/fuzz.sh
+
+demo: all
+	$(Q)scripts/demo.sh
+
+format:
+	clang-format -i $(wildcard include/engram/*.h base/*.[ch] tokenizer/*.[ch] tables/*.[ch] \
+	  runtime/*.[ch] prep/*.[ch] cli/*.[ch] tests/*.[ch])
+
+clean:
+	rm -rf build build-asan build-fuzz

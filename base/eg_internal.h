@@ -1,0 +1,31 @@
+/* eg_internal.h - helpers shared by the library's modules (not installed). */
+#ifndef ENGRAM_EG_INTERNAL_H
+#define ENGRAM_EG_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engram/eg_base.h"
+
+#if defined(__GNUC__)
+#define EG_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define EG_PRINTF(a, b)
+#endif
+
+/* Fill `err` (if non-NULL) with `code` and a formatted message; return code. */
+eg_status eg_fail(eg_err *err, eg_status code, const char *fmt, ...) EG_PRINTF(3, 4);
+
+/* a * b into *out, returning 0 on overflow. */
+static inline int eg_mul_ok(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+
+static inline int eg_add_ok(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_add_overflow(a, b, out);
+}
+
+#endif

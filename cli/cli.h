@@ -1,0 +1,69 @@
+/* cli.h - shared helpers of the engram command (not part of the library). */
+#ifndef ENGRAM_CLI_H
+#define ENGRAM_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engram/engram.h"
+
+#if defined(__GNUC__)
+#define CLI_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define CLI_PRINTF(a, b)
+#endif
+
+/* The subcommand's name, for messages ("engram hash: error: ..."). */
+extern const char *cli_cmd;
+
+/* Print "engram CMD: error: MSG" to stderr; returns 1 (the exit status). */
+int cli_error(const char *fmt, ...) CLI_PRINTF(1, 2);
+/* Same with an eg_err's message. */
+int cli_fail(const eg_err *err);
+void cli_note(const char *fmt, ...) CLI_PRINTF(1, 2);
+
+double cli_now(void);
+double cli_peak_rss_mib(void);
+
+/* Parse a non-negative integer with an optional k/M/G suffix (powers of 1000
+ * for counts). Returns 0 on success. */
+int cli_parse_u64(const char *s, uint64_t *out);
+
+/* Read a whole file of little-endian uint32 values. `what` names it in
+ * errors ("projection"). Returns 0 or prints an error and returns 1. */
+int cli_read_u32_file(const char *path, const char *what, uint32_t **out, size_t *n);
+
+/* An output written to a temporary name and renamed into place when
+ * complete; "-" is standard output (refused when it is a terminal). */
+typedef struct cli_out {
+    FILE *f;
+    char *final_path;
+    char *tmp_path;
+    int is_stdout;
+} cli_out;
+
+int cli_out_open(cli_out *o, const char *path);
+int cli_out_write(cli_out *o, const void *buf, size_t n);
+int cli_out_commit(cli_out *o); /* flush, fsync, rename; 0 on success */
+void cli_out_abort(cli_out *o); /* close and remove the temporary file */
+
+/* Config + V' + projection as the subcommands take them. */
+typedef struct cli_model {
+    eg_config cfg;
+    const char *config_path;
+    uint32_t *proj; /* NULL: ids are already compressed (identity) */
+    size_t n_proj;
+    uint64_t vprime;
+    int64_t pad_compressed;
+    eg_spec *spec;
+} cli_model;
+
+/* Load --config, then --projection or --compressed-vocab (V'; 0 = take the
+ * config's declared compressed_vocab_size), and build the spec. */
+int cli_model_load(cli_model *m, const char *config, const char *projection, uint64_t vprime);
+void cli_model_free(cli_model *m);
+
+int cmd_spec(int argc, char **argv);
+int cmd_hash(int argc, char **argv);
+
+#endif

@@ -1,0 +1,44 @@
+/* main.c - the engram command: one binary, subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char main_usage[] =
+    "usage: engram <command> [options]   (engram <command> --help for details)\n"
+    "\n"
+    "Engram conditional-memory tables, bit-exact with the reference.\n"
+    "\n"
+    "commands:\n"
+    "  spec     multipliers, primes, row offsets and table sizes of a config\n"
+    "  hash     hash token ids into per-head indices or table rows\n"
+    "  version  print the version\n";
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(main_usage, stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        fputs(main_usage, stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("engram %s\n", eg_version());
+        return 0;
+    }
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {{"spec", cmd_spec}, {"hash", cmd_hash}};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(cmd, cmds[i].name)) {
+            cli_cmd = cmds[i].name;
+            return cmds[i].fn(argc - 1, argv + 1);
+        }
+    fprintf(stderr, "engram: unknown command '%s'\n\n", cmd);
+    fputs(main_usage, stderr);
+    return 2;
+}

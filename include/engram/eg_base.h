@@ -1,0 +1,60 @@
+/*
+ * eg_base.h - status codes, error reports and version of libengram.
+ *
+ * Conventions used by every public header of libengram:
+ *  - Every fallible call returns an eg_status: 0 (EG_OK) on success, a negative
+ *    EG_E* code on failure.
+ *  - Calls that have no handle to keep an error message take an optional
+ *    `eg_err *err` as their last argument. When it is non-NULL and the call
+ *    fails, err->code and err->msg (a one-line, NUL-terminated English message,
+ *    naming the file and position where there is one) are filled in. On success
+ *    `err` is left untouched. Passing NULL is always allowed.
+ *  - Handle-owning objects (created by eg_X_create/eg_X_open) are released by
+ *    eg_X_free/eg_X_close, which accept NULL.
+ *  - The library never prints and never exits; it allocates with malloc and
+ *    reports EG_ENOMEM when that fails.
+ */
+#ifndef ENGRAM_EG_BASE_H
+#define ENGRAM_EG_BASE_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define EG_VERSION_MAJOR 0
+#define EG_VERSION_MINOR 1
+#define EG_VERSION_PATCH 0
+#define EG_VERSION_STRING "0.1.0"
+
+typedef int eg_status;
+
+enum {
+    EG_OK = 0,
+    EG_EINVAL = -1,       /* an argument is invalid (NULL, zero length, bad flag) */
+    EG_ECONFIG = -2,      /* a configuration is missing a field or has a bad value */
+    EG_EIO = -3,          /* reading or writing a file failed */
+    EG_ENOMEM = -4,       /* an allocation failed */
+    EG_ERANGE = -5,       /* a value is out of range (id >= vocabulary, overflow) */
+    EG_EFORMAT = -6,      /* a file's contents are malformed (length, header, JSON) */
+    EG_ECAPACITY = -7,    /* a caller buffer is too small */
+    EG_EUNSUPPORTED = -8, /* valid input that this build does not handle */
+    EG_EMISMATCH = -9     /* two inputs disagree (declared vs computed size, ...) */
+};
+
+#define EG_ERR_MSG_MAX 512
+
+typedef struct eg_err {
+    eg_status code;
+    char msg[EG_ERR_MSG_MAX];
+} eg_err;
+
+/* A static, human-readable name for a status code ("invalid argument", ...). */
+const char *eg_status_str(eg_status s);
+
+/* The library's version string, e.g. "0.1.0". */
+const char *eg_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

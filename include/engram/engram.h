@@ -1,0 +1,10 @@
+/* engram.h - everything public in libengram. */
+#ifndef ENGRAM_ENGRAM_H
+#define ENGRAM_ENGRAM_H
+#include "eg_base.h"
+#include "eg_config.h"
+#include "eg_contract.h"
+#include "eg_hash.h"
+#include "eg_projection.h"
+#include "eg_spec.h"
+#endif
