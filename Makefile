@@ -105,11 +105,13 @@ LIB_SRC := $(wildcard base/*.c) $(wildcard tokenizer/*.c) $(wildcard tables/*.c)
            $(wildcard runtime/*.c) $(wildcard prep/*.c)
 CLI_SRC := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/*.c)
-HDRS := $(wildcard include/engram/*.h base/*.h cli/*.h tests/*.h)
+BENCH_SRC := $(wildcard bench/*.c)
+HDRS := $(wildcard include/engram/*.h base/*.h cli/*.h tests/*.h runtime/*.h)
 
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/%)
 
 LIB_A := $(BUILD)/libengram.a
 LIB_SO := $(BUILD)/libengram.so
@@ -157,8 +159,12 @@ asan:
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all -DEG_NO_CLONES" \
 	  EXTRA_LDLIBS="-fsanitize=address,undefined" test
 
-bench: all
-	$(Q)$(PYTHON) scripts/bench_hash.py --engram $(ENGRAM)
+$(BUILD)/bench_%: $(BUILD)/obj/bench/bench_%.o $(LIB_A)
+	$(if $(Q),@echo "  LD    $@")
+	$(Q)$(CC) -o $@ $< $(LIB_A) $(LDLIBS_ALL) $(LDFLAGS)
+
+bench: all $(BENCH_BIN)
+	$(Q)$(PYTHON) scripts/bench_hash.py --engram $(ENGRAM) --bench-bin $(BUILD)/bench_hash
 
 fuzz:
 	$(Q)scripts/fuzz.sh
@@ -172,3 +178,5 @@ format:
 
 clean:
 	rm -rf build build-asan build-fuzz
+
+.SECONDARY:

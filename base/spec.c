@@ -132,8 +132,9 @@ void eg_spec_free(eg_spec *spec)
     free(spec);
 }
 
-eg_status eg_spec_create(const eg_config *cfg, uint64_t compressed_vocab,
-                         int64_t pad_compressed, eg_spec **out, eg_err *err)
+/* Validate the inputs and allocate an empty spec. */
+static eg_status spec_alloc(const eg_config *cfg, uint64_t compressed_vocab,
+                            int64_t pad_compressed, eg_spec **out, eg_err *err)
 {
     if (!cfg || !out)
         return eg_fail(err, EG_EINVAL, "eg_spec_create: NULL argument");
@@ -152,7 +153,6 @@ eg_status eg_spec_create(const eg_config *cfg, uint64_t compressed_vocab,
     if (pad_compressed >= 0 && (uint64_t)pad_compressed >= compressed_vocab)
         return eg_fail(err, EG_ERANGE, "projected pad id %lld is outside V' = %llu",
                        (long long)pad_compressed, (unsigned long long)compressed_vocab);
-
     eg_spec *s = calloc(1, sizeof *s);
     if (!s)
         return eg_fail(err, EG_ENOMEM, "out of memory");
@@ -167,64 +167,119 @@ eg_status eg_spec_create(const eg_config *cfg, uint64_t compressed_vocab,
     s->primes = calloc(L * s->H, sizeof *s->primes);
     s->offsets = calloc(L * s->H, sizeof *s->offsets);
     s->rows = calloc(L, sizeof *s->rows);
+    if (!s->mult || !s->primes || !s->offsets || !s->rows) {
+        eg_spec_free(s);
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    }
+    *out = s;
+    return EG_OK;
+}
+
+/* Row offsets and per-layer rows from the primes. */
+static eg_status spec_rows(eg_spec *s, eg_err *err)
+{
+    for (size_t li = 0; li < s->cfg.n_layers; li++) {
+        const uint64_t *pr = s->primes + li * s->H;
+        uint64_t *off = s->offsets + li * s->H, rows = 0;
+        for (uint32_t h = 0; h < s->H; h++) {
+            off[h] = rows;
+            if (!eg_add_ok(rows, pr[h], &rows))
+                return eg_fail(err, EG_ERANGE, "layer %u: row count overflows 64 bits",
+                               s->cfg.layer_ids[li]);
+        }
+        s->rows[li] = rows;
+        if (s->cfg.declared_rows[li] && s->cfg.declared_rows[li] != rows)
+            return eg_fail(err, EG_EMISMATCH,
+                           "layer %u: the config publishes %llu rows but the prime schedule "
+                           "gives %llu",
+                           s->cfg.layer_ids[li], (unsigned long long)s->cfg.declared_rows[li],
+                           (unsigned long long)rows);
+    }
+    return EG_OK;
+}
+
+/* The reference's prime schedule: one `seen` set across layers, orders and
+ * heads; each head takes the smallest unseen prime above the previous one. */
+static eg_status spec_primes(eg_spec *s, eg_err *err)
+{
+    const size_t L = s->cfg.n_layers;
     prime_set seen = {0};
     seen.cap = 64;
     while (seen.cap < 2 * L * s->H)
         seen.cap *= 2;
     seen.slot = calloc(seen.cap, sizeof *seen.slot);
-    if (!s->mult || !s->primes || !s->offsets || !s->rows || !seen.slot) {
-        free(seen.slot);
-        eg_spec_free(s);
+    if (!seen.slot)
         return eg_fail(err, EG_ENOMEM, "out of memory");
-    }
-
     for (size_t li = 0; li < L; li++) {
-        st = eg_multipliers(cfg->seed, cfg->layer_ids[li], compressed_vocab, s->N,
-                            s->mult + li * s->N, err);
-        if (st)
-            goto fail;
-        uint64_t *pr = s->primes + li * s->H, *off = s->offsets + li * s->H, rows = 0;
+        uint64_t *pr = s->primes + li * s->H;
         for (uint32_t n = 2; n <= s->N; n++) {
-            uint64_t start = cfg->engram_vocab_size[n - 2] - 1;
+            uint64_t start = s->cfg.engram_vocab_size[n - 2] - 1;
             for (uint32_t j = 0; j < s->K; j++) {
                 uint64_t c = start + 1;
-                while (!eg_is_prime_u64(c) || set_has(&seen, c)) {
-                    if (c >= (uint64_t)INT64_MAX) {
-                        st = eg_fail(err, EG_ERANGE, "no prime below 2^63 after %llu",
-                                     (unsigned long long)start);
-                        goto fail;
-                    }
-                    c++;
-                }
+                while (!eg_is_prime_u64(c) || set_has(&seen, c))
+                    c++; /* sizes are <= 2^62: a prime is always found */
                 set_add(&seen, c);
-                uint32_t h = (n - 2) * s->K + j;
-                pr[h] = c;
-                off[h] = rows;
-                if (!eg_add_ok(rows, c, &rows)) {
-                    st = eg_fail(err, EG_ERANGE, "layer %u: row count overflows 64 bits",
-                                 cfg->layer_ids[li]);
-                    goto fail;
-                }
+                pr[(n - 2) * s->K + j] = c;
                 start = c;
             }
         }
-        s->rows[li] = rows;
-        if (cfg->declared_rows[li] && cfg->declared_rows[li] != rows) {
-            st = eg_fail(err, EG_EMISMATCH,
-                         "layer %u: the config publishes %llu rows but the prime schedule "
-                         "gives %llu",
-                         cfg->layer_ids[li], (unsigned long long)cfg->declared_rows[li],
-                         (unsigned long long)rows);
-            goto fail;
-        }
     }
     free(seen.slot);
+    return EG_OK;
+}
+
+eg_status eg_spec_create(const eg_config *cfg, uint64_t compressed_vocab,
+                         int64_t pad_compressed, eg_spec **out, eg_err *err)
+{
+    eg_spec *s;
+    eg_status st = spec_alloc(cfg, compressed_vocab, pad_compressed, &s, err);
+    if (st)
+        return st;
+    for (size_t li = 0; li < cfg->n_layers && !st; li++)
+        st = eg_multipliers(cfg->seed, cfg->layer_ids[li], compressed_vocab, s->N,
+                            s->mult + li * s->N, err);
+    if (!st)
+        st = spec_primes(s, err);
+    if (!st)
+        st = spec_rows(s, err);
+    if (st) {
+        eg_spec_free(s);
+        return st;
+    }
     *out = s;
     return EG_OK;
-fail:
-    free(seen.slot);
-    eg_spec_free(s);
-    return st;
+}
+
+eg_status eg_spec_create_explicit(const eg_config *cfg, uint64_t compressed_vocab,
+                                  int64_t pad_compressed, const int64_t *mult,
+                                  const uint64_t *primes, eg_spec **out, eg_err *err)
+{
+    if (!mult || !primes)
+        return eg_fail(err, EG_EINVAL, "eg_spec_create_explicit: NULL argument");
+    eg_spec *s;
+    eg_status st = spec_alloc(cfg, compressed_vocab, pad_compressed, &s, err);
+    if (st)
+        return st;
+    const size_t nm = (size_t)cfg->n_layers * s->N, np = (size_t)cfg->n_layers * s->H;
+    for (size_t i = 0; i < nm && !st; i++)
+        if (mult[i] <= 0 || !(mult[i] & 1))
+            st = eg_fail(err, EG_ERANGE, "multiplier %zu (%lld) must be odd and positive", i,
+                         (long long)mult[i]);
+    for (size_t i = 0; i < np && !st; i++)
+        if (primes[i] < 2 || primes[i] > (uint64_t)INT64_MAX)
+            st = eg_fail(err, EG_ERANGE, "head size %zu (%llu) must be in 2..2^63-1", i,
+                         (unsigned long long)primes[i]);
+    if (!st) {
+        memcpy(s->mult, mult, nm * sizeof *mult);
+        memcpy(s->primes, primes, np * sizeof *primes);
+        st = spec_rows(s, err);
+    }
+    if (st) {
+        eg_spec_free(s);
+        return st;
+    }
+    *out = s;
+    return EG_OK;
 }
 
 const eg_config *eg_spec_config(const eg_spec *s) { return &s->cfg; }

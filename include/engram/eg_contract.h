@@ -98,7 +98,8 @@ EG_HD uint64_t eg_mod_barrett(int64_t a, const eg_fastmod_t *f)
 }
 
 /* Floor modulo through the double-reciprocal path; requires
- * f->p >= EG_FASTMOD_MIN. Branch-free, vectorizes over heads. */
+ * eg_fastmod_dbl_ok(f->p): EG_FASTMOD_MIN <= p < 2^32 (the upper bound keeps
+ * the intermediate remainder, in [-p, 2p), inside int64). Branch-free. */
 EG_HD uint64_t eg_mod_fast_dbl(int64_t a, const eg_fastmod_t *f)
 {
     int64_t s = a >> 63;
@@ -110,10 +111,36 @@ EG_HD uint64_t eg_mod_fast_dbl(int64_t a, const eg_fastmod_t *f)
     return (uint64_t)(s ? (int64_t)f->p - 1 - r : r);
 }
 
+/* The narrow variant used by the hot loop: u in [0, 2^63), divisor p in
+ * [EG_FASTMOD_NARROW_MIN, 2^31). With p >= 2^16 the estimate
+ * e = fl(fl(fl(u) * inv) - 0.5) lies within [u/p - 0.5625, u/p - 0.4375]
+ * (|fl(u)*inv - u/p| <= 3*2^-53*2^63/p < 0.047, and rounding the subtraction
+ * near 2^47 costs < 2^-6), so trunc(e) is the true quotient or one less and
+ * r = u - q*p lies in [0, 2p), which uint32 arithmetic holds exactly: one
+ * correction, 32-bit lanes. */
+#define EG_FASTMOD_NARROW_MIN 65536u
+EG_HD int eg_fastmod_narrow_ok(uint64_t p)
+{
+    return p >= EG_FASTMOD_NARROW_MIN && p < 0x80000000u;
+}
+
+EG_HD uint32_t eg_mod_fast_narrow(int64_t u, double inv, uint32_t p)
+{
+    int64_t q = (int64_t)((double)u * inv - 0.5);
+    uint32_t r = (uint32_t)u - (uint32_t)q * p;
+    return r >= p ? r - p : r;
+}
+
+/* Whether the double-reciprocal path is exact for this divisor. */
+EG_HD int eg_fastmod_dbl_ok(uint64_t p)
+{
+    return p >= EG_FASTMOD_MIN && p <= 0xFFFFFFFFu;
+}
+
 /* Fast floor modulo: picks the exact path for the divisor. */
 EG_HD uint64_t eg_mod_fast(int64_t a, const eg_fastmod_t *f)
 {
-    return f->p >= EG_FASTMOD_MIN ? eg_mod_fast_dbl(a, f) : eg_mod_barrett(a, f);
+    return eg_fastmod_dbl_ok(f->p) ? eg_mod_fast_dbl(a, f) : eg_mod_barrett(a, f);
 }
 
 /* mix_n for n = 2..N of one position. `hist[k]` is x[t-k] (already padded),

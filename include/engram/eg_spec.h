@@ -33,6 +33,14 @@ eg_status eg_spec_create(const eg_config *cfg, uint64_t compressed_vocab,
                          int64_t pad_compressed, eg_spec **out, eg_err *err);
 void eg_spec_free(eg_spec *spec);
 
+/* Build a spec from explicit multipliers and primes instead of deriving them:
+ * for tables whose store records its own (and for tests of the hash rule).
+ * mult: n_layers * N values (each odd and > 0), primes: n_layers * (N-1)*K
+ * values >= 2, both copied. Only their shapes and ranges are checked. */
+eg_status eg_spec_create_explicit(const eg_config *cfg, uint64_t compressed_vocab,
+                                  int64_t pad_compressed, const int64_t *mult,
+                                  const uint64_t *primes, eg_spec **out, eg_err *err);
+
 /* The config the spec was built from (owned by the spec). */
 const eg_config *eg_spec_config(const eg_spec *spec);
 uint64_t eg_spec_compressed_vocab(const eg_spec *spec);

@@ -1,0 +1,226 @@
+/* test_main.c - the test runner. Usage: engram-tests [NAME-SUBSTRING...] */
+#include <dirent.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "test.h"
+
+#define MAX_TESTS 512
+
+static struct {
+    const char *name, *file;
+    test_fn fn;
+} tests[MAX_TESTS];
+static int n_tests;
+static int cur_failed, cur_skipped;
+static char skip_why[256];
+
+void t_register(const char *name, const char *file, test_fn fn)
+{
+    if (n_tests < MAX_TESTS) {
+        tests[n_tests].name = name;
+        tests[n_tests].file = file;
+        tests[n_tests].fn = fn;
+        n_tests++;
+    }
+}
+
+void t_fail(const char *file, int line, const char *fmt, ...)
+{
+    if (cur_failed < 10) {
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stdout, "    %s:%d: ", file, line);
+        vfprintf(stdout, fmt, ap);
+        fputc('\n', stdout);
+        va_end(ap);
+    }
+    cur_failed++;
+}
+
+int t_failed_now(void) { return cur_failed; }
+
+void t_skip(const char *why)
+{
+    cur_skipped = 1;
+    snprintf(skip_why, sizeof skip_why, "%s", why);
+}
+
+const char *t_shared(void)
+{
+    static char path[1024];
+    static int done;
+    if (!done) {
+        done = 1;
+        const char *env = getenv("ENGRAM_SHARED");
+        snprintf(path, sizeof path, "%s", env && *env ? env : "../shared");
+        struct stat st;
+        char probe[1100];
+        snprintf(probe, sizeof probe, "%s/CONTRACT.md", path);
+        if (stat(probe, &st) != 0)
+            path[0] = 0;
+    }
+    return path[0] ? path : NULL;
+}
+
+const char *t_shared_path(const char *rel)
+{
+    static char buf[8][1200];
+    static int i;
+    i = (i + 1) % 8;
+    snprintf(buf[i], sizeof buf[i], "%s/%s", t_shared() ? t_shared() : "../shared", rel);
+    return buf[i];
+}
+
+void *t_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf) {
+        buf[n] = 0;
+        if (len)
+            *len = (size_t)n;
+    }
+    return buf;
+}
+
+static char tmpdir[256];
+
+const char *t_tmpdir(void)
+{
+    if (!tmpdir[0]) {
+        const char *base = getenv("TMPDIR");
+        snprintf(tmpdir, sizeof tmpdir, "%s/engram-tests.XXXXXX", base && *base ? base : "/tmp");
+        if (!mkdtemp(tmpdir)) {
+            perror("mkdtemp");
+            exit(2);
+        }
+    }
+    return tmpdir;
+}
+
+const char *t_tmp_path(const char *name)
+{
+    static char buf[8][512];
+    static int i;
+    i = (i + 1) % 8;
+    snprintf(buf[i], sizeof buf[i], "%s/%s", t_tmpdir(), name);
+    return buf[i];
+}
+
+int t_write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    size_t w = fwrite(data, 1, len, f);
+    return (fclose(f) == 0 && w == len) ? 0 : -1;
+}
+
+int t_file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static char *cli_out, *cli_err;
+
+const char *t_cli_stderr(void) { return cli_err ? cli_err : ""; }
+const char *t_cli_stdout(void) { return cli_out ? cli_out : ""; }
+
+int t_cli(const char *fmt, ...)
+{
+    char args[4096], cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    const char *bin = getenv("ENGRAM_BIN");
+    char out_path[600], err_path[600];
+    snprintf(out_path, sizeof out_path, "%s/cli.stdout", t_tmpdir());
+    snprintf(err_path, sizeof err_path, "%s/cli.stderr", t_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s %s >%s 2>%s </dev/null", bin && *bin ? bin : "build/engram",
+             args, out_path, err_path);
+    int rc = system(cmd);
+    free(cli_out);
+    free(cli_err);
+    cli_out = t_read_file(out_path, NULL);
+    cli_err = t_read_file(err_path, NULL);
+    if (rc == -1)
+        return -1;
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
+}
+
+uint64_t t_rand(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void rm_tmpdir(void)
+{
+    if (!tmpdir[0])
+        return;
+    DIR *d = opendir(tmpdir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+                continue;
+            char p[1024];
+            snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
+            unlink(p);
+        }
+        closedir(d);
+    }
+    rmdir(tmpdir);
+}
+
+int main(int argc, char **argv)
+{
+    int passed = 0, failed = 0, skipped = 0;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (!t_shared())
+        printf("note: ../shared not found (set ENGRAM_SHARED): golden tests are skipped\n");
+    for (int i = 0; i < n_tests; i++) {
+        int want = argc < 2;
+        for (int a = 1; a < argc; a++)
+            want |= strstr(tests[i].name, argv[a]) != NULL;
+        if (!want)
+            continue;
+        cur_failed = 0;
+        cur_skipped = 0;
+        tests[i].fn();
+        if (cur_failed) {
+            printf("FAIL %s (%s, %d checks failed)\n", tests[i].name, tests[i].file, cur_failed);
+            failed++;
+        } else if (cur_skipped) {
+            printf("skip %s: %s\n", tests[i].name, skip_why);
+            skipped++;
+        } else {
+            printf("ok   %s\n", tests[i].name);
+            passed++;
+        }
+    }
+    free(cli_out);
+    free(cli_err);
+    rm_tmpdir();
+    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    return failed ? 1 : 0;
+}
