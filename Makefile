@@ -97,16 +97,16 @@ endif
 OPT ?= -O2
 # No fast-math anywhere: the reference paths are exact.
 CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) -g -fPIC -fopenmp $(WARN) \
-              -Iinclude -Ibase $(CFLAGS) $(EXTRA_CFLAGS)
+              -Iinclude -Ibase -Itests $(CFLAGS) $(EXTRA_CFLAGS)
 LDLIBS_ALL := $(JSON_LIBS) -fopenmp -lm $(LDLIBS) $(EXTRA_LDLIBS)
 
 # ---- sources ----------------------------------------------------------------
 LIB_SRC := $(wildcard base/*.c) $(wildcard tokenizer/*.c) $(wildcard tables/*.c) \
            $(wildcard runtime/*.c) $(wildcard prep/*.c)
 CLI_SRC := $(wildcard cli/*.c)
-TEST_SRC := $(wildcard tests/*.c)
+TEST_SRC := $(wildcard tests/*.c) $(wildcard tests/fuzz/*.c)
 BENCH_SRC := $(wildcard bench/*.c)
-HDRS := $(wildcard include/engram/*.h base/*.h cli/*.h tests/*.h runtime/*.h)
+HDRS := $(wildcard include/engram/*.h base/*.h cli/*.h tests/*.h tests/fuzz/*.h runtime/*.h)
 
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)

@@ -231,6 +231,8 @@ static eg_status spec_primes(eg_spec *s, eg_err *err)
 eg_status eg_spec_create(const eg_config *cfg, uint64_t compressed_vocab,
                          int64_t pad_compressed, eg_spec **out, eg_err *err)
 {
+    if (out)
+        *out = NULL;
     eg_spec *s;
     eg_status st = spec_alloc(cfg, compressed_vocab, pad_compressed, &s, err);
     if (st)
@@ -254,6 +256,8 @@ eg_status eg_spec_create_explicit(const eg_config *cfg, uint64_t compressed_voca
                                   int64_t pad_compressed, const int64_t *mult,
                                   const uint64_t *primes, eg_spec **out, eg_err *err)
 {
+    if (out)
+        *out = NULL;
     if (!mult || !primes)
         return eg_fail(err, EG_EINVAL, "eg_spec_create_explicit: NULL argument");
     eg_spec *s;

@@ -269,8 +269,8 @@ int cmd_hash(int argc, char **argv)
         if (shown < a.show) {
             size_t k = (size_t)(a.show - shown < n ? a.show - shown : n);
             if (shown == 0)
-                fprintf(info, "first %zu tokens, layer %u (index per head%s):\n", k,
-                        m.cfg.layer_ids[li], a.offsets ? ", plus row offsets" : "");
+                fprintf(info, "first %zu tokens, layer %u (compressed id | %s per head):\n", k,
+                        m.cfg.layer_ids[li], a.offsets ? "row" : "index");
             show_rows(info, x, out, k, eg_spec_max_ngram(spec), eg_spec_heads_per_ngram(spec),
                       shown);
             shown += k;
@@ -304,6 +304,7 @@ int cmd_hash(int argc, char **argv)
     else
         cli_out_abort(&o);
     if (!rc) {
+        fflush(info);
         double secs = cli_now() - t0;
         uint64_t seqs = tokens / a.seq_len + (last_seq ? 1 : 0);
         if (a.json) {

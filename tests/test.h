@@ -73,6 +73,8 @@ int t_file_exists(const char *path);
 int t_cli(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *t_cli_stderr(void);
 const char *t_cli_stdout(void);
+/* The file that holds the last t_cli's standard output (binary-safe). */
+const char *t_cli_stdout_file(void);
 /* Deterministic pseudo-random numbers for tests (splitmix64). */
 uint64_t t_rand(uint64_t *state);
 

@@ -346,6 +346,35 @@ TEST(floor_mod_paths_agree_with_oracle)
     }
 }
 
+/* The narrow path (u >= 0, 2^16 <= p < 2^31): worst cases are large u and
+ * small p, and p just under 2^31 where r < 2p approaches 2^32. */
+TEST(narrow_mod_agrees_with_oracle)
+{
+    uint64_t rs = 7;
+    static const uint32_t ps[] = {65537, 65539, 646403, 16000057, 2147483629u, 2147483647u};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
+        CHECK(eg_fastmod_narrow_ok(ps[i]));
+        const double inv = 1.0 / (double)ps[i];
+        for (int k = 0; k < 200000; k++) {
+            int64_t u;
+            switch (k % 4) {
+            case 0: u = (int64_t)(t_rand(&rs) >> 1); break;
+            case 1: u = INT64_MAX - (int64_t)(t_rand(&rs) % 100000); break;
+            case 2: u = (int64_t)(t_rand(&rs) % (4ull * ps[i])); break;
+            default: u = (int64_t)(((t_rand(&rs) >> 1) / ps[i]) * ps[i]) - (int64_t)(k & 1);
+            }
+            if (u < 0)
+                u = 0;
+            if (eg_mod_fast_narrow(u, inv, ps[i]) != eg_mod_ref(u, ps[i])) {
+                CHECK_MSG(0, "narrow %lld mod %u", (long long)u, ps[i]);
+                break;
+            }
+        }
+    }
+    CHECK(!eg_fastmod_narrow_ok(65521));
+    CHECK(!eg_fastmod_narrow_ok(2147483648u));
+}
+
 /* ---- golden files ------------------------------------------------------------- */
 
 static uint32_t *read_u32(const char *path, size_t *n)

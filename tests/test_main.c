@@ -142,6 +142,9 @@ static char *cli_out, *cli_err;
 const char *t_cli_stderr(void) { return cli_err ? cli_err : ""; }
 const char *t_cli_stdout(void) { return cli_out ? cli_out : ""; }
 
+static char cli_out_path[600];
+const char *t_cli_stdout_file(void) { return cli_out_path; }
+
 int t_cli(const char *fmt, ...)
 {
     char args[4096], cmd[8192];
@@ -152,6 +155,7 @@ int t_cli(const char *fmt, ...)
     const char *bin = getenv("ENGRAM_BIN");
     char out_path[600], err_path[600];
     snprintf(out_path, sizeof out_path, "%s/cli.stdout", t_tmpdir());
+    snprintf(cli_out_path, sizeof cli_out_path, "%s", out_path);
     snprintf(err_path, sizeof err_path, "%s/cli.stderr", t_tmpdir());
     snprintf(cmd, sizeof cmd, "%s %s >%s 2>%s </dev/null", bin && *bin ? bin : "build/engram",
              args, out_path, err_path);

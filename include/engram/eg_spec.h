@@ -28,7 +28,9 @@ typedef struct eg_spec eg_spec;
  * P(cfg->pad_id) that pads sequence starts (pass cfg->pad_id when ids are
  * already compressed with the identity projection).
  * Fails with EG_EMISMATCH when the config declares another V' or published
- * per-layer row counts that the prime schedule does not reproduce. */
+ * per-layer row counts that the prime schedule does not reproduce.
+ * On success *out owns a new spec (free with eg_spec_free); on failure *out
+ * is NULL. */
 eg_status eg_spec_create(const eg_config *cfg, uint64_t compressed_vocab,
                          int64_t pad_compressed, eg_spec **out, eg_err *err);
 void eg_spec_free(eg_spec *spec);

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install what engram needs from Debian, only what is missing. Idempotent:
+# a second run installs nothing and says so.
+set -euo pipefail
+
+PKGS=(
+  build-essential pkg-config   # compiler, make, dependency probes
+  libjansson-dev               # JSON (configs, tokenizer.json)
+  libicu-dev                   # Unicode normalization for the projection
+  libsentencepiece-dev         # SentencePiece .model files
+  liblmdb-dev                  # the table store
+  zlib1g-dev libzstd-dev       # compressed corpora, block checksums
+  libonig-dev                  # HF pre-tokenizer regexes
+  python3 python3-numpy        # the numpy peer in `make bench`
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PKGS[@]} packages already installed"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "install-deps: need root (or sudo) to install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-deps: done"

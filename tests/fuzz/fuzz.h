@@ -1,0 +1,7 @@
+/* fuzz.h - fuzz targets, callable from libFuzzer and from the test runner. */
+#ifndef ENGRAM_FUZZ_H
+#define ENGRAM_FUZZ_H
+#include <stddef.h>
+#include <stdint.h>
+int eg_fuzz_config(const uint8_t *data, size_t size);
+#endif
