@@ -73,19 +73,15 @@ REQUIRED := JANSSON OPENMP
 MISSING := $(foreach d,$(REQUIRED),$(if $(HAVE_$(d)),,$(d)))
 
 mark = $(if $(1),✓,✗)
+DEP_LINE := deps: $(call mark,$(HAVE_ICU))ICU $(call mark,$(HAVE_SPM))sentencepiece \
+  $(call mark,$(HAVE_LMDB))LMDB $(call mark,$(HAVE_ZLIB))zlib $(call mark,$(HAVE_ZSTD))zstd \
+  $(call mark,$(HAVE_JANSSON))jansson $(call mark,$(HAVE_ONIG))oniguruma \
+  $(call mark,$(HAVE_OPENMP))OpenMP $(call mark,$(filter 1,$(CUDA)))CUDA$(if $(HAVE_NVCC),,(no nvcc))
+ANY_MISSING := $(strip $(foreach d,ICU SPM LMDB ZLIB ZSTD JANSSON ONIG OPENMP,$(if $(HAVE_$(d)),,$(d))))
+
 .PHONY: deps
 deps:
-	@echo "dependencies:"
-	@echo "  $(call mark,$(HAVE_ICU)) ICU            $(if $(HAVE_ICU),$(shell $(PKG_CONFIG) --modversion icu-uc),libicu-dev)"
-	@echo "  $(call mark,$(HAVE_SPM)) sentencepiece  $(if $(HAVE_SPM),,libsentencepiece-dev)"
-	@echo "  $(call mark,$(HAVE_LMDB)) LMDB           $(if $(HAVE_LMDB),,liblmdb-dev)"
-	@echo "  $(call mark,$(HAVE_ZLIB)) zlib           $(if $(HAVE_ZLIB),,zlib1g-dev)"
-	@echo "  $(call mark,$(HAVE_ZSTD)) zstd           $(if $(HAVE_ZSTD),,libzstd-dev)"
-	@echo "  $(call mark,$(HAVE_JANSSON)) jansson        $(if $(HAVE_JANSSON),,libjansson-dev)"
-	@echo "  $(call mark,$(HAVE_ONIG)) oniguruma      $(if $(HAVE_ONIG),,libonig-dev)"
-	@echo "  $(call mark,$(HAVE_OPENMP)) OpenMP"
-	@echo "  $(call mark,$(filter 1,$(CUDA))) CUDA           $(if $(HAVE_NVCC),nvcc found,no nvcc)$(if $(filter 1,$(CUDA)),, (CUDA=0))"
-	@echo "  missing packages: scripts/install-deps.sh installs them"
+	@echo "$(DEP_LINE)$(if $(ANY_MISSING),  (scripts/install-deps.sh installs what is missing),)"
 
 # ---- flags ------------------------------------------------------------------
 WARN := -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
@@ -118,12 +114,21 @@ LIB_SO := $(BUILD)/libengram.so
 ENGRAM := $(BUILD)/engram
 TESTS := $(BUILD)/engram-tests
 
+# CUDA: until the CUDA backend exists, nvcc compiles the contract header as
+# device code so that it cannot stop compiling unnoticed.
+NVCC_FLAGS ?= -std=c++17 -O2 -Iinclude
+CUDA_OBJ := $(if $(filter 1,$(CUDA)),$(BUILD)/cuda/contract_check.o,)
+
+$(BUILD)/cuda/%.o: tests/cuda/%.cu include/engram/eg_contract.h
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  NVCC  $<")
+	$(Q)$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+
 .PHONY: all check-deps test asan bench fuzz format clean demo
-all: check-deps $(LIB_A) $(LIB_SO) $(ENGRAM)
+all: deps check-deps $(LIB_A) $(LIB_SO) $(ENGRAM) $(CUDA_OBJ)
 
 check-deps:
 ifneq ($(strip $(MISSING)),)
-	@$(MAKE) --no-print-directory deps
 	@echo "error: missing required dependencies: $(MISSING); run scripts/install-deps.sh" >&2
 	@exit 1
 endif
@@ -174,7 +179,7 @@ demo: all
 
 format:
 	clang-format -i $(wildcard include/engram/*.h base/*.[ch] tokenizer/*.[ch] tables/*.[ch] \
-	  runtime/*.[ch] prep/*.[ch] cli/*.[ch] tests/*.[ch])
+	  runtime/*.[ch] prep/*.[ch] cli/*.[ch] tests/*.[ch] tests/fuzz/*.[ch] bench/*.c)
 
 clean:
 	rm -rf build build-asan build-fuzz
