@@ -108,7 +108,8 @@ static inline __attribute__((always_inline)) void steady(const layer_ctx *L, con
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(EG_NO_CLONES)
-#define EG_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#define EG_CLONES                                                                          \
+    __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"), optimize("fp-contract=fast")))
 #else
 #define EG_CLONES
 #endif
