@@ -59,6 +59,9 @@ JSON_LIBS := $(if $(call pc_ok,jansson),$(call pc_libs,jansson),-ljansson)
 HAVE_ONIG := $(or $(call pc_ok,oniguruma),$(call try_link,oniguruma.h,-lonig))
 ONIG_LIBS := $(if $(call pc_ok,oniguruma),$(call pc_libs,oniguruma),-lonig)
 
+HAVE_CRYPTO := $(call pc_ok,libcrypto)
+CRYPTO_LIBS := $(if $(HAVE_CRYPTO),$(call pc_libs,libcrypto),-lcrypto)
+
 HAVE_OPENMP := $(shell printf '#include <omp.h>\nint main(void){return omp_get_max_threads() < 0;}\n' | \
                  $(CC) -fopenmp -x c - -o /dev/null >/dev/null 2>&1 && echo yes)
 
@@ -69,15 +72,15 @@ endif
 
 # What this stage of the project links. Required ones stop the build when
 # missing; the rest are reported for the stages that will need them.
-REQUIRED := JANSSON OPENMP
+REQUIRED := JANSSON OPENMP ICU SPM CRYPTO
 MISSING := $(foreach d,$(REQUIRED),$(if $(HAVE_$(d)),,$(d)))
 
 mark = $(if $(1),✓,✗)
 DEP_LINE := deps: $(call mark,$(HAVE_ICU))ICU $(call mark,$(HAVE_SPM))sentencepiece \
   $(call mark,$(HAVE_LMDB))LMDB $(call mark,$(HAVE_ZLIB))zlib $(call mark,$(HAVE_ZSTD))zstd \
   $(call mark,$(HAVE_JANSSON))jansson $(call mark,$(HAVE_ONIG))oniguruma \
-  $(call mark,$(HAVE_OPENMP))OpenMP $(call mark,$(filter 1,$(CUDA)))CUDA$(if $(HAVE_NVCC),,(no nvcc))
-ANY_MISSING := $(strip $(foreach d,ICU SPM LMDB ZLIB ZSTD JANSSON ONIG OPENMP,$(if $(HAVE_$(d)),,$(d))))
+  $(call mark,$(HAVE_CRYPTO))libcrypto $(call mark,$(HAVE_OPENMP))OpenMP $(call mark,$(filter 1,$(CUDA)))CUDA$(if $(HAVE_NVCC),,(no nvcc))
+ANY_MISSING := $(strip $(foreach d,ICU SPM LMDB ZLIB ZSTD JANSSON ONIG CRYPTO OPENMP,$(if $(HAVE_$(d)),,$(d))))
 
 .PHONY: deps
 deps:
@@ -93,18 +96,25 @@ endif
 OPT ?= -O2
 # No fast-math anywhere: the reference paths are exact.
 CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) -g -fPIC -fopenmp $(WARN) \
-              -Iinclude -Ibase -Itests $(CFLAGS) $(EXTRA_CFLAGS)
-LDLIBS_ALL := $(JSON_LIBS) -fopenmp -lm $(LDLIBS) $(EXTRA_LDLIBS)
+              -Iinclude -Ibase -Itests $(ICU_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
+# The one C++ file (the SentencePiece shim) gets the same warnings that apply to C++.
+CXXWARN := -Wall -Wextra -Wpedantic -Wshadow -Wformat=2 -Wundef -Wcast-qual
+CXXFLAGS_ALL := -std=c++17 -D_GNU_SOURCE $(OPT) -g -fPIC $(CXXWARN) $(if $(filter true,$(CI)),-Werror,) \
+                -Iinclude -Ibase $(CXXFLAGS) $(EXTRA_CFLAGS)
+LDLIBS_ALL := $(JSON_LIBS) $(ICU_LIBS) $(SPM_LIBS) $(CRYPTO_LIBS) -lstdc++ -fopenmp -lm \
+              $(LDLIBS) $(EXTRA_LDLIBS)
 
 # ---- sources ----------------------------------------------------------------
 LIB_SRC := $(wildcard base/*.c) $(wildcard tokenizer/*.c) $(wildcard tables/*.c) \
            $(wildcard runtime/*.c) $(wildcard prep/*.c)
+LIB_CXX := $(wildcard tokenizer/*.cc)
 CLI_SRC := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/*.c) $(wildcard tests/fuzz/*.c)
 BENCH_SRC := $(wildcard bench/*.c)
-HDRS := $(wildcard include/engram/*.h base/*.h cli/*.h tests/*.h tests/fuzz/*.h runtime/*.h)
+HDRS := $(wildcard include/engram/*.h base/*.h cli/*.h tests/*.h tests/fuzz/*.h runtime/*.h \
+          tokenizer/*.h)
 
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(LIB_CXX:%.cc=$(BUILD)/obj/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/%)
@@ -137,6 +147,11 @@ $(BUILD)/obj/%.o: %.c $(HDRS) Makefile
 	@mkdir -p $(dir $@)
 	$(if $(Q),@echo "  CC    $<")
 	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cc $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  CXX   $<")
+	$(Q)$(CXX) $(CXXFLAGS_ALL) -c $< -o $@
 
 $(LIB_A): $(LIB_OBJ)
 	$(if $(Q),@echo "  AR    $@")

@@ -10,6 +10,7 @@ static const char main_usage[] =
     "Engram conditional-memory tables, bit-exact with the reference.\n"
     "\n"
     "commands:\n"
+    "  vocab    the vocabulary projection V -> V' of a tokenizer\n"
     "  spec     multipliers, primes, row offsets and table sizes of a config\n"
     "  hash     hash token ids into per-head indices or table rows\n"
     "  version  print the version\n";
@@ -32,7 +33,7 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } cmds[] = {{"spec", cmd_spec}, {"hash", cmd_hash}};
+    } cmds[] = {{"vocab", cmd_vocab}, {"spec", cmd_spec}, {"hash", cmd_hash}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name)) {
             cli_cmd = cmds[i].name;

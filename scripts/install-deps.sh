@@ -11,6 +11,7 @@ PKGS=(
   liblmdb-dev                  # the table store
   zlib1g-dev libzstd-dev       # compressed corpora, block checksums
   libonig-dev                  # HF pre-tokenizer regexes
+  libssl-dev                   # SHA-256 fingerprints (libcrypto)
   python3 python3-numpy        # the numpy peer in `make bench`
 )
 
