@@ -101,7 +101,7 @@ CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) -g -fPIC -fopenmp $(WARN) \
 CXXWARN := -Wall -Wextra -Wpedantic -Wshadow -Wformat=2 -Wundef -Wcast-qual
 CXXFLAGS_ALL := -std=c++17 -D_GNU_SOURCE $(OPT) -g -fPIC $(CXXWARN) $(if $(filter true,$(CI)),-Werror,) \
                 -Iinclude -Ibase $(CXXFLAGS) $(EXTRA_CFLAGS)
-LDLIBS_ALL := $(JSON_LIBS) $(ICU_LIBS) $(SPM_LIBS) $(CRYPTO_LIBS) -lstdc++ -fopenmp -lm \
+LDLIBS_ALL := $(JSON_LIBS) $(ZLIB_LIBS) $(ICU_LIBS) $(SPM_LIBS) $(CRYPTO_LIBS) -lstdc++ -fopenmp -lm \
               $(LDLIBS) $(EXTRA_LDLIBS)
 
 # ---- sources ----------------------------------------------------------------

@@ -169,8 +169,8 @@ int cmd_vocab(int argc, char **argv)
             size_t pl;
             eg_tokenizer_piece(tok, (uint32_t)id, &pt, &pl);
             if (json) {
-                json_array_append_new(ex, json_stringn(pt, pl) ? json_stringn(pt, pl)
-                                                               : json_string("?"));
+                json_t *js = json_stringn(pt, pl);
+                json_array_append_new(ex, js ? js : json_string("\xEF\xBF\xBD"));
             } else {
                 char *qp = json_quote(pt, pl);
                 printf(" %s", qp ? qp : "?");
