@@ -71,6 +71,30 @@ TEST(normalizer_matches_hf_on_edge_cases)
     }
 }
 
+/* The ASCII fast path agrees with the ICU path: a leading combining mark
+ * forces the ICU path and is removed by it, leaving the same text. */
+TEST(normalizer_ascii_fast_path_equals_icu_path)
+{
+    static const char alphabet[] = " \t\r\n\v\fAbZz09.-\x1f\x7f";
+    uint64_t rs = 3;
+    char s[40], m[48], a[64], b[64];
+    for (int trial = 0; trial < 20000; trial++) {
+        size_t n = (size_t)(t_rand(&rs) % 12);
+        for (size_t i = 0; i < n; i++)
+            s[i] = alphabet[t_rand(&rs) % (sizeof alphabet - 1)];
+        memcpy(m, "\xCC\x81", 2);
+        memcpy(m + 2, s, n);
+        size_t na = 0, nb = 0;
+        REQUIRE(eg_normalize_key(s, n, a, sizeof a, &na, NULL) == EG_OK);
+        REQUIRE(eg_normalize_key(m, n + 2, b, sizeof b, &nb, NULL) == EG_OK);
+        if (na != nb || memcmp(a, b, na)) {
+            CHECK_MSG(0, "ascii '%.*s': fast '%.*s' icu '%.*s'", (int)n, s, (int)na, a, (int)nb,
+                      b);
+            return;
+        }
+    }
+}
+
 TEST(normalizer_rejects_invalid_utf8_and_reports_capacity)
 {
     char out[8];
@@ -279,6 +303,7 @@ TEST(tokenizer_bad_inputs)
         {"wp.json", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": 0}}}", "model type 'WordPiece' is not supported", EG_EUNSUPPORTED},
         {"dec.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"decoder\": {\"type\": \"CTC\"}}", "decoder type 'CTC' is not supported", EG_EUNSUPPORTED},
         {"badid.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -4}, \"merges\": []}}", "not a valid id", EG_EFORMAT},
+        {"surrogate.json", "{\"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {\"\\ud800\": 0}}}", "not a valid tokenizer.json", EG_EFORMAT},
         {"junk.model", "\x01\x02garbage that is no protobuf\xff\xff\xff", "neither a tokenizer.json nor a SentencePiece model", EG_EFORMAT},
         {"empty.model", "", "empty file", EG_EFORMAT},
     };

@@ -90,9 +90,60 @@ static int is_mark9(UChar32 c)
            uset_contains(age9, c);
 }
 
+/* ASCII text: NFKC and NFD are the identity, there are no marks, and the
+ * White_Space characters are TAB..CR and SPACE. Same result, no ICU. */
+static eg_status normalize_ascii(const char *text, size_t len, char *out, size_t cap,
+                                 size_t *out_len)
+{
+    char stackbuf[256];
+    char *t = len <= sizeof stackbuf ? stackbuf : malloc(len);
+    if (!t)
+        return EG_ENOMEM;
+    size_t n = 0;
+    int in_run = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = text[i];
+        if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+            if (!in_run)
+                t[n++] = ' ';
+            in_run = 1;
+        } else {
+            t[n++] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+            in_run = 0;
+        }
+    }
+    size_t a = 0, z = n;
+    if (!(n == 1 && t[0] == ' ')) {
+        while (a < z && (t[a] == ' ' || (t[a] >= 9 && t[a] <= 13)))
+            a++;
+        while (z > a && (t[z - 1] == ' ' || (t[z - 1] >= 9 && t[z - 1] <= 13)))
+            z--;
+    }
+    *out_len = z - a;
+    eg_status st = EG_OK;
+    if (z - a > cap)
+        st = EG_ECAPACITY;
+    else if (z > a)
+        memcpy(out, t + a, z - a);
+    if (t != stackbuf)
+        free(t);
+    return st;
+}
+
 eg_status eg_normalize_key(const char *text, size_t len, char *out, size_t cap,
                            size_t *out_len, eg_err *err)
 {
+    size_t nonascii = 0;
+    for (size_t i = 0; i < len && !nonascii; i++)
+        nonascii = (unsigned char)text[i] >= 0x80;
+    if (!nonascii) {
+        eg_status st = normalize_ascii(text, len, out, cap, out_len);
+        if (st == EG_ECAPACITY)
+            return eg_fail(err, EG_ECAPACITY, "normalized key needs %zu bytes", *out_len);
+        if (st)
+            return eg_fail(err, st, "out of memory");
+        return EG_OK;
+    }
     pthread_once(&init_once, init_icu);
     if (U_FAILURE(init_status))
         return eg_fail(err, EG_EUNSUPPORTED, "ICU normalizers unavailable: %s",
