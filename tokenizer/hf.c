@@ -206,12 +206,14 @@ eg_status eg_tok_load_hf(eg_tokenizer *tok, const char *data, size_t len, const 
     if ((st = parse_decoder(tok, json_object_get(root, "decoder"), path, names, sizeof names,
                             err)))
         goto done;
+    tok->arena = arena.p; /* the encoder's maps point into it */
+    arena.p = NULL;
+    if ((st = eg_hfenc_build(tok, root, path, err)))
+        goto done;
     tok->kind = EG_TOKENIZER_HF_JSON;
     snprintf(tok->describe, sizeof tok->describe, "tokenizer.json, BPE, %zu ids (%zu added), %s",
              tok->n, json_array_size(added),
              names[0] ? names : "no decoder");
-    tok->arena = arena.p;
-    arena.p = NULL;
 done:
     eg_buf_free(&arena);
     json_decref(root);

@@ -41,7 +41,18 @@ struct eg_tokenizer {
     dec_step steps[EG_MAX_DEC_STEPS];
     size_t n_steps;
     void *spm; /* the SentencePiece processor, for EG_TOKENIZER_SPM */
+    struct hf_encoder *enc;   /* tokenizer.json encoder; NULL when unsupported */
+    char enc_error[256];      /* why encoding is unsupported */
 };
+
+struct json_t;
+/* Build the tokenizer.json encoder (normalizer, pre-tokenizer, BPE merges,
+ * added tokens) from the parsed file. Unsupported parts leave tok->enc NULL
+ * with the reason in tok->enc_error; only EG_ENOMEM fails. */
+eg_status eg_hfenc_build(eg_tokenizer *tok, struct json_t *root, const char *path, eg_err *err);
+void eg_hfenc_free(struct hf_encoder *enc);
+eg_status eg_hfenc_encode(const eg_tokenizer *tok, const char *text, size_t len, uint32_t flags,
+                          uint32_t *ids, size_t cap, size_t *n_out, eg_err *err);
 
 /* A growable byte buffer. */
 typedef struct {

@@ -192,6 +192,7 @@ void eg_tokenizer_free(eg_tokenizer *tok)
     }
     if (tok->spm)
         eg_spm_free(tok->spm);
+    eg_hfenc_free(tok->enc);
     free(tok->arena);
     free(tok->off);
     free(tok->len);
@@ -219,6 +220,54 @@ uint32_t eg_tokenizer_flags(const eg_tokenizer *tok, uint32_t id)
 }
 
 void eg_tokenizer_sha256(const eg_tokenizer *tok, uint8_t out[32]) { memcpy(out, tok->sha, 32); }
+
+eg_status eg_tokenizer_can_encode(const eg_tokenizer *tok, eg_err *err)
+{
+    if (tok->kind == EG_TOKENIZER_SPM || tok->enc)
+        return EG_OK;
+    return eg_fail(err, EG_EUNSUPPORTED, "this tokenizer.json cannot be used to encode: %s",
+                   tok->enc_error[0] ? tok->enc_error : "unsupported");
+}
+
+eg_status eg_tokenizer_encode(const eg_tokenizer *tok, const char *text, size_t len,
+                              uint32_t flags, uint32_t *ids, size_t cap, size_t *n_out,
+                              eg_err *err)
+{
+    eg_status st = eg_tokenizer_can_encode(tok, err);
+    if (st)
+        return st;
+    if (!eg_utf8_valid(text, len))
+        return eg_fail(err, EG_EFORMAT, "text to encode is not valid UTF-8");
+    if (tok->kind == EG_TOKENIZER_HF_JSON)
+        return eg_hfenc_encode(tok, text, len, flags, ids, cap, n_out, err);
+    /* libsentencepiece; int32 ids are never negative */
+    long n = eg_spm_encode(tok->spm, text, len, (int32_t *)(void *)ids, cap);
+    if (n < 0)
+        return eg_fail(err, EG_EFORMAT, "libsentencepiece could not encode the text");
+    *n_out = (size_t)n;
+    if ((size_t)n > cap)
+        return eg_fail(err, EG_ECAPACITY, "encoding needs %ld ids, buffer holds %zu", n, cap);
+    return EG_OK;
+}
+
+eg_status eg_tokenizer_token_id(const eg_tokenizer *tok, const char *s, size_t len,
+                                uint32_t *id)
+{
+    /* added tokens first, as HF's token_to_id */
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < tok->n; i++) {
+            if (tok->flags[i] & EG_PIECE_MISSING)
+                continue;
+            const int want_added = pass == 0;
+            if (!!(tok->flags[i] & EG_PIECE_ADDED) != want_added)
+                continue;
+            if (tok->len[i] == len && !memcmp(tok->arena + tok->off[i], s, len)) {
+                *id = (uint32_t)i;
+                return EG_OK;
+            }
+        }
+    return EG_ERANGE;
+}
 
 eg_status eg_tokenizer_decode_id(const eg_tokenizer *tok, uint32_t id, char *buf, size_t cap,
                                  size_t *len)

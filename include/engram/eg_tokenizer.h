@@ -70,6 +70,31 @@ uint32_t eg_tokenizer_flags(const eg_tokenizer *tok, uint32_t id);
 eg_status eg_tokenizer_decode_id(const eg_tokenizer *tok, uint32_t id, char *buf, size_t cap,
                                  size_t *len);
 
+/* ---- encoding ----------------------------------------------------------- */
+
+/* Flags of eg_tokenizer_encode. */
+enum {
+    EG_ENCODE_CONTINUE = 1u << 0 /* the text continues a document: no prefix space */
+};
+
+/* EG_OK when the tokenizer can encode text; otherwise EG_EUNSUPPORTED with
+ * the reason (a normalizer, pre-tokenizer or model option not handled). */
+eg_status eg_tokenizer_can_encode(const eg_tokenizer *tok, eg_err *err);
+
+/* Encode UTF-8 text exactly as the tokenizer does, without special tokens:
+ * HF tokenizers' encode(text, add_special_tokens=False) for a tokenizer.json
+ * (added tokens found in the text are kept as single ids), libsentencepiece's
+ * Encode for a .model. Writes up to cap ids and the count to *n_out;
+ * EG_ECAPACITY when cap is too small (cap >= len + 2 always suffices).
+ * Thread-safe. Text must be valid UTF-8 (EG_EFORMAT otherwise). */
+eg_status eg_tokenizer_encode(const eg_tokenizer *tok, const char *text, size_t len,
+                              uint32_t flags, uint32_t *ids, size_t cap, size_t *n_out,
+                              eg_err *err);
+
+/* The id of a token string (vocabulary or added token); EG_ERANGE if none. */
+eg_status eg_tokenizer_token_id(const eg_tokenizer *tok, const char *s, size_t len,
+                                uint32_t *id);
+
 /* SHA-256 of the tokenizer file's bytes. */
 void eg_tokenizer_sha256(const eg_tokenizer *tok, uint8_t out[32]);
 
