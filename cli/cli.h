@@ -66,5 +66,6 @@ void cli_model_free(cli_model *m);
 int cmd_spec(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
 int cmd_vocab(int argc, char **argv);
+int cmd_prep(int argc, char **argv);
 
 #endif
