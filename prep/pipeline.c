@@ -16,7 +16,8 @@
 typedef struct {
     size_t off, len; /* text in the batch buffer */
     uint32_t flags;
-    uint32_t *ids;
+    uint32_t *ids;   /* in the batch's id buffer, or `own` */
+    uint32_t *own;   /* a document that needed more room than len + 2 */
     size_t n_ids;
     eg_status st;
     eg_err err;
@@ -44,7 +45,8 @@ eg_status eg_prep_run(const eg_prep_opts *o, eg_prep_stats *stats, eg_err *err)
         return st;
     }
     char *text = NULL;
-    size_t text_cap = 0;
+    size_t text_cap = 0, ids_cap = 0;
+    uint32_t *ids_all = NULL;
     doc_slot *docs = calloc(MAX_BATCH_DOCS, sizeof *docs);
     if (!docs)
         st = eg_fail(err, EG_ENOMEM, "out of memory");
@@ -87,27 +89,37 @@ eg_status eg_prep_run(const eg_prep_opts *o, eg_prep_stats *stats, eg_err *err)
         }
         if (st)
             break;
-        /* 2. tokenize in parallel */
+        /* 2. tokenize in parallel, each document into its own slice of one
+         * buffer (len + 2 ids always suffice; one allocation per batch) */
+        if (used + 2 * nd > ids_cap) {
+            size_t cap = ids_cap ? ids_cap : (1 << 20);
+            while (cap < used + 2 * nd)
+                cap *= 2;
+            uint32_t *ni = realloc(ids_all, cap * sizeof *ni);
+            if (!ni) {
+                st = eg_fail(err, EG_ENOMEM, "out of memory for a batch's ids");
+                break;
+            }
+            ids_all = ni;
+            ids_cap = cap;
+        }
+        for (size_t i = 0; i < nd; i++) {
+            docs[i].ids = ids_all + docs[i].off + 2 * i;
+            free(docs[i].own);
+            docs[i].own = NULL;
+        }
         const long long n = (long long)nd;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nt)
 #endif
         for (long long i = 0; i < n; i++) {
             doc_slot *d = &docs[i];
-            size_t cap = d->len + 2;
-            uint32_t *ids = realloc(d->ids, cap * sizeof *ids);
-            if (!ids) {
-                d->st = eg_fail(&d->err, EG_ENOMEM, "out of memory");
-                continue;
-            }
-            d->ids = ids;
             const uint32_t ef = (d->flags & EG_DOC_CONTINUES) ? EG_ENCODE_CONTINUE : 0u;
-            d->st = eg_tokenizer_encode(o->tok, text + d->off, d->len, ef, ids, cap, &d->n_ids,
-                                        &d->err);
-            if (d->st == EG_ECAPACITY && (ids = realloc(d->ids, d->n_ids * sizeof *ids))) {
-                d->ids = ids;
-                cap = d->n_ids;
-                d->st = eg_tokenizer_encode(o->tok, text + d->off, d->len, ef, ids, cap,
+            d->st = eg_tokenizer_encode(o->tok, text + d->off, d->len, ef, d->ids, d->len + 2,
+                                        &d->n_ids, &d->err);
+            if (d->st == EG_ECAPACITY && (d->own = malloc(d->n_ids * sizeof *d->own))) {
+                d->ids = d->own;
+                d->st = eg_tokenizer_encode(o->tok, text + d->off, d->len, ef, d->own, d->n_ids,
                                             &d->n_ids, &d->err);
             }
         }
@@ -155,8 +167,9 @@ eg_status eg_prep_run(const eg_prep_opts *o, eg_prep_stats *stats, eg_err *err)
         stats->shards = eg_shard_writer_n_shards(w);
     eg_reader_get_stats(rd, &stats->in);
     for (size_t i = 0; docs && i < MAX_BATCH_DOCS; i++)
-        free(docs[i].ids);
+        free(docs[i].own);
     free(docs);
+    free(ids_all);
     free(text);
     eg_shard_writer_free(w);
     eg_reader_close(rd);

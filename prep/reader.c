@@ -371,6 +371,8 @@ static eg_status clean_utf8(eg_reader *r, const char *s, size_t n, uint64_t base
 {
     int32_t i = 0, len = n > INT32_MAX ? INT32_MAX : (int32_t)n;
     size_t bad = 0;
+    while (i < len && !((unsigned char)s[i] & 0x80)) /* ASCII prefix */
+        i++;
     while (i < len) {
         int32_t start = i;
         UChar32 c;

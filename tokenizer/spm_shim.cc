@@ -68,8 +68,9 @@ extern "C" long eg_spm_encode(const eg_spm *m, const char *text, size_t len, int
                               size_t cap)
 {
     try {
-        std::vector<int> v;
-        auto st = m->proc.Encode(std::string(text, len), &v);
+        thread_local std::vector<int> v; /* reused: no allocation per call */
+        v.clear();
+        auto st = m->proc.Encode(absl::string_view(text, len), &v);
         if (!st.ok())
             return -1;
         for (size_t i = 0; i < v.size() && i < cap; i++)

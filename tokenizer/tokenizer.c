@@ -63,6 +63,21 @@ void eg_sha256_hex(const uint8_t d[32], char out[65])
 
 int eg_utf8_valid(const char *s, size_t n)
 {
+    /* ASCII runs first, 8 bytes at a time */
+    size_t i = 0;
+    while (i + 8 <= n) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (w & 0x8080808080808080ull)
+            break;
+        i += 8;
+    }
+    while (i < n && !((unsigned char)s[i] & 0x80))
+        i++;
+    if (i == n)
+        return 1;
+    s += i;
+    n -= i;
     UErrorCode st = U_ZERO_ERROR;
     int32_t need = 0;
     if (n > INT32_MAX)
