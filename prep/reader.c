@@ -490,7 +490,8 @@ static eg_status next_per_file(eg_reader *r, const char **text, size_t *len, uin
 }
 
 /* Line and JSONL modes: one line (without "\n"); long lines are cut. */
-static eg_status next_line(eg_reader *r, const char **line, size_t *len, int *cut, eg_err *err)
+static eg_status next_line(eg_reader *r, const char **line, size_t *len, int *cut,
+                           uint64_t *line_no, uint64_t *off, eg_err *err)
 {
     for (;;) {
         if (!r->open) {
@@ -515,6 +516,8 @@ static eg_status next_line(eg_reader *r, const char **line, size_t *len, int *cu
             }
             *line = s;
             *len = n;
+            *line_no = r->line;
+            *off = r->off;
             size_t adv = n + (nl && !*cut ? 1 : 0);
             r->pos += adv;
             r->off += adv;
@@ -544,8 +547,8 @@ eg_status eg_reader_next(eg_reader *r, const char **text, size_t *len, uint32_t 
         const char *line;
         size_t n;
         int cut;
-        uint64_t line_no = r->line, off = r->off;
-        eg_status st = next_line(r, &line, &n, &cut, err);
+        uint64_t line_no = 0, off = 0;
+        eg_status st = next_line(r, &line, &n, &cut, &line_no, &off, err);
         if (st || !line)
             return st;
         int continues = r->continuing;
