@@ -186,6 +186,7 @@ $(BUILD)/bench_%: $(BUILD)/obj/bench/bench_%.o $(LIB_A)
 bench: all $(BENCH_BIN)
 	$(Q)$(PYTHON) scripts/bench_hash.py --engram $(ENGRAM) --bench-bin $(BUILD)/bench_hash
 	$(Q)$(PYTHON) scripts/bench_vocab.py --engram $(ENGRAM)
+	$(Q)$(PYTHON) scripts/bench_prep.py --engram $(ENGRAM)
 
 fuzz:
 	$(Q)scripts/fuzz.sh

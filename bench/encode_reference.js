@@ -17,7 +17,7 @@ async function main() {
   let tokens = 0;
   const t0 = process.hrtime.bigint();
   for (let i = 0; i < nonEmpty.length; i += batch) {
-    const enc = await tok.encodeBatch(nonEmpty.slice(i, i + batch), false);
+    const enc = await tok.encodeBatch(nonEmpty.slice(i, i + batch), { addSpecialTokens: false });
     for (const e of enc) {
       const ids = e.getIds();
       tokens += ids.length;
