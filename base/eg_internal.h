@@ -17,6 +17,17 @@
 /* Fill `err` (if non-NULL) with `code` and a formatted message; return code. */
 eg_status eg_fail(eg_err *err, eg_status code, const char *fmt, ...) EG_PRINTF(3, 4);
 
+/* A growable byte buffer (base/buf.c). eg_buf_put keeps a NUL after the
+ * data. Functions return 0, or -1 when memory runs out. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} eg_buf;
+
+int eg_buf_reserve(eg_buf *b, size_t extra);
+int eg_buf_put(eg_buf *b, const void *data, size_t n);
+void eg_buf_free(eg_buf *b);
+
 /* a * b into *out, returning 0 on overflow. */
 static inline int eg_mul_ok(uint64_t a, uint64_t b, uint64_t *out)
 {

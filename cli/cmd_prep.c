@@ -28,7 +28,8 @@ static const char prep_usage[] =
     "  -j, --threads N         tokenizer threads (default: all cores)\n"
     "  -m, --memory SIZE       memory budget (k/M/G bytes, default 1G): text is\n"
     "                          tokenized in batches of SIZE/8\n"
-    "      --max-doc SIZE      cut longer documents at line boundaries (default 64M)\n"
+    "      --max-doc SIZE      cut longer documents at line boundaries (default:\n"
+    "                          SIZE/16, at most 64M)\n"
     "      --strict            invalid UTF-8, malformed JSONL and missing fields are\n"
     "                          errors (default: replaced or skipped, and counted)\n"
     "      --json              the summary as JSON on stdout\n"
@@ -182,6 +183,8 @@ int cmd_prep(int argc, char **argv)
     po.inputs = optind < argc ? (const char *const *)(argv + optind) : stdin_only;
     po.n_inputs = optind < argc ? (size_t)(argc - optind) : 1;
     po.batch_bytes = (size_t)(memory / 8);
+    if (!po.reader.max_doc_bytes) /* one document's encoding needs ~12x its text */
+        po.reader.max_doc_bytes = (size_t)(memory / 16 < (64u << 20) ? memory / 16 : (64u << 20));
     po.output = output;
     eg_err err;
     eg_tokenizer *tok = NULL;

@@ -24,26 +24,6 @@
 
 typedef enum { SRC_PLAIN, SRC_GZIP, SRC_ZSTD } src_kind;
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-} tbuf;
-
-static int tb_reserve(tbuf *b, size_t extra)
-{
-    if (b->len + extra <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : 1 << 16;
-    while (cap < b->len + extra)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p)
-        return -1;
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
 struct eg_reader {
     eg_reader_opts o;
     char **files;
@@ -60,13 +40,13 @@ struct eg_reader {
     ZSTD_DStream *zd;
     size_t zd_last;
     /* decompressed text not consumed yet: text.p[pos .. text.len) */
-    tbuf text;
+    eg_buf text;
     size_t pos;
     int src_eof;
     uint64_t off;  /* decompressed offset of text.p[pos] in the current file */
     uint64_t line; /* 1-based line of text.p[pos] */
     /* the document handed out */
-    tbuf doc, clean;
+    eg_buf doc, clean;
     int continuing; /* per-file mode: the next chunk continues a document */
     eg_reader_stats st;
 };
@@ -291,7 +271,7 @@ static eg_status fill(eg_reader *r, eg_err *err)
         r->text.len -= r->pos;
         r->pos = 0;
     }
-    if (tb_reserve(&r->text, RAW_CAP))
+    if (eg_buf_reserve(&r->text, RAW_CAP + 1))
         return eg_fail(err, EG_ENOMEM, "out of memory");
     size_t before = r->text.len;
     while (r->text.len == before && !r->src_eof) {
@@ -390,7 +370,7 @@ static eg_status clean_utf8(eg_reader *r, const char *s, size_t n, uint64_t base
     }
     r->st.bad_utf8 += bad;
     r->clean.len = 0;
-    if (tb_reserve(&r->clean, n + 2 * bad + 1))
+    if (eg_buf_reserve(&r->clean, n + 2 * bad + 1))
         return eg_fail(err, EG_ENOMEM, "out of memory");
     for (i = 0; i < len;) {
         int32_t start = i;
@@ -594,7 +574,7 @@ eg_status eg_reader_next(eg_reader *r, const char **text, size_t *len, uint32_t 
             }
             size_t fl = json_string_length(f);
             r->doc.len = 0;
-            if (tb_reserve(&r->doc, fl + 1)) {
+            if (eg_buf_reserve(&r->doc, fl + 1)) {
                 json_decref(rec);
                 return eg_fail(err, EG_ENOMEM, "out of memory");
             }

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../base/eg_internal.h"
 #include "engram/eg_tokenizer.h"
 
 /* One step of a decoder pipeline (HF's decoders, applied to a token list). */
@@ -54,15 +55,6 @@ void eg_hfenc_free(struct hf_encoder *enc);
 eg_status eg_hfenc_encode(const eg_tokenizer *tok, const char *text, size_t len, uint32_t flags,
                           uint32_t *ids, size_t cap, size_t *n_out, eg_err *err);
 
-/* A growable byte buffer. */
-typedef struct {
-    char *p;
-    size_t len, cap;
-} eg_buf;
-
-int eg_buf_reserve(eg_buf *b, size_t extra);
-int eg_buf_put(eg_buf *b, const void *data, size_t n);
-void eg_buf_free(eg_buf *b);
 
 /* Allocate the per-id arrays of `tok` for n ids, pieces to be appended. */
 eg_status eg_tok_alloc(eg_tokenizer *tok, size_t n, eg_err *err);
