@@ -31,6 +31,19 @@ static int replay(const char *dir, int (*target)(const uint8_t *, size_t))
     return n;
 }
 
+TEST(fuzz_corpus_tokenizer_text_reader_shard_replay)
+{
+    static const struct {
+        const char *dir;
+        int (*fn)(const uint8_t *, size_t);
+    } t[] = {{"tests/fuzz/corpus/tokenizer", eg_fuzz_tokenizer},
+             {"tests/fuzz/corpus/text", eg_fuzz_text},
+             {"tests/fuzz/corpus/reader", eg_fuzz_reader},
+             {"tests/fuzz/corpus/shard", eg_fuzz_shard}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        CHECK_MSG(replay(t[i].dir, t[i].fn) > 0, "no corpus in %s", t[i].dir);
+}
+
 TEST(fuzz_corpus_config_replays)
 {
     int n = replay("tests/fuzz/corpus/config", eg_fuzz_config);

@@ -129,6 +129,33 @@ static eg_status read_whole(const char *path, char **data, size_t *len, eg_err *
     return EG_OK;
 }
 
+eg_status eg_tokenizer_open_memory(const void *bytes, size_t len, const char *name,
+                                   eg_tokenizer **out, eg_err *err)
+{
+    if (!out || (!bytes && len))
+        return eg_fail(err, EG_EINVAL, "eg_tokenizer_open_memory: NULL argument");
+    *out = NULL;
+    const char *path = name ? name : "tokenizer";
+    const char *data = bytes;
+    if (len == 0)
+        return eg_fail(err, EG_EFORMAT, "%s: empty file, not a tokenizer", path);
+    eg_tokenizer *tok = calloc(1, sizeof *tok);
+    if (!tok)
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    eg_sha256(data, len, tok->sha);
+    size_t i = 0;
+    while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r'))
+        i++;
+    eg_status st = (i < len && data[i] == '{') ? eg_tok_load_hf(tok, data, len, path, err)
+                                                : eg_tok_load_spm(tok, data, len, path, err);
+    if (st) {
+        eg_tokenizer_free(tok);
+        return st;
+    }
+    *out = tok;
+    return EG_OK;
+}
+
 eg_status eg_tokenizer_open(const char *path, eg_tokenizer **out, eg_err *err)
 {
     if (!path || !out)
@@ -139,30 +166,9 @@ eg_status eg_tokenizer_open(const char *path, eg_tokenizer **out, eg_err *err)
     eg_status st = read_whole(path, &data, &len, err);
     if (st)
         return st;
-    if (len == 0) {
-        free(data);
-        return eg_fail(err, EG_EFORMAT, "%s: empty file, not a tokenizer", path);
-    }
-    eg_tokenizer *tok = calloc(1, sizeof *tok);
-    if (!tok) {
-        free(data);
-        return eg_fail(err, EG_ENOMEM, "out of memory");
-    }
-    eg_sha256(data, len, tok->sha);
-    size_t i = 0;
-    while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r'))
-        i++;
-    if (i < len && data[i] == '{')
-        st = eg_tok_load_hf(tok, data, len, path, err);
-    else
-        st = eg_tok_load_spm(tok, data, len, path, err);
+    st = eg_tokenizer_open_memory(data, len, path, out, err);
     free(data);
-    if (st) {
-        eg_tokenizer_free(tok);
-        return st;
-    }
-    *out = tok;
-    return EG_OK;
+    return st;
 }
 
 void eg_tokenizer_free(eg_tokenizer *tok)

@@ -45,6 +45,10 @@ enum {
  * truncated), EG_EUNSUPPORTED (another model or decoder type).
  * On failure *out is NULL. */
 eg_status eg_tokenizer_open(const char *path, eg_tokenizer **out, eg_err *err);
+/* The same from bytes in memory (copied as needed; `name` is used in
+ * messages and may be NULL). */
+eg_status eg_tokenizer_open_memory(const void *data, size_t len, const char *name,
+                                   eg_tokenizer **out, eg_err *err);
 void eg_tokenizer_free(eg_tokenizer *tok);
 
 eg_tokenizer_kind eg_tokenizer_get_kind(const eg_tokenizer *tok);

@@ -4,4 +4,8 @@
 #include <stddef.h>
 #include <stdint.h>
 int eg_fuzz_config(const uint8_t *data, size_t size);
+int eg_fuzz_tokenizer(const uint8_t *data, size_t size);
+int eg_fuzz_text(const uint8_t *data, size_t size);
+int eg_fuzz_reader(const uint8_t *data, size_t size);
+int eg_fuzz_shard(const uint8_t *data, size_t size);
 #endif

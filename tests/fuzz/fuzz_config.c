@@ -35,7 +35,7 @@ int eg_fuzz_config(const uint8_t *data, size_t size)
     return 0;
 }
 
-#ifdef EG_LIBFUZZER
+#ifdef EG_LIBFUZZER_CONFIG
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
