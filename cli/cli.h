@@ -67,5 +67,10 @@ int cmd_spec(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
 int cmd_vocab(int argc, char **argv);
 int cmd_prep(int argc, char **argv);
+int cmd_count(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
+
+/* A byte size with an optional k/M/G suffix (powers of 1024). */
+int cli_parse_size(const char *s, uint64_t *out);
 
 #endif

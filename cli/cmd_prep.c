@@ -36,25 +36,6 @@ static const char prep_usage[] =
     "  -q, --quiet             no progress line, no summary\n"
     "  -h, --help              this text\n";
 
-static int parse_size(const char *s, uint64_t *out)
-{
-    char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (end == s)
-        return -1;
-    uint64_t mul = 1;
-    switch (*end) {
-    case 'k': case 'K': mul = 1ull << 10; end++; break;
-    case 'm': case 'M': mul = 1ull << 20; end++; break;
-    case 'g': case 'G': mul = 1ull << 30; end++; break;
-    default: break;
-    }
-    if (*end || v > UINT64_MAX / mul)
-        return -1;
-    *out = v * mul;
-    return 0;
-}
-
 /* An id, or a token string of the tokenizer. */
 static int resolve_token(const eg_tokenizer *tok, const char *s, int64_t *out)
 {
@@ -155,11 +136,11 @@ int cmd_prep(int argc, char **argv)
             po.n_threads = (int)v;
             break;
         case 'm':
-            if (parse_size(optarg, &memory) || memory < (1u << 20))
+            if (cli_parse_size(optarg, &memory) || memory < (1u << 20))
                 return cli_error("--memory: '%s' is not a size of at least 1M", optarg);
             break;
         case O_MAXDOC:
-            if (parse_size(optarg, &v) || v < 1024)
+            if (cli_parse_size(optarg, &v) || v < 1024)
                 return cli_error("--max-doc: '%s' is not a size of at least 1k", optarg);
             po.reader.max_doc_bytes = (size_t)v;
             break;

@@ -12,6 +12,8 @@ static const char main_usage[] =
     "commands:\n"
     "  vocab    the vocabulary projection V -> V' of a tokenizer\n"
     "  prep     tokenize raw corpora into token shards\n"
+    "  count    n-gram counts of token shards (exact, or --approx)\n"
+    "  plan     table sizes for a collision target, expected and measured rates\n"
     "  spec     multipliers, primes, row offsets and table sizes of a config\n"
     "  hash     hash token ids into per-head indices or table rows\n"
     "  version  print the version\n";
@@ -34,7 +36,8 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } cmds[] = {{"vocab", cmd_vocab}, {"prep", cmd_prep}, {"spec", cmd_spec}, {"hash", cmd_hash}};
+    } cmds[] = {{"vocab", cmd_vocab}, {"prep", cmd_prep}, {"count", cmd_count}, {"plan", cmd_plan},
+                  {"spec", cmd_spec}, {"hash", cmd_hash}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name)) {
             cli_cmd = cmds[i].name;

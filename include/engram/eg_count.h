@@ -1,0 +1,137 @@
+/*
+ * eg_count.h - exact n-gram counting over compressed token streams within a
+ * memory budget, the counts file, approximate sketches, and table planning.
+ *
+ * Counting: n-grams are packed into 128-bit keys (order, then the ids oldest
+ * first), generated a block at a time, scattered into hash partitions and
+ * counted in per-partition open-addressing tables (in parallel, one thread a
+ * partition, so each table stays hot in cache). When a table fills, every
+ * partition is sorted and merged into one sorted run, compressed with zstd, on
+ * disk; at the end the runs and the tables are merged (k-way), summing equal
+ * n-grams, into the counts file. Memory: the tables and two key buffers,
+ * sized from the budget.
+ *
+ * Counts file (version 1, little-endian):
+ *   "EGCOUNT1" (8 bytes); u32 version = 1; u32 max_ngram N; u64 V';
+ *   i64 pad id; u64 tokens; for n = 2..N: u64 distinct, u64 occurrences;
+ *   then the records of order 2, of order 3, ...: n uint32 ids (oldest
+ *   first) and a u64 count, sorted by the ids. numpy reads a section with
+ *   dtype([("ids", "<u4", n), ("count", "<u8")]).
+ */
+#ifndef ENGRAM_EG_COUNT_H
+#define ENGRAM_EG_COUNT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "eg_base.h"
+#include "eg_spec.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define EG_COUNT_MAX_ORDER 8
+
+/* Where sequences start (and are left-padded). */
+typedef enum eg_pad_mode {
+    EG_PAD_DOCS = 0,  /* at every document start (Megatron), else each shard's start */
+    EG_PAD_SEQLEN = 1 /* every seq_len tokens of each shard, as the model sees it */
+} eg_pad_mode;
+
+typedef struct eg_count_opts {
+    const char *const *shards; /* shard paths (eg_shard_open), borrowed */
+    size_t n_shards;
+    const uint32_t *proj; /* projection (borrowed); NULL: ids are compressed */
+    size_t n_proj;
+    uint64_t vprime;     /* every compressed id must be below V' */
+    int64_t pad;         /* compressed pad id, 0 <= pad < V' */
+    uint32_t max_ngram;  /* N: orders 2..N, N <= EG_COUNT_MAX_ORDER */
+    eg_pad_mode pad_mode;
+    uint64_t seq_len;    /* EG_PAD_SEQLEN */
+    size_t memory;       /* budget for tables and buffers, bytes (>= 1 MiB) */
+    const char *tmp_dir; /* spilled runs (default: the output's folder) */
+    int n_threads;       /* 0: all cores */
+    const char *output;  /* the counts file */
+    size_t top_k;        /* keep the top_k most frequent n-grams of each order */
+    void (*progress)(uint64_t tokens_done, uint64_t tokens_total, void *ctx);
+    void *progress_ctx;
+} eg_count_opts;
+
+#define EG_FOF_BUCKETS 24 /* frequency of frequencies: counts 1..8, then powers of 2 */
+
+typedef struct eg_ngram_top {
+    uint32_t ids[EG_COUNT_MAX_ORDER];
+    uint64_t count;
+} eg_ngram_top;
+
+typedef struct eg_count_stats {
+    uint64_t tokens;
+    uint64_t distinct[EG_COUNT_MAX_ORDER + 1], total[EG_COUNT_MAX_ORDER + 1];
+    uint64_t singletons[EG_COUNT_MAX_ORDER + 1];
+    uint64_t fof[EG_COUNT_MAX_ORDER + 1][EG_FOF_BUCKETS];
+    uint64_t spills;
+    size_t table_bytes, buffer_bytes;
+    eg_ngram_top *top[EG_COUNT_MAX_ORDER + 1]; /* top_k each, most frequent first */
+    size_t n_top[EG_COUNT_MAX_ORDER + 1];
+} eg_count_stats;
+
+/* Lower edge of frequency-of-frequency bucket b: 1..8, then 16, 32, ... */
+uint64_t eg_fof_bucket_min(unsigned b);
+
+/* Count every n-gram of orders 2..N and write the counts file (under a
+ * temporary name, renamed when complete). Errors: EG_ERANGE naming the shard
+ * and token of an id outside the projection or V'; EG_EFORMAT for a bad
+ * shard; EG_ENOMEM when the budget cannot hold even one block. The top lists
+ * in `st` are allocated; release them with eg_count_stats_free. */
+eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err);
+void eg_count_stats_free(eg_count_stats *st);
+
+/* Approximate counting in one pass and fixed memory: a HyperLogLog (2^14
+ * registers) of distinct n-grams and a Misra-Gries heavy-hitter sketch of
+ * `top_k` * 8 counters per order. distinct[] are estimates (about 0.8%
+ * standard error); total[] and tokens are exact; top[] counts are lower
+ * bounds. Nothing is written. */
+eg_status eg_count_approx(const eg_count_opts *o, eg_count_stats *st, eg_err *err);
+
+/* ---- reading a counts file ------------------------------------------------- */
+
+typedef struct eg_counts eg_counts;
+
+eg_status eg_counts_open(const char *path, eg_counts **out, eg_err *err);
+void eg_counts_close(eg_counts *c);
+uint32_t eg_counts_max_ngram(const eg_counts *c);
+uint64_t eg_counts_vprime(const eg_counts *c);
+int64_t eg_counts_pad(const eg_counts *c);
+uint64_t eg_counts_tokens(const eg_counts *c);
+uint64_t eg_counts_distinct(const eg_counts *c, uint32_t n);
+uint64_t eg_counts_total(const eg_counts *c, uint32_t n);
+/* Record i of order n: its ids (n values, copied into ids[]) and count. */
+eg_status eg_counts_get(const eg_counts *c, uint32_t n, uint64_t i, uint32_t *ids,
+                        uint64_t *count);
+
+/* ---- planning ---------------------------------------------------------------- */
+
+/* Expected fraction of m distinct n-grams sharing their bucket with another
+ * when hashed uniformly into p buckets: 1 - (1 - 1/p)^(m-1). */
+double eg_plan_collision_rate(uint64_t m, uint64_t p);
+
+/* Smallest p with eg_plan_collision_rate(m, p) <= target (0 < target < 1). */
+uint64_t eg_plan_size_for(uint64_t m, double target);
+
+/* Measured, with a spec's real multipliers and primes (layer li), for the
+ * n-grams of order n in `c`: per head the fraction of distinct n-grams, and of
+ * their occurrences, whose bucket holds another n-gram too; and the same for
+ * "every one of the K heads". */
+typedef struct eg_plan_measure {
+    double head_distinct[64], head_mass[64];
+    double all_distinct, all_mass;
+} eg_plan_measure;
+
+eg_status eg_plan_measure_order(const eg_counts *c, const eg_spec *spec, uint32_t li, uint32_t n,
+                                eg_plan_measure *out, eg_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

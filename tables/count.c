@@ -1,0 +1,1093 @@
+/* count.c - exact n-gram counting within a memory budget (see eg_count.h). */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zstd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../base/eg_internal.h"
+#include "engram/eg_count.h"
+#include "engram/eg_prep.h"
+
+__extension__ typedef unsigned __int128 u128;
+
+/* A counted n-gram: key = order << 124 | ids packed oldest first. hi == 0
+ * marks an empty slot (the order, >= 2, lives in hi's top bits). */
+typedef struct {
+    uint64_t hi, lo, count;
+} entry;
+
+static inline u128 key_of(const entry *e) { return (u128)e->hi << 64 | e->lo; }
+
+static inline uint64_t mix_key(uint64_t hi, uint64_t lo)
+{
+    uint64_t h = lo * 0x9E3779B97F4A7C15ull ^ (hi + 0x632BE59BD9B4E019ull) * 0xC2B2AE3D27D4EB4Full;
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 32;
+    return h;
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+    const entry *x = a, *y = b;
+    if (x->hi != y->hi)
+        return x->hi < y->hi ? -1 : 1;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+uint64_t eg_fof_bucket_min(unsigned b) { return b < 8 ? b + 1 : 1ull << (b - 4); }
+
+static unsigned fof_bucket(uint64_t c)
+{
+    if (c <= 8)
+        return (unsigned)c - 1;
+    unsigned lg = 63u - (unsigned)__builtin_clzll(c); /* c >= 16 -> lg >= 4 */
+    unsigned b = lg + 4;
+    return b < EG_FOF_BUCKETS ? b : EG_FOF_BUCKETS - 1;
+}
+
+/* ---- the counting state ----------------------------------------------------- */
+
+/* A partition's table: `cap` slots in use of the `maxcap` it may grow to
+ * (tables start small, so a small input touches little memory). */
+typedef struct {
+    entry *slot;
+    size_t cap, maxcap, used;
+} ptable;
+
+#define PT_START 1024
+
+/* Double the table (rehash); 0, or -1 when memory for the move runs out. */
+static int pt_grow(ptable *t)
+{
+    size_t ncap = t->cap * 2 < t->maxcap ? t->cap * 2 : t->maxcap;
+    entry *old = malloc(t->used * sizeof *old + 1);
+    if (!old)
+        return -1;
+    size_t k = 0;
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slot[i].hi)
+            old[k++] = t->slot[i];
+    memset(t->slot, 0, ncap * sizeof *t->slot);
+    t->cap = ncap;
+    for (size_t i = 0; i < k; i++) {
+        size_t s = (size_t)(((u128)(uint32_t)mix_key(old[i].hi, old[i].lo) * ncap) >> 32);
+        while (t->slot[s].hi)
+            if (++s == ncap)
+                s = 0;
+        t->slot[s] = old[i];
+    }
+    free(old);
+    return 0;
+}
+
+typedef struct counter_ {
+    const eg_count_opts *o;
+    eg_err *err;
+    unsigned bits;   /* per id */
+    uint64_t idmask;
+    int nt;
+    /* key buffers */
+    uint64_t *khi, *klo, *shi, *slo; /* keys and their scattered copy */
+    size_t kn, kcap;
+    /* partitions */
+    size_t P;
+    unsigned pshift;
+    ptable *part;
+    entry *table_mem;
+    size_t *hist; /* nt * P */
+    size_t *start; /* P + 1 */
+    size_t *done;  /* per partition: keys already inserted from this batch */
+    /* runs */
+    char **runs;
+    size_t n_runs, runs_cap;
+    uint64_t spills;
+    char tmp_prefix[1024];
+    /* where full key buffers go: the tables (exact) or the sketches (approx) */
+    eg_status (*sink)(struct counter_ *c);
+    void *sketch;
+} counter;
+
+static inline size_t part_of(const counter *c, uint64_t h) { return (size_t)(h >> c->pshift); }
+
+/* Insert partition p's keys [from, to) of the scattered batch; stops early
+ * (returns the position) when the table is 90% full. */
+static size_t insert_part(counter *c, size_t p, size_t from, size_t to)
+{
+    ptable *t = &c->part[p];
+    for (size_t i = from; i < to; i++) {
+        if (t->used * 10 >= t->cap * 7 && t->cap < t->maxcap && pt_grow(t))
+            return i; /* no memory to grow: spill instead */
+        const size_t limit = t->cap - t->cap / 10;
+        const uint64_t hi = c->shi[i], lo = c->slo[i];
+        const uint64_t h = mix_key(hi, lo);
+        size_t s = (size_t)(((u128)(uint32_t)h * t->cap) >> 32);
+        for (;;) {
+            entry *e = &t->slot[s];
+            if (e->hi == hi && e->lo == lo) {
+                e->count++;
+                break;
+            }
+            if (e->hi == 0) {
+                if (t->used >= limit)
+                    return i;
+                e->hi = hi;
+                e->lo = lo;
+                e->count = 1;
+                t->used++;
+                break;
+            }
+            if (++s == t->cap)
+                s = 0;
+        }
+    }
+    return to;
+}
+
+/* Compact each partition's entries to its front and sort them. */
+static void sort_partitions(counter *c)
+{
+    const long long P = (long long)c->P;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(c->nt)
+#endif
+    for (long long p = 0; p < P; p++) {
+        ptable *t = &c->part[p];
+        size_t w = 0;
+        for (size_t i = 0; i < t->cap; i++)
+            if (t->slot[i].hi)
+                t->slot[w++] = t->slot[i];
+        qsort(t->slot, w, sizeof *t->slot, cmp_entry);
+        t->used = w;
+    }
+}
+
+/* ---- sorted sources and the k-way merge ------------------------------------- */
+
+typedef struct {
+    /* in memory */
+    const entry *arr;
+    size_t n, i;
+    /* or a run file */
+    FILE *f;
+    ZSTD_DStream *zd;
+    unsigned char *in;
+    size_t in_len, in_pos;
+    entry *buf;
+    size_t buf_n, buf_i;
+    int eof;
+    entry cur;
+} source;
+
+#define RUN_BUF 4096
+
+static int source_next(source *s)
+{
+    if (s->arr) {
+        if (s->i >= s->n)
+            return 0;
+        s->cur = s->arr[s->i++];
+        return 1;
+    }
+    while (s->buf_i >= s->buf_n) {
+        if (s->eof)
+            return 0;
+        ZSTD_outBuffer ob = {s->buf, RUN_BUF * sizeof(entry), 0};
+        while (ob.pos < ob.size && !s->eof) {
+            if (s->in_pos == s->in_len) {
+                s->in_len = fread(s->in, 1, ZSTD_DStreamInSize(), s->f);
+                s->in_pos = 0;
+                if (s->in_len == 0) {
+                    s->eof = 1;
+                    break;
+                }
+            }
+            ZSTD_inBuffer ib = {s->in, s->in_len, s->in_pos};
+            size_t r = ZSTD_decompressStream(s->zd, &ob, &ib);
+            s->in_pos = ib.pos;
+            if (ZSTD_isError(r)) {
+                s->eof = 1;
+                return -1;
+            }
+        }
+        if (ob.pos % sizeof(entry))
+            return -1;
+        s->buf_n = ob.pos / sizeof(entry);
+        s->buf_i = 0;
+    }
+    s->cur = s->buf[s->buf_i++];
+    return 1;
+}
+
+static void source_close(source *s)
+{
+    if (s->f)
+        fclose(s->f);
+    if (s->zd)
+        ZSTD_freeDStream(s->zd);
+    free(s->in);
+    free(s->buf);
+}
+
+typedef struct {
+    source *src;
+    size_t *heap, n;
+} merger;
+
+static int src_less(const merger *m, size_t a, size_t b)
+{
+    const entry *x = &m->src[a].cur, *y = &m->src[b].cur;
+    return x->hi != y->hi ? x->hi < y->hi : x->lo != y->lo ? x->lo < y->lo : a < b;
+}
+
+static void sift_down(merger *m, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, s = i;
+        if (l < m->n && src_less(m, m->heap[l], m->heap[s]))
+            s = l;
+        if (l + 1 < m->n && src_less(m, m->heap[l + 1], m->heap[s]))
+            s = l + 1;
+        if (s == i)
+            return;
+        size_t t = m->heap[i];
+        m->heap[i] = m->heap[s];
+        m->heap[s] = t;
+        i = s;
+    }
+}
+
+/* Start the merge: every source positioned on its first entry. */
+static int merger_init(merger *m, source *src, size_t n)
+{
+    m->src = src;
+    m->heap = malloc((n ? n : 1) * sizeof *m->heap);
+    m->n = 0;
+    if (!m->heap)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        int r = source_next(&src[i]);
+        if (r < 0)
+            return -1;
+        if (r)
+            m->heap[m->n++] = i;
+    }
+    for (size_t i = m->n / 2; i-- > 0;)
+        sift_down(m, i);
+    return 0;
+}
+
+/* The next n-gram with its summed count; 0 at the end, -1 on a bad run. */
+static int merger_next(merger *m, entry *out)
+{
+    if (!m->n)
+        return 0;
+    *out = m->src[m->heap[0]].cur;
+    out->count = 0;
+    while (m->n) {
+        source *s = &m->src[m->heap[0]];
+        if (s->cur.hi != out->hi || s->cur.lo != out->lo)
+            break;
+        out->count += s->cur.count;
+        int r = source_next(s);
+        if (r < 0)
+            return -1;
+        if (!r)
+            m->heap[0] = m->heap[--m->n];
+        sift_down(m, 0);
+    }
+    return 1;
+}
+
+/* ---- spilling ------------------------------------------------------------------ */
+
+static eg_status spill(counter *c)
+{
+    sort_partitions(c);
+    char path[1100];
+    snprintf(path, sizeof path, "%s.run%zu.zst", c->tmp_prefix, c->n_runs);
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return eg_fail(c->err, EG_EIO, "%s: cannot create a spill run: %s", path,
+                       strerror(errno));
+    if (c->n_runs == c->runs_cap) {
+        c->runs_cap = c->runs_cap ? 2 * c->runs_cap : 8;
+        char **r = realloc(c->runs, c->runs_cap * sizeof *r);
+        if (!r) {
+            fclose(f);
+            unlink(path);
+            return eg_fail(c->err, EG_ENOMEM, "out of memory");
+        }
+        c->runs = r;
+    }
+    c->runs[c->n_runs++] = strdup(path);
+    source *src = calloc(c->P, sizeof *src);
+    merger m = {0};
+    ZSTD_CCtx *cc = ZSTD_createCCtx();
+    size_t outcap = ZSTD_CStreamOutSize();
+    unsigned char *out = malloc(outcap);
+    entry *blk = malloc(RUN_BUF * sizeof *blk);
+    eg_status st = EG_OK;
+    if (!src || !cc || !out || !blk || !c->runs[c->n_runs - 1]) {
+        st = eg_fail(c->err, EG_ENOMEM, "out of memory");
+        goto done;
+    }
+    ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, 1);
+    for (size_t p = 0; p < c->P; p++) {
+        src[p].arr = c->part[p].slot;
+        src[p].n = c->part[p].used;
+    }
+    if (merger_init(&m, src, c->P)) {
+        st = eg_fail(c->err, EG_ENOMEM, "out of memory");
+        goto done;
+    }
+    size_t nb = 0;
+    entry e;
+    int r;
+    for (;;) {
+        r = merger_next(&m, &e);
+        if (r > 0)
+            blk[nb++] = e;
+        if (nb == RUN_BUF || (r == 0 && nb)) {
+            ZSTD_inBuffer ib = {blk, nb * sizeof *blk, 0};
+            while (ib.pos < ib.size) {
+                ZSTD_outBuffer ob = {out, outcap, 0};
+                size_t zr = ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_continue);
+                if (ZSTD_isError(zr) || fwrite(out, 1, ob.pos, f) != ob.pos) {
+                    st = eg_fail(c->err, EG_EIO, "%s: writing a spill run failed", path);
+                    goto done;
+                }
+            }
+            nb = 0;
+        }
+        if (r == 0)
+            break;
+    }
+    for (;;) {
+        ZSTD_inBuffer ib = {NULL, 0, 0};
+        ZSTD_outBuffer ob = {out, outcap, 0};
+        size_t left = ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_end);
+        if (ZSTD_isError(left) || fwrite(out, 1, ob.pos, f) != ob.pos) {
+            st = eg_fail(c->err, EG_EIO, "%s: writing a spill run failed", path);
+            goto done;
+        }
+        if (left == 0)
+            break;
+    }
+    for (size_t p = 0; p < c->P; p++) {
+        memset(c->part[p].slot, 0, c->part[p].cap * sizeof(entry));
+        c->part[p].used = 0; /* keeps its grown size: it will fill again */
+    }
+    c->spills++;
+done:
+    if (fclose(f) && !st)
+        st = eg_fail(c->err, EG_EIO, "%s: writing a spill run failed", path);
+    free(m.heap);
+    free(src);
+    ZSTD_freeCCtx(cc);
+    free(out);
+    free(blk);
+    return st;
+}
+
+/* ---- counting a batch of keys --------------------------------------------------- */
+
+static eg_status flush_keys(counter *c)
+{
+    const size_t n = c->kn, P = c->P;
+    const int nt = c->nt;
+    if (!n)
+        return EG_OK;
+    memset(c->hist, 0, (size_t)nt * P * sizeof *c->hist);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        const int t = 0, T = 1;
+#endif
+        size_t a = n * (size_t)t / (size_t)T, b = n * (size_t)(t + 1) / (size_t)T;
+        size_t *h = c->hist + (size_t)t * P;
+        for (size_t i = a; i < b; i++)
+            h[part_of(c, mix_key(c->khi[i], c->klo[i]))]++;
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp single
+#endif
+        {
+            size_t off = 0;
+            for (size_t p = 0; p < P; p++) {
+                c->start[p] = off;
+                for (int tt = 0; tt < T; tt++) {
+                    size_t v = c->hist[(size_t)tt * P + p];
+                    c->hist[(size_t)tt * P + p] = off;
+                    off += v;
+                }
+            }
+            c->start[P] = off;
+        }
+        for (size_t i = a; i < b; i++) {
+            size_t p = part_of(c, mix_key(c->khi[i], c->klo[i]));
+            size_t dst = h[p]++;
+            c->shi[dst] = c->khi[i];
+            c->slo[dst] = c->klo[i];
+        }
+    }
+    for (size_t p = 0; p < P; p++)
+        c->done[p] = c->start[p];
+    for (;;) {
+        int full = 0;
+        const long long PP = (long long)P;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt) reduction(| : full)
+#endif
+        for (long long p = 0; p < PP; p++) {
+            c->done[p] = insert_part(c, (size_t)p, c->done[p], c->start[p + 1]);
+            full |= c->done[p] < c->start[p + 1];
+        }
+        if (!full)
+            break;
+        eg_status st = spill(c);
+        if (st)
+            return st;
+    }
+    c->kn = 0;
+    return EG_OK;
+}
+
+/* ---- reading the input ---------------------------------------------------------- */
+
+/* Keys of every n-gram ending at positions [0, n) of x; x[-(N-1) .. -1] hold
+ * the history (earlier tokens of the sequence, or padding). */
+static eg_status add_ngrams(counter *c, const uint32_t *x, size_t n)
+{
+    const uint32_t N = c->o->max_ngram;
+    const unsigned b = c->bits;
+    for (size_t i = 0; i < n; i++) {
+        if (c->kn + N > c->kcap) {
+            eg_status st = c->sink(c);
+            if (st)
+                return st;
+        }
+        u128 v = x[i];
+        for (uint32_t k = 1; k < N; k++) {
+            v |= (u128)x[(ptrdiff_t)i - (ptrdiff_t)k] << (b * k);
+            /* order k+1: ids x[i-k..i], oldest first = most significant */
+            u128 key = (u128)(k + 1) << 124 | v;
+            c->khi[c->kn] = (uint64_t)(key >> 64);
+            c->klo[c->kn] = (uint64_t)key;
+            c->kn++;
+        }
+    }
+    return EG_OK;
+}
+
+/* The history-aware block reader: a buffer with N-1 slots before the data. */
+typedef struct {
+    uint32_t *buf; /* buf[0 .. N-1) history, then data */
+    size_t cap;
+} blockbuf;
+
+static eg_status count_segment(counter *c, const eg_shard *s, const char *path, uint64_t a,
+                               uint64_t b, blockbuf *bb, uint64_t *done_tokens, uint64_t total)
+{
+    const eg_count_opts *o = c->o;
+    const uint32_t H = o->max_ngram - 1;
+    uint32_t *hist = bb->buf;
+    for (uint32_t k = 0; k < H; k++)
+        hist[k] = (uint32_t)o->pad;
+    const size_t chunk = bb->cap - H;
+    for (uint64_t pos = a; pos < b;) {
+        size_t n = (size_t)(b - pos < chunk ? b - pos : chunk);
+        uint32_t *x = bb->buf + H;
+        eg_status st = eg_shard_read(s, pos, n, x, c->err);
+        if (st)
+            return st;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t id = x[i];
+            if (o->proj) {
+                if (id >= o->n_proj)
+                    return eg_fail(c->err, EG_ERANGE,
+                                   "%s: token %llu is id %u, outside the projection's %zu ids",
+                                   path, (unsigned long long)(pos + i), id, o->n_proj);
+                id = o->proj[id];
+            }
+            if (id >= o->vprime)
+                return eg_fail(c->err, EG_ERANGE, "%s: token %llu: compressed id %u >= V' = %llu",
+                               path, (unsigned long long)(pos + i), id,
+                               (unsigned long long)o->vprime);
+            x[i] = id;
+        }
+        if ((st = add_ngrams(c, x, n)))
+            return st;
+        /* carry the last H tokens (or padding) into the history */
+        uint32_t keep[EG_COUNT_MAX_ORDER];
+        for (uint32_t k = 0; k < H; k++)
+            keep[k] = x[(ptrdiff_t)n - (ptrdiff_t)H + k];
+        memcpy(hist, keep, H * sizeof *keep);
+        pos += n;
+        *done_tokens += n;
+        if (o->progress)
+            o->progress(*done_tokens, total, o->progress_ctx);
+    }
+    return EG_OK;
+}
+
+static void counter_free(counter *c)
+{
+    for (size_t i = 0; i < c->n_runs; i++) {
+        unlink(c->runs[i]);
+        free(c->runs[i]);
+    }
+    free(c->runs);
+    free(c->khi);
+    free(c->klo);
+    free(c->shi);
+    free(c->slo);
+    free(c->table_mem);
+    free(c->part);
+    free(c->hist);
+    free(c->start);
+    free(c->done);
+}
+
+/* ---- the counts file -------------------------------------------------------------- */
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static size_t header_bytes(uint32_t N) { return 8 + 4 + 4 + 8 + 8 + 8 + (size_t)(N - 1) * 16; }
+
+static int top_worse(const eg_ngram_top *a, const eg_ngram_top *b)
+{
+    /* "worse" = lower count, or equal count and larger ids (kept last) */
+    if (a->count != b->count)
+        return a->count < b->count;
+    return memcmp(a->ids, b->ids, sizeof a->ids) > 0;
+}
+
+static void top_offer(eg_count_stats *st, uint32_t n, size_t k, const eg_ngram_top *t)
+{
+    if (!k || !st->top[n])
+        return;
+    eg_ngram_top *h = st->top[n]; /* a min-heap of the k best, worst at the root */
+    size_t m = st->n_top[n];
+    if (m < k) {
+        size_t i = m;
+        h[i] = *t;
+        while (i && top_worse(&h[i], &h[(i - 1) / 2])) {
+            eg_ngram_top tmp = h[i];
+            h[i] = h[(i - 1) / 2];
+            h[(i - 1) / 2] = tmp;
+            i = (i - 1) / 2;
+        }
+        st->n_top[n] = m + 1;
+        return;
+    }
+    if (!top_worse(&h[0], t))
+        return;
+    h[0] = *t;
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, s = i;
+        if (l < m && top_worse(&h[l], &h[s]))
+            s = l;
+        if (l + 1 < m && top_worse(&h[l + 1], &h[s]))
+            s = l + 1;
+        if (s == i)
+            break;
+        eg_ngram_top tmp = h[i];
+        h[i] = h[s];
+        h[s] = tmp;
+        i = s;
+    }
+}
+
+static int cmp_top(const void *a, const void *b)
+{
+    const eg_ngram_top *x = a, *y = b;
+    return top_worse(x, y) ? 1 : top_worse(y, x) ? -1 : 0;
+}
+
+void eg_count_stats_free(eg_count_stats *st)
+{
+    if (!st)
+        return;
+    for (int n = 0; n <= EG_COUNT_MAX_ORDER; n++) {
+        free(st->top[n]);
+        st->top[n] = NULL;
+        st->n_top[n] = 0;
+    }
+}
+
+static eg_status write_counts(counter *c, eg_count_stats *st)
+{
+    const eg_count_opts *o = c->o;
+    const uint32_t N = o->max_ngram;
+    sort_partitions(c);
+    size_t ns = c->P + c->n_runs;
+    source *src = calloc(ns, sizeof *src);
+    merger m = {0};
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", o->output, (long)getpid());
+    FILE *f = NULL;
+    eg_status ret = EG_OK;
+    if (!src) {
+        ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t p = 0; p < c->P; p++) {
+        src[p].arr = c->part[p].slot;
+        src[p].n = c->part[p].used;
+    }
+    for (size_t r = 0; r < c->n_runs; r++) {
+        source *s = &src[c->P + r];
+        s->f = fopen(c->runs[r], "rb");
+        s->zd = ZSTD_createDStream();
+        s->in = malloc(ZSTD_DStreamInSize());
+        s->buf = malloc(RUN_BUF * sizeof(entry));
+        if (!s->f || !s->zd || !s->in || !s->buf) {
+            ret = eg_fail(c->err, EG_EIO, "%s: cannot reopen a spill run", c->runs[r]);
+            goto done;
+        }
+        ZSTD_initDStream(s->zd);
+    }
+    if (merger_init(&m, src, ns)) {
+        ret = eg_fail(c->err, EG_EFORMAT, "a spill run is unreadable");
+        goto done;
+    }
+    f = fopen(tmp, "wb");
+    if (!f) {
+        ret = eg_fail(c->err, EG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+        goto done;
+    }
+    unsigned char hdr[8 + 4 + 4 + 8 + 8 + 8 + 16 * EG_COUNT_MAX_ORDER];
+    memset(hdr, 0, sizeof hdr);
+    if (fwrite(hdr, 1, header_bytes(N), f) != header_bytes(N)) {
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
+        goto done;
+    }
+    for (uint32_t n = 2; n <= N; n++)
+        if (o->top_k && !(st->top[n] = calloc(o->top_k, sizeof *st->top[n]))) {
+            ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+            goto done;
+        }
+    const unsigned b = c->bits;
+    entry e;
+    int r;
+    unsigned char rec[4 * EG_COUNT_MAX_ORDER + 8];
+    while ((r = merger_next(&m, &e)) > 0) {
+        u128 key = key_of(&e);
+        uint32_t n = (uint32_t)(key >> 124);
+        eg_ngram_top t;
+        memset(&t, 0, sizeof t);
+        u128 v = key;
+        for (uint32_t k = n; k-- > 0;) {
+            t.ids[k] = (uint32_t)(v & c->idmask);
+            v >>= b;
+        }
+        t.count = e.count;
+        for (uint32_t k = 0; k < n; k++)
+            put_u32(rec + 4 * k, t.ids[k]);
+        put_u64(rec + 4 * n, e.count);
+        if (fwrite(rec, 1, 4 * n + 8, f) != 4 * n + 8) {
+            ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+            goto done;
+        }
+        st->distinct[n]++;
+        st->total[n] += e.count;
+        st->singletons[n] += e.count == 1;
+        st->fof[n][fof_bucket(e.count)]++;
+        top_offer(st, n, o->top_k, &t);
+    }
+    if (r < 0) {
+        ret = eg_fail(c->err, EG_EFORMAT, "a spill run is corrupt");
+        goto done;
+    }
+    for (uint32_t n = 2; n <= N; n++)
+        if (st->top[n])
+            qsort(st->top[n], st->n_top[n], sizeof *st->top[n], cmp_top);
+    memcpy(hdr, "EGCOUNT1", 8);
+    put_u32(hdr + 8, 1);
+    put_u32(hdr + 12, N);
+    put_u64(hdr + 16, o->vprime);
+    put_u64(hdr + 24, (uint64_t)o->pad);
+    put_u64(hdr + 32, st->tokens);
+    for (uint32_t n = 2; n <= N; n++) {
+        put_u64(hdr + 40 + 16 * (n - 2), st->distinct[n]);
+        put_u64(hdr + 48 + 16 * (n - 2), st->total[n]);
+    }
+    if (fseek(f, 0, SEEK_SET) || fwrite(hdr, 1, header_bytes(N), f) != header_bytes(N) ||
+        fflush(f) || fsync(fileno(f))) {
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+        goto done;
+    }
+done:
+    if (f && fclose(f) && !ret)
+        ret = eg_fail(c->err, EG_EIO, "%s: close failed", tmp);
+    if (!ret && rename(tmp, o->output))
+        ret = eg_fail(c->err, EG_EIO, "%s: cannot rename into place: %s", o->output,
+                      strerror(errno));
+    if (ret)
+        unlink(tmp);
+    for (size_t i = 0; src && i < ns; i++)
+        source_close(&src[i]);
+    free(src);
+    free(m.heap);
+    return ret;
+}
+
+/* ---- the driver ---------------------------------------------------------------------- */
+
+static eg_status check_opts(const eg_count_opts *o, eg_err *err)
+{
+    if (!o || !o->shards || !o->n_shards)
+        return eg_fail(err, EG_EINVAL, "count: no input shards");
+    if (o->max_ngram < 2 || o->max_ngram > EG_COUNT_MAX_ORDER)
+        return eg_fail(err, EG_EINVAL, "count: orders 2..N with N in 2..%d (got %u)",
+                       EG_COUNT_MAX_ORDER, o->max_ngram);
+    if (o->vprime == 0 || o->vprime > (1ull << 32))
+        return eg_fail(err, EG_EINVAL, "count: V' must be in 1..2^32");
+    if (o->pad < 0 || (uint64_t)o->pad >= o->vprime)
+        return eg_fail(err, EG_ERANGE, "count: the compressed pad id %lld is outside V' = %llu",
+                       (long long)o->pad, (unsigned long long)o->vprime);
+    if (o->pad_mode == EG_PAD_SEQLEN && !o->seq_len)
+        return eg_fail(err, EG_EINVAL, "count: --seq-len needs T >= 1");
+    return EG_OK;
+}
+
+static unsigned id_bits(uint64_t vprime)
+{
+    unsigned b = 1;
+    while (b < 32 && (1ull << b) < vprime)
+        b++;
+    return b;
+}
+
+/* Run the input through `each_segment` (shared by exact and approximate). */
+typedef eg_status (*segment_fn)(void *ctx, const eg_shard *s, const char *path, uint64_t a,
+                                uint64_t b, uint64_t *done, uint64_t total);
+
+static eg_status for_each_segment(const eg_count_opts *o, segment_fn fn, void *ctx,
+                                  uint64_t *tokens, eg_err *err)
+{
+    /* totals first, for progress and early format errors */
+    uint64_t total = 0, done = 0;
+    for (size_t i = 0; i < o->n_shards; i++) {
+        eg_shard *s = NULL;
+        eg_status st = eg_shard_open(o->shards[i], &s, err);
+        if (st)
+            return st;
+        total += eg_shard_n_tokens(s);
+        eg_shard_close(s);
+    }
+    for (size_t i = 0; i < o->n_shards; i++) {
+        eg_shard *s = NULL;
+        eg_status st = eg_shard_open(o->shards[i], &s, err);
+        if (st)
+            return st;
+        const uint64_t n = eg_shard_n_tokens(s);
+        if (o->pad_mode == EG_PAD_DOCS) {
+            for (uint64_t d = 0; d < eg_shard_n_docs(s) && !st; d++) {
+                uint64_t first, len;
+                if ((st = eg_shard_doc(s, d, &first, &len)) == EG_OK && len)
+                    st = fn(ctx, s, o->shards[i], first, first + len, &done, total);
+            }
+        } else {
+            for (uint64_t a = 0; a < n && !st; a += o->seq_len)
+                st = fn(ctx, s, o->shards[i], a, a + o->seq_len < n ? a + o->seq_len : n, &done,
+                        total);
+        }
+        eg_shard_close(s);
+        if (st)
+            return st;
+    }
+    *tokens = done;
+    return EG_OK;
+}
+
+typedef struct {
+    counter *c;
+    blockbuf bb;
+} exact_ctx;
+
+static eg_status exact_segment(void *vctx, const eg_shard *s, const char *path, uint64_t a,
+                               uint64_t b, uint64_t *done, uint64_t total)
+{
+    exact_ctx *x = vctx;
+    return count_segment(x->c, s, path, a, b, &x->bb, done, total);
+}
+
+eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
+{
+    if (!st)
+        return eg_fail(err, EG_EINVAL, "eg_count_run: NULL argument");
+    memset(st, 0, sizeof *st);
+    eg_status ret = check_opts(o, err);
+    if (ret)
+        return ret;
+    if (!o->output)
+        return eg_fail(err, EG_EINVAL, "count: no output path");
+    counter c;
+    memset(&c, 0, sizeof c);
+    c.o = o;
+    c.err = err;
+    c.sink = flush_keys;
+    c.bits = id_bits(o->vprime);
+    c.idmask = (1ull << c.bits) - 1;
+    if ((o->max_ngram) * c.bits > 124)
+        return eg_fail(err, EG_EUNSUPPORTED,
+                       "count: %u-grams of %u-bit ids do not fit a 124-bit key", o->max_ngram,
+                       c.bits);
+#ifdef _OPENMP
+    c.nt = o->n_threads > 0 ? o->n_threads : omp_get_max_threads();
+#else
+    c.nt = 1;
+#endif
+    /* the budget: a quarter for two key buffers, the rest for the tables */
+    const size_t mem = o->memory ? o->memory : ((size_t)1 << 30);
+    c.kcap = mem / 4 / 32;
+    if (c.kcap > ((size_t)8 << 20))
+        c.kcap = (size_t)8 << 20;
+    if (c.kcap < 4 * (size_t)o->max_ngram)
+        return eg_fail(err, EG_ENOMEM, "count: a budget of %zu bytes cannot hold a block", mem);
+    const size_t table_bytes = mem - c.kcap * 32 - mem / 16;
+    c.P = 256;
+    while (c.P > (size_t)(2 * c.nt) && table_bytes / sizeof(entry) / c.P < 4096)
+        c.P /= 2;
+    size_t per = table_bytes / sizeof(entry) / c.P;
+    if (per < 64)
+        return eg_fail(err, EG_ENOMEM,
+                       "count: a budget of %zu bytes is too small to make progress (at least "
+                       "1 MiB)",
+                       mem);
+    c.pshift = 64 - (unsigned)__builtin_ctzll(c.P);
+    c.khi = malloc(c.kcap * 8);
+    c.klo = malloc(c.kcap * 8);
+    c.shi = malloc(c.kcap * 8);
+    c.slo = malloc(c.kcap * 8);
+    c.table_mem = calloc(per * c.P, sizeof(entry)); /* zero pages, touched as tables grow */
+    c.part = calloc(c.P, sizeof *c.part);
+    c.hist = malloc((size_t)c.nt * c.P * sizeof *c.hist);
+    c.start = malloc((c.P + 1) * sizeof *c.start);
+    c.done = malloc(c.P * sizeof *c.done);
+    exact_ctx x = {&c, {NULL, 0}};
+    x.bb.cap = 1 << 16;
+    x.bb.buf = malloc(x.bb.cap * sizeof *x.bb.buf);
+    if (!c.khi || !c.klo || !c.shi || !c.slo || !c.table_mem || !c.part || !c.hist ||
+        !c.start || !c.done || !x.bb.buf) {
+        free(x.bb.buf);
+        counter_free(&c);
+        return eg_fail(err, EG_ENOMEM, "count: out of memory for a budget of %zu bytes", mem);
+    }
+    for (size_t p = 0; p < c.P; p++) {
+        c.part[p].slot = c.table_mem + p * per;
+        c.part[p].maxcap = per;
+        c.part[p].cap = per < PT_START ? per : PT_START;
+    }
+    st->table_bytes = per * c.P * sizeof(entry);
+    st->buffer_bytes = c.kcap * 32;
+    const char *slash = strrchr(o->output, '/');
+    if (o->tmp_dir)
+        snprintf(c.tmp_prefix, sizeof c.tmp_prefix, "%s/egcount.%ld", o->tmp_dir, (long)getpid());
+    else if (slash)
+        snprintf(c.tmp_prefix, sizeof c.tmp_prefix, "%.*s/.egcount.%ld",
+                 (int)(slash - o->output), o->output, (long)getpid());
+    else
+        snprintf(c.tmp_prefix, sizeof c.tmp_prefix, ".egcount.%ld", (long)getpid());
+    ret = for_each_segment(o, exact_segment, &x, &st->tokens, err);
+    if (!ret)
+        ret = flush_keys(&c);
+    if (!ret)
+        ret = write_counts(&c, st);
+    st->spills = c.spills;
+    if (ret)
+        eg_count_stats_free(st);
+    free(x.bb.buf);
+    counter_free(&c);
+    return ret;
+}
+
+/* ---- approximate counting: HyperLogLog + Misra-Gries ------------------------------- */
+
+#define HLL_P 14
+#define HLL_M (1u << HLL_P)
+
+typedef struct {
+    uint8_t reg[EG_COUNT_MAX_ORDER + 1][HLL_M];
+    /* Misra-Gries: k counters per order, open addressing on 2k slots */
+    size_t k;
+    entry *mg[EG_COUNT_MAX_ORDER + 1];
+    size_t mg_n[EG_COUNT_MAX_ORDER + 1];
+    uint64_t total[EG_COUNT_MAX_ORDER + 1];
+} sketch;
+
+static void mg_rebuild(sketch *sk, uint32_t n, int decrement)
+{
+    entry *t = sk->mg[n];
+    const size_t cap = 2 * sk->k;
+    entry *keep = malloc(sk->mg_n[n] * sizeof *keep + 1);
+    size_t m = 0;
+    for (size_t i = 0; i < cap; i++)
+        if (t[i].hi && (!decrement || t[i].count > 1)) {
+            if (keep) {
+                keep[m] = t[i];
+                keep[m].count -= (uint64_t)decrement;
+                m++;
+            }
+        }
+    memset(t, 0, cap * sizeof *t);
+    for (size_t i = 0; i < m; i++) {
+        size_t s = (size_t)(mix_key(keep[i].hi, keep[i].lo) % cap);
+        while (t[s].hi)
+            s = (s + 1) % cap;
+        t[s] = keep[i];
+    }
+    sk->mg_n[n] = m;
+    free(keep);
+}
+
+static void mg_add(sketch *sk, uint32_t n, uint64_t hi, uint64_t lo, uint64_t h)
+{
+    entry *t = sk->mg[n];
+    const size_t cap = 2 * sk->k;
+    size_t s = (size_t)(h % cap);
+    while (t[s].hi) {
+        if (t[s].hi == hi && t[s].lo == lo) {
+            t[s].count++;
+            return;
+        }
+        s = (s + 1) % cap;
+    }
+    if (sk->mg_n[n] < sk->k) {
+        t[s].hi = hi;
+        t[s].lo = lo;
+        t[s].count = 1;
+        sk->mg_n[n]++;
+        return;
+    }
+    mg_rebuild(sk, n, 1); /* the new item's own decrement cancels its count */
+}
+
+static eg_status sketch_sink(counter *c)
+{
+    sketch *sk = c->sketch;
+    for (size_t i = 0; i < c->kn; i++) {
+        const uint64_t hi = c->khi[i], lo = c->klo[i], h = mix_key(hi, lo);
+        const uint32_t n = (uint32_t)(hi >> 60);
+        const uint32_t idx = (uint32_t)(h >> (64 - HLL_P));
+        const uint64_t w = h << HLL_P | (1ull << (HLL_P - 1));
+        const uint8_t rank = (uint8_t)(__builtin_clzll(w) + 1);
+        if (rank > sk->reg[n][idx])
+            sk->reg[n][idx] = rank;
+        sk->total[n]++;
+        if (sk->k)
+            mg_add(sk, n, hi, lo, h);
+    }
+    c->kn = 0;
+    return EG_OK;
+}
+
+static double hll_estimate(const uint8_t *reg)
+{
+    double sum = 0;
+    unsigned zeros = 0;
+    for (unsigned i = 0; i < HLL_M; i++) {
+        sum += 1.0 / (double)(1ull << reg[i]);
+        zeros += reg[i] == 0;
+    }
+    const double m = HLL_M, alpha = 0.7213 / (1 + 1.079 / m);
+    double e = alpha * m * m / sum;
+    if (e <= 2.5 * m && zeros)
+        e = m * log((double)m / zeros);
+    return e;
+}
+
+eg_status eg_count_approx(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
+{
+    if (!st)
+        return eg_fail(err, EG_EINVAL, "eg_count_approx: NULL argument");
+    memset(st, 0, sizeof *st);
+    eg_status ret = check_opts(o, err);
+    if (ret)
+        return ret;
+    counter c;
+    memset(&c, 0, sizeof c);
+    c.o = o;
+    c.err = err;
+    c.sink = sketch_sink;
+    c.bits = id_bits(o->vprime);
+    c.idmask = (1ull << c.bits) - 1;
+    if (o->max_ngram * c.bits > 124)
+        return eg_fail(err, EG_EUNSUPPORTED, "count: n-grams do not fit a 124-bit key");
+    c.kcap = 1 << 16;
+    c.khi = malloc(c.kcap * 8);
+    c.klo = malloc(c.kcap * 8);
+    sketch *sk = calloc(1, sizeof *sk);
+    exact_ctx x = {&c, {NULL, 1 << 16}};
+    x.bb.buf = malloc(x.bb.cap * sizeof *x.bb.buf);
+    if (sk)
+        sk->k = o->top_k * 8;
+    int ok = c.khi && c.klo && sk && x.bb.buf;
+    for (uint32_t n = 2; ok && n <= o->max_ngram && sk->k; n++)
+        ok = (sk->mg[n] = calloc(2 * sk->k, sizeof(entry))) != NULL;
+    if (!ok) {
+        ret = eg_fail(err, EG_ENOMEM, "out of memory");
+        goto done;
+    }
+    c.sketch = sk;
+    if ((ret = for_each_segment(o, exact_segment, &x, &st->tokens, err)) ||
+        (ret = sketch_sink(&c)))
+        goto done;
+    for (uint32_t n = 2; n <= o->max_ngram; n++) {
+        st->distinct[n] = (uint64_t)llround(hll_estimate(sk->reg[n]));
+        st->total[n] = sk->total[n];
+        if (!o->top_k)
+            continue;
+        if (!(st->top[n] = calloc(o->top_k, sizeof *st->top[n]))) {
+            ret = eg_fail(err, EG_ENOMEM, "out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < 2 * sk->k; i++) {
+            const entry *e = &sk->mg[n][i];
+            if (!e->hi)
+                continue;
+            eg_ngram_top t;
+            memset(&t, 0, sizeof t);
+            u128 v = key_of(e);
+            for (uint32_t k = n; k-- > 0;) {
+                t.ids[k] = (uint32_t)(v & c.idmask);
+                v >>= c.bits;
+            }
+            t.count = e->count;
+            top_offer(st, n, o->top_k, &t);
+        }
+        qsort(st->top[n], st->n_top[n], sizeof *st->top[n], cmp_top);
+    }
+done:
+    if (ret)
+        eg_count_stats_free(st);
+    for (uint32_t n = 0; sk && n <= EG_COUNT_MAX_ORDER; n++)
+        free(sk->mg[n]);
+    free(sk);
+    free(x.bb.buf);
+    counter_free(&c);
+    return ret;
+}

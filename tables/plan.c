@@ -1,0 +1,237 @@
+/* plan.c - the counts file reader and table planning: expected collision
+ * rates under uniform hashing, and rates measured with the real hash. */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../base/eg_internal.h"
+#include "engram/eg_contract.h"
+#include "engram/eg_count.h"
+
+struct eg_counts {
+    const unsigned char *map;
+    size_t len;
+    uint32_t N;
+    uint64_t vprime, tokens;
+    int64_t pad;
+    uint64_t distinct[EG_COUNT_MAX_ORDER + 1], total[EG_COUNT_MAX_ORDER + 1];
+    size_t section[EG_COUNT_MAX_ORDER + 1]; /* byte offset of order n's records */
+};
+
+static uint64_t rd64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint32_t rd32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+eg_status eg_counts_open(const char *path, eg_counts **out, eg_err *err)
+{
+    if (!path || !out)
+        return eg_fail(err, EG_EINVAL, "eg_counts_open: NULL argument");
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return eg_fail(err, EG_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return eg_fail(err, EG_EIO, "%s: not a regular file", path);
+    }
+    eg_counts *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    }
+    c->len = (size_t)sb.st_size;
+    if (c->len) {
+        void *m = mmap(NULL, c->len, PROT_READ, MAP_PRIVATE, fd, 0);
+        c->map = m == MAP_FAILED ? NULL : m;
+    }
+    close(fd);
+    eg_status st = EG_OK;
+    const unsigned char *p = c->map;
+    if (!p || c->len < 40 || memcmp(p, "EGCOUNT1", 8))
+        st = eg_fail(err, EG_EFORMAT, "%s: not a counts file (no EGCOUNT1 header)", path);
+    else if (rd32(p + 8) != 1)
+        st = eg_fail(err, EG_EUNSUPPORTED, "%s: counts file version %u (this build reads 1)",
+                     path, rd32(p + 8));
+    else if ((c->N = rd32(p + 12)) < 2 || c->N > EG_COUNT_MAX_ORDER)
+        st = eg_fail(err, EG_EFORMAT, "%s: max n-gram order %u is out of range", path, c->N);
+    else if (c->len < 40 + 16 * (size_t)(c->N - 1))
+        st = eg_fail(err, EG_EFORMAT, "%s: truncated header", path);
+    if (!st) {
+        c->vprime = rd64(p + 16);
+        c->pad = (int64_t)rd64(p + 24);
+        c->tokens = rd64(p + 32);
+        size_t off = 40 + 16 * (size_t)(c->N - 1);
+        for (uint32_t n = 2; n <= c->N && !st; n++) {
+            c->distinct[n] = rd64(p + 40 + 16 * (n - 2));
+            c->total[n] = rd64(p + 48 + 16 * (n - 2));
+            c->section[n] = off;
+            const uint64_t rec = 4ull * n + 8;
+            if (c->distinct[n] > (c->len - off) / rec)
+                st = eg_fail(err, EG_EFORMAT, "%s: order %u claims %llu records beyond the file "
+                                              "(truncated?)",
+                             path, n, (unsigned long long)c->distinct[n]);
+            else
+                off += (size_t)(c->distinct[n] * rec);
+        }
+        if (!st && off != c->len)
+            st = eg_fail(err, EG_EFORMAT, "%s: %zu bytes, the header describes %zu", path, c->len,
+                         off);
+    }
+    if (st) {
+        eg_counts_close(c);
+        return st;
+    }
+    *out = c;
+    return EG_OK;
+}
+
+void eg_counts_close(eg_counts *c)
+{
+    if (!c)
+        return;
+    if (c->map)
+        munmap((void *)(uintptr_t)c->map, c->len);
+    free(c);
+}
+
+uint32_t eg_counts_max_ngram(const eg_counts *c) { return c->N; }
+uint64_t eg_counts_vprime(const eg_counts *c) { return c->vprime; }
+int64_t eg_counts_pad(const eg_counts *c) { return c->pad; }
+uint64_t eg_counts_tokens(const eg_counts *c) { return c->tokens; }
+uint64_t eg_counts_distinct(const eg_counts *c, uint32_t n)
+{
+    return n >= 2 && n <= c->N ? c->distinct[n] : 0;
+}
+uint64_t eg_counts_total(const eg_counts *c, uint32_t n)
+{
+    return n >= 2 && n <= c->N ? c->total[n] : 0;
+}
+
+eg_status eg_counts_get(const eg_counts *c, uint32_t n, uint64_t i, uint32_t *ids,
+                        uint64_t *count)
+{
+    if (n < 2 || n > c->N || i >= c->distinct[n])
+        return EG_ERANGE;
+    const unsigned char *r = c->map + c->section[n] + i * (4ull * n + 8);
+    for (uint32_t k = 0; k < n; k++)
+        ids[k] = rd32(r + 4 * k);
+    *count = rd64(r + 4 * n);
+    return EG_OK;
+}
+
+/* ---- planning ------------------------------------------------------------------ */
+
+double eg_plan_collision_rate(uint64_t m, uint64_t p)
+{
+    if (m <= 1 || p == 0)
+        return 0;
+    if (p == 1)
+        return 1;
+    return -expm1((double)(m - 1) * log1p(-1.0 / (double)p));
+}
+
+uint64_t eg_plan_size_for(uint64_t m, double target)
+{
+    if (m <= 1 || target >= 1)
+        return 1;
+    if (target <= 0)
+        target = 1e-12;
+    double guess = (double)(m - 1) / -log1p(-target);
+    uint64_t p = guess < 2 ? 2 : (uint64_t)guess;
+    while (p > 2 && eg_plan_collision_rate(m, p - 1) <= target)
+        p--;
+    while (eg_plan_collision_rate(m, p) > target)
+        p++;
+    return p;
+}
+
+eg_status eg_plan_measure_order(const eg_counts *c, const eg_spec *spec, uint32_t li, uint32_t n,
+                                eg_plan_measure *out, eg_err *err)
+{
+    memset(out, 0, sizeof *out);
+    const uint32_t N = eg_spec_max_ngram(spec), K = eg_spec_heads_per_ngram(spec);
+    if (n < 2 || n > N || n > c->N)
+        return eg_fail(err, EG_EINVAL, "order %u is not in both the spec and the counts", n);
+    if (K > 64)
+        return eg_fail(err, EG_EUNSUPPORTED, "more than 64 heads per order");
+    if (eg_spec_compressed_vocab(spec) != c->vprime)
+        return eg_fail(err, EG_EMISMATCH, "the counts are over V' = %llu, the spec's V' is %llu",
+                       (unsigned long long)c->vprime,
+                       (unsigned long long)eg_spec_compressed_vocab(spec));
+    const uint64_t m = c->distinct[n];
+    if (!m)
+        return EG_OK;
+    const int64_t *mult = eg_spec_multipliers(spec, li);
+    const uint64_t *primes = eg_spec_primes(spec, li) + (size_t)(n - 2) * K;
+    int64_t *mix = malloc(m * sizeof *mix);
+    uint64_t *cnt = malloc(m * sizeof *cnt);
+    uint8_t *all = malloc(m);
+    uint64_t maxp = 0;
+    for (uint32_t j = 0; j < K; j++)
+        maxp = primes[j] > maxp ? primes[j] : maxp;
+    uint32_t *occ = maxp < (1ull << 34) ? calloc((size_t)maxp, sizeof *occ) : NULL;
+    eg_status st = EG_OK;
+    if (!mix || !cnt || !all || !occ) {
+        st = eg_fail(err, EG_ENOMEM, "out of memory measuring order %u", n);
+        goto done;
+    }
+    uint64_t mass = 0;
+    for (uint64_t i = 0; i < m; i++) {
+        uint32_t ids[EG_COUNT_MAX_ORDER];
+        int64_t hist[EG_MAX_NGRAM], mx[EG_MAX_NGRAM];
+        eg_counts_get(c, n, i, ids, &cnt[i]);
+        for (uint32_t k = 0; k < n; k++)
+            hist[k] = ids[n - 1 - k]; /* hist[k] = x[t-k] */
+        eg_mix_position(hist, mult, n, mx);
+        mix[i] = mx[n - 2];
+        mass += cnt[i];
+    }
+    memset(all, 1, m);
+    for (uint32_t j = 0; j < K; j++) {
+        const eg_fastmod_t f = eg_fastmod_make(primes[j]);
+        memset(occ, 0, (size_t)primes[j] * sizeof *occ);
+        for (uint64_t i = 0; i < m; i++) {
+            uint64_t b = eg_mod_fast(mix[i], &f);
+            if (occ[b] < UINT32_MAX)
+                occ[b]++;
+        }
+        uint64_t shared = 0, shared_mass = 0;
+        for (uint64_t i = 0; i < m; i++) {
+            int s = occ[eg_mod_fast(mix[i], &f)] > 1;
+            shared += (uint64_t)s;
+            shared_mass += s ? cnt[i] : 0;
+            all[i] &= (uint8_t)s;
+        }
+        out->head_distinct[j] = (double)shared / (double)m;
+        out->head_mass[j] = mass ? (double)shared_mass / (double)mass : 0;
+    }
+    uint64_t a = 0, am = 0;
+    for (uint64_t i = 0; i < m; i++)
+        if (all[i]) {
+            a++;
+            am += cnt[i];
+        }
+    out->all_distinct = (double)a / (double)m;
+    out->all_mass = mass ? (double)am / (double)mass : 0;
+done:
+    free(mix);
+    free(cnt);
+    free(all);
+    free(occ);
+    return st;
+}
