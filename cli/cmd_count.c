@@ -270,6 +270,10 @@ int cmd_count(int argc, char **argv)
         json_object_set_new(root, "orders", orders);
         json_object_set_new(root, "spills", json_integer((json_int_t)st.spills));
         json_object_set_new(root, "seconds", json_real(secs));
+        json_object_set_new(root, "seconds_count", json_real(st.seconds_count));
+        json_object_set_new(root, "seconds_merge", json_real(st.seconds_merge));
+        json_object_set_new(root, "count_tokens_per_second",
+                            json_real(st.seconds_count > 0 ? st.tokens / st.seconds_count : 0));
         json_object_set_new(root, "tokens_per_second", json_real(st.tokens / (secs > 0 ? secs : 1e-9)));
         json_object_set_new(root, "memory_budget", json_integer((json_int_t)mem));
         json_object_set_new(root, "peak_rss_mib", json_real(cli_peak_rss_mib()));
@@ -301,9 +305,12 @@ int cmd_count(int argc, char **argv)
                 printf("\n");
             }
         }
-        cli_note("time %.2f s, %.2f M tokens/s, %llu spills, budget %.0f MiB, peak memory %.1f "
-                 "MiB%s%s\n",
-                 secs, st.tokens / 1e6 / (secs > 0 ? secs : 1e-9), (unsigned long long)st.spills,
+        cli_note("time %.2f s (counting %.2f s, %.2f M tokens/s; merge and write %.2f s), %.2f M "
+                 "tokens/s overall, %llu spills, budget %.0f MiB, peak memory %.1f MiB%s%s\n",
+                 secs, st.seconds_count,
+                 st.seconds_count > 0 ? st.tokens / 1e6 / st.seconds_count : 0.0,
+                 st.seconds_merge, st.tokens / 1e6 / (secs > 0 ? secs : 1e-9),
+                 (unsigned long long)st.spills,
                  mem / 1048576.0, cli_peak_rss_mib(), o.output && !approx ? " -> " : "",
                  o.output && !approx ? o.output : "");
     }

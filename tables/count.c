@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <zstd.h>
 #ifdef _OPENMP
@@ -23,6 +24,13 @@ typedef struct {
 } entry;
 
 static inline u128 key_of(const entry *e) { return (u128)e->hi << 64 | e->lo; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 static inline uint64_t mix_key(uint64_t hi, uint64_t lo)
 {
@@ -863,6 +871,11 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
 #endif
     /* the budget: a quarter for two key buffers, the rest for the tables */
     const size_t mem = o->memory ? o->memory : ((size_t)1 << 30);
+    if (mem < ((size_t)1 << 20))
+        return eg_fail(err, EG_ENOMEM,
+                       "count: a budget of %zu bytes is too small to make progress (at least "
+                       "1 MiB)",
+                       mem);
     c.kcap = mem / 4 / 32;
     if (c.kcap > ((size_t)8 << 20))
         c.kcap = (size_t)8 << 20;
@@ -912,11 +925,15 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
                  (int)(slash - o->output), o->output, (long)getpid());
     else
         snprintf(c.tmp_prefix, sizeof c.tmp_prefix, ".egcount.%ld", (long)getpid());
+    double t0 = now_s();
     ret = for_each_segment(o, exact_segment, &x, &st->tokens, err);
     if (!ret)
         ret = flush_keys(&c);
+    double t1 = now_s();
     if (!ret)
         ret = write_counts(&c, st);
+    st->seconds_count = t1 - t0;
+    st->seconds_merge = now_s() - t1;
     st->spills = c.spills;
     if (ret)
         eg_count_stats_free(st);
@@ -1044,7 +1061,7 @@ eg_status eg_count_approx(const eg_count_opts *o, eg_count_stats *st, eg_err *er
     exact_ctx x = {&c, {NULL, 1 << 16}};
     x.bb.buf = malloc(x.bb.cap * sizeof *x.bb.buf);
     if (sk)
-        sk->k = o->top_k * 8;
+        sk->k = o->top_k ? (o->top_k * 64 > 1024 ? o->top_k * 64 : 1024) : 0;
     int ok = c.khi && c.klo && sk && x.bb.buf;
     for (uint32_t n = 2; ok && n <= o->max_ngram && sk->k; n++)
         ok = (sk->mg[n] = calloc(2 * sk->k, sizeof(entry))) != NULL;

@@ -72,6 +72,8 @@ typedef struct eg_count_stats {
     uint64_t fof[EG_COUNT_MAX_ORDER + 1][EG_FOF_BUCKETS];
     uint64_t spills;
     size_t table_bytes, buffer_bytes;
+    double seconds_count; /* reading and counting (and spilling) */
+    double seconds_merge; /* the final sort, merge and write */
     eg_ngram_top *top[EG_COUNT_MAX_ORDER + 1]; /* top_k each, most frequent first */
     size_t n_top[EG_COUNT_MAX_ORDER + 1];
 } eg_count_stats;
@@ -89,7 +91,7 @@ void eg_count_stats_free(eg_count_stats *st);
 
 /* Approximate counting in one pass and fixed memory: a HyperLogLog (2^14
  * registers) of distinct n-grams and a Misra-Gries heavy-hitter sketch of
- * `top_k` * 8 counters per order. distinct[] are estimates (about 0.8%
+ * max(1024, 64 * top_k) counters per order. distinct[] are estimates (about 0.8%
  * standard error); total[] and tokens are exact; top[] counts are lower
  * bounds. Nothing is written. */
 eg_status eg_count_approx(const eg_count_opts *o, eg_count_stats *st, eg_err *err);

@@ -61,7 +61,7 @@ int eg_fuzz_shard(const uint8_t *data, size_t size)
     const uint8_t kind = data[0] % 3;
     data++;
     size--;
-    char a[300], b[300], prefix[300];
+    char a[320], b[320], prefix[300];
     snprintf(prefix, sizeof prefix, "%s", tmp_path(""));
     snprintf(a, sizeof a, "%s.idx", prefix);
     snprintf(b, sizeof b, "%s.bin", prefix);

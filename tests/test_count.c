@@ -1,0 +1,246 @@
+/* test_count.c - n-gram counting (against an independent sort-based count),
+ * spills, the counts file, approximate counts and planning. */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engram/engram.h"
+#include "engram/eg_count.h"
+#include "engram/eg_prep.h"
+#include "test.h"
+
+/* The independent count: every padded n-gram of every sequence of T tokens,
+ * as rows of n ids, sorted with qsort and run-length counted. */
+typedef struct {
+    uint32_t n;
+    uint32_t ids[8];
+} gram;
+
+static int cmp_gram(const void *a, const void *b)
+{
+    const gram *x = a, *y = b;
+    return memcmp(x->ids, y->ids, x->n * sizeof(uint32_t)) < 0 ? -1
+           : memcmp(x->ids, y->ids, x->n * sizeof(uint32_t)) > 0 ? 1
+                                                                  : 0;
+}
+
+/* Lexicographic compare of n ids (memcmp is not numeric order on LE). */
+static int cmp_ids(const uint32_t *a, const uint32_t *b, uint32_t n)
+{
+    for (uint32_t k = 0; k < n; k++)
+        if (a[k] != b[k])
+            return a[k] < b[k] ? -1 : 1;
+    return 0;
+}
+
+static int cmp_gram_num(const void *a, const void *b)
+{
+    const gram *x = a, *y = b;
+    return cmp_ids(x->ids, y->ids, x->n);
+}
+
+/* Check a counts file against the independent count of x[0..len). */
+static void check_counts(const char *path, const uint32_t *x, size_t len, uint64_t T,
+                         uint32_t N, uint32_t pad)
+{
+    eg_counts *c = NULL;
+    eg_err err;
+    if (eg_counts_open(path, &c, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    CHECK_EQ(eg_counts_tokens(c), len);
+    CHECK_EQ(eg_counts_pad(c), pad);
+    gram *g = malloc(len * sizeof *g);
+    for (uint32_t n = 2; n <= N && g; n++) {
+        for (size_t t = 0; t < len; t++) {
+            size_t s0 = t - t % T; /* sequence start */
+            g[t].n = n;
+            memset(g[t].ids, 0, sizeof g[t].ids);
+            for (uint32_t k = 0; k < n; k++) {
+                size_t back = n - 1 - k; /* ids oldest first */
+                g[t].ids[k] = t >= s0 + back ? x[t - back] : pad;
+            }
+        }
+        qsort(g, len, sizeof *g, cmp_gram_num);
+        uint64_t distinct = 0, bad = 0;
+        for (size_t i = 0; i < len;) {
+            size_t j = i;
+            while (j < len && !cmp_gram_num(&g[i], &g[j]))
+                j++;
+            uint32_t ids[8];
+            uint64_t cnt;
+            if (eg_counts_get(c, n, distinct, ids, &cnt) != EG_OK || cmp_ids(ids, g[i].ids, n) ||
+                cnt != j - i)
+                bad++;
+            distinct++;
+            i = j;
+        }
+        CHECK_MSG(bad == 0, "order %u: %llu records differ", n, (unsigned long long)bad);
+        CHECK_EQ(eg_counts_distinct(c, n), distinct);
+        CHECK_EQ(eg_counts_total(c, n), len);
+    }
+    (void)cmp_gram;
+    free(g);
+    eg_counts_close(c);
+}
+
+TEST(count_exact_vs_sort_on_shared_corpus_with_spills)
+{
+    if (!t_shared())
+        SKIP("../shared absent");
+    const char *ids_path = t_shared_path("golden/tinyshakespeare.deepseek-v3.ids.u32");
+    const char *proj_path = t_shared_path("golden/deepseek-v3.projection.u32");
+    size_t n, np;
+    uint32_t *raw = t_read_file(ids_path, &n), *proj = t_read_file(proj_path, &np);
+    REQUIRE(raw && proj);
+    n /= 4;
+    np /= 4;
+    uint32_t *x = malloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = proj[raw[i]];
+    /* ample budget, and 2 MiB which forces several spills; 1 and 2 threads */
+    const char *mem[2] = {"256M", "2M"};
+    for (int k = 0; k < 2; k++) {
+        const char *out = t_tmp_path(k ? "c_spill.counts" : "c_mem.counts");
+        REQUIRE(t_cli("count %s -p %s -n 3 --pad 2 -T 4096 -m %s -j %d -o %s --json", ids_path,
+                      proj_path, mem[k], k + 1, out) == 0);
+        const int no_spill = strstr(t_cli_stdout(), "\"spills\": 0,") != NULL;
+        CHECK_MSG(no_spill == !k, "budget %s: spills expected %s", mem[k], k ? "yes" : "no");
+        check_counts(out, x, n, 4096, 3, proj[2]);
+    }
+    size_t a, b;
+    void *p = t_read_file(t_tmp_path("c_mem.counts"), &a), *q = t_read_file(t_tmp_path("c_spill.counts"), &b);
+    CHECK(p && q && a == b && !memcmp(p, q, a));
+    free(p);
+    free(q);
+    free(x);
+    free(raw);
+    free(proj);
+}
+
+/* Documents pad at their starts; a 4-gram count on a small synthetic shard. */
+TEST(count_docs_and_order4_small)
+{
+    eg_shard_writer *w = NULL;
+    eg_err err;
+    REQUIRE(eg_shard_writer_open(t_tmp_path("cdocs"), EG_SHARD_MEGATRON, 1000, 0, &w, &err) == 0);
+    const uint32_t d1[5] = {5, 6, 5, 6, 5}, d2[3] = {6, 5, 6};
+    REQUIRE(eg_shard_writer_add_doc(w, d1, 5, &err) == EG_OK);
+    REQUIRE(eg_shard_writer_add_doc(w, d2, 3, &err) == EG_OK);
+    REQUIRE(eg_shard_writer_finish(w, &err) == EG_OK);
+    eg_shard_writer_free(w);
+    REQUIRE(t_cli("count %s -V 10 -n 4 --pad 0 --docs -o %s -q", t_tmp_path("cdocs"),
+                  t_tmp_path("cdocs.counts")) == 0);
+    eg_counts *c = NULL;
+    REQUIRE(eg_counts_open(t_tmp_path("cdocs.counts"), &c, &err) == EG_OK);
+    /* 2-grams: (0,5) (5,6)x2 (6,5)x2 | (0,6) (6,5) (5,6) -> (0,5) (0,6) (5,6)x3 (6,5)x3 */
+    CHECK_EQ(eg_counts_distinct(c, 2), 4);
+    uint32_t ids[4];
+    uint64_t cnt;
+    REQUIRE(eg_counts_get(c, 2, 2, ids, &cnt) == EG_OK);
+    CHECK(ids[0] == 5 && ids[1] == 6 && cnt == 3);
+    CHECK_EQ(eg_counts_total(c, 4), 8);
+    REQUIRE(eg_counts_get(c, 4, 0, ids, &cnt) == EG_OK);
+    CHECK(ids[0] == 0 && ids[1] == 0 && ids[2] == 0 && ids[3] == 5 && cnt == 1);
+    eg_counts_close(c);
+}
+
+TEST(count_bad_input)
+{
+    REQUIRE(t_write_file(t_tmp_path("odd.u32"), "12345", 5) == 0);
+    uint32_t big[3] = {1, 2, 99};
+    REQUIRE(t_write_file(t_tmp_path("big.u32"), big, sizeof big) == 0);
+    REQUIRE(t_write_file(t_tmp_path("what.dat"), big, sizeof big) == 0);
+    uint32_t proj[4] = {0, 1, 1, 2};
+    REQUIRE(t_write_file(t_tmp_path("p4.u32"), proj, sizeof proj) == 0);
+    static const char *const expect[] = {
+        "not a whole number of uint32", "compressed id 99 >= V' = 10", "unknown shard format",
+        "id 99, outside the projection's 4 ids", "too small to make progress"};
+    for (int i = 0; i < 5; i++) {
+        const char *out = t_tmp_path("bad.counts");
+        int rc = -1;
+        switch (i) {
+        case 0: rc = t_cli("count %s -V 10 -o %s", t_tmp_path("odd.u32"), out); break;
+        case 1: rc = t_cli("count %s -V 10 -o %s", t_tmp_path("big.u32"), out); break;
+        case 2: rc = t_cli("count %s -V 10 -o %s", t_tmp_path("what.dat"), out); break;
+        case 3:
+            rc = t_cli("count %s -p %s -o %s", t_tmp_path("big.u32"), t_tmp_path("p4.u32"), out);
+            break;
+        default: rc = t_cli("count %s -V 1000 -m 100k -o %s", t_tmp_path("big.u32"), out);
+        }
+        CHECK_MSG(rc != 0 && rc < 128, "case %d: exit %d", i, rc);
+        CHECK_MSG(strstr(t_cli_stderr(), expect[i]) != NULL, "case %d: '%s'", i, t_cli_stderr());
+        CHECK_MSG(!t_file_exists(out), "case %d: output left", i);
+    }
+    /* a truncated counts file is refused by the reader */
+    uint32_t ok[6] = {1, 2, 3, 1, 2, 3};
+    REQUIRE(t_write_file(t_tmp_path("ok.u32"), ok, sizeof ok) == 0);
+    REQUIRE(t_cli("count %s -V 10 -o %s -q", t_tmp_path("ok.u32"), t_tmp_path("ok.counts")) == 0);
+    size_t n;
+    char *bytes = t_read_file(t_tmp_path("ok.counts"), &n);
+    REQUIRE(bytes && t_write_file(t_tmp_path("cut.counts"), bytes, n - 3) == 0);
+    free(bytes);
+    eg_counts *c = NULL;
+    eg_err err;
+    CHECK(eg_counts_open(t_tmp_path("cut.counts"), &c, &err) == EG_EFORMAT);
+    CHECK(strstr(err.msg, "cut.counts"));
+}
+
+TEST(count_approx_close_to_exact)
+{
+    if (!t_shared())
+        SKIP("../shared absent");
+    const char *ids_path = t_shared_path("golden/tinyshakespeare.deepseek-v3.ids.u32");
+    REQUIRE(t_cli("count %s -p %s -n 3 -T 4096 --approx --json -k 3", ids_path,
+                  t_shared_path("golden/deepseek-v3.projection.u32")) == 0);
+    json_error_t je;
+    json_t *j = json_loads(t_cli_stdout(), 0, &je);
+    REQUIRE(j);
+    json_t *o2 = json_array_get(json_object_get(j, "orders"), 0);
+    double d2 = (double)json_integer_value(json_object_get(o2, "distinct"));
+    CHECK_MSG(d2 > 96791 * 0.96 && d2 < 96791 * 1.04, "HLL estimate %.0f vs 96791", d2);
+    /* the heaviest 2-gram is found with at least most of its count (1970) */
+    json_t *top = json_array_get(json_object_get(o2, "top"), 0);
+    CHECK(json_integer_value(json_object_get(top, "count")) > 1500);
+    json_decref(j);
+}
+
+TEST(plan_sizes_and_measured_rates)
+{
+    CHECK(eg_plan_collision_rate(1, 10) == 0);
+    double r = eg_plan_collision_rate(1000, 1000);
+    CHECK(r > 0.63 && r < 0.64); /* 1 - e^-1 */
+    uint64_t p = eg_plan_size_for(1000000, 0.05);
+    CHECK(eg_plan_collision_rate(1000000, p) <= 0.05);
+    CHECK(eg_plan_collision_rate(1000000, p - 1) > 0.05);
+    if (!t_shared())
+        SKIP("../shared absent");
+    const char *ids_path = t_shared_path("golden/tinyshakespeare.deepseek-v3.ids.u32");
+    REQUIRE(t_cli("count %s -p %s -c configs/demo.json -T 4096 -o %s -q", ids_path,
+                  t_shared_path("golden/deepseek-v3.projection.u32"),
+                  t_tmp_path("plan.counts")) == 0);
+    REQUIRE(t_cli("plan -c configs/demo.json --counts %s --target 0.02 --verify --json -o %s",
+                  t_tmp_path("plan.counts"), t_tmp_path("planned.json")) == 0);
+    json_error_t je;
+    json_t *j = json_loads(t_cli_stdout(), 0, &je);
+    REQUIRE(j);
+    json_t *o3 = json_array_get(json_object_get(j, "orders"), 1);
+    /* measured with the real hash, within a few standard errors of expected */
+    double e = json_real_value(json_object_get(o3, "planned_expected_head"));
+    double m = json_real_value(json_object_get(o3, "planned_measured_head"));
+    CHECK_MSG(e <= 0.02 && m > e * 0.8 && m < e * 1.2, "expected %.4f measured %.4f", e, m);
+    double ec = json_real_value(json_object_get(o3, "current_expected_head"));
+    double mc = json_real_value(json_object_get(o3, "current_measured_head"));
+    CHECK_MSG(mc > ec * 0.8 && mc < ec * 1.2, "current: expected %.4f measured %.4f", ec, mc);
+    json_decref(j);
+    eg_config cfg;
+    eg_err err;
+    REQUIRE(eg_config_load(t_tmp_path("planned.json"), &cfg, &err) == EG_OK);
+    CHECK_EQ(cfg.compressed_vocab_size, 98627);
+    CHECK(cfg.engram_vocab_size[1] > cfg.engram_vocab_size[0]); /* more 3-grams */
+    /* --distinct by hand gives the same planned sizes */
+    REQUIRE(t_cli("plan -c configs/demo.json --distinct 2=96791,3=211460 --target 0.02 --json") == 0);
+    CHECK(strstr(t_cli_stdout(), "\"planned_rows\""));
+    CHECK(t_cli("plan -c configs/demo.json --distinct 2=5 --verify") != 0);
+}
