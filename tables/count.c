@@ -41,13 +41,6 @@ static inline uint64_t mix_key(uint64_t hi, uint64_t lo)
     return h;
 }
 
-static int cmp_entry(const void *a, const void *b)
-{
-    const entry *x = a, *y = b;
-    if (x->hi != y->hi)
-        return x->hi < y->hi ? -1 : 1;
-    return x->lo < y->lo ? -1 : x->lo > y->lo;
-}
 
 uint64_t eg_fof_bucket_min(unsigned b) { return b < 8 ? b + 1 : 1ull << (b - 4); }
 
@@ -129,9 +122,15 @@ static inline size_t part_of(const counter *c, uint64_t h) { return (size_t)(h >
 static size_t insert_part(counter *c, size_t p, size_t from, size_t to)
 {
     ptable *t = &c->part[p];
+    enum { AHEAD = 12 }; /* prefetch the slots of keys this far ahead: the
+                          * inserts are bound by memory latency, not work */
     for (size_t i = from; i < to; i++) {
         if (t->used * 10 >= t->cap * 7 && t->cap < t->maxcap && pt_grow(t))
             return i; /* no memory to grow: spill instead */
+        if (i + AHEAD < to) {
+            const uint64_t ha = mix_key(c->shi[i + AHEAD], c->slo[i + AHEAD]);
+            __builtin_prefetch(&t->slot[(size_t)(((u128)(uint32_t)ha * t->cap) >> 32)], 1);
+        }
         const size_t limit = t->cap - t->cap / 10;
         const uint64_t hi = c->shi[i], lo = c->slo[i];
         const uint64_t h = mix_key(hi, lo);
@@ -158,6 +157,63 @@ static size_t insert_part(counter *c, size_t p, size_t from, size_t to)
     return to;
 }
 
+static inline int entry_lt(const entry *a, const entry *b)
+{
+    return a->hi != b->hi ? a->hi < b->hi : a->lo < b->lo;
+}
+
+/* Introsort-free quicksort with an inlined comparison (median of three,
+ * insertion sort for short ranges); recursion on the smaller side. */
+static void sort_entries(entry *a, size_t n)
+{
+    while (n > 24) {
+        entry *m = a + n / 2, *z = a + n - 1;
+        if (entry_lt(m, a)) {
+            entry t = *m; *m = *a; *a = t;
+        }
+        if (entry_lt(z, m)) {
+            entry t = *z; *z = *m; *m = t;
+            if (entry_lt(m, a)) {
+                t = *m; *m = *a; *a = t;
+            }
+        }
+        const entry piv = *m;
+        size_t i = 0, j = n - 1;
+        for (;;) {
+            while (entry_lt(&a[i], &piv))
+                i++;
+            while (entry_lt(&piv, &a[j]))
+                j--;
+            if (i >= j)
+                break;
+            entry t = a[i];
+            a[i] = a[j];
+            a[j] = t;
+            i++;
+            j--;
+        }
+        /* [0, j] <= piv <= [j+1, n) */
+        size_t left = j + 1;
+        if (left < n - left) {
+            sort_entries(a, left);
+            a += left;
+            n -= left;
+        } else {
+            sort_entries(a + left, n - left);
+            n = left;
+        }
+    }
+    for (size_t i = 1; i < n; i++) {
+        entry v = a[i];
+        size_t k = i;
+        while (k && entry_lt(&v, &a[k - 1])) {
+            a[k] = a[k - 1];
+            k--;
+        }
+        a[k] = v;
+    }
+}
+
 /* Compact each partition's entries to its front and sort them. */
 static void sort_partitions(counter *c)
 {
@@ -171,7 +227,7 @@ static void sort_partitions(counter *c)
         for (size_t i = 0; i < t->cap; i++)
             if (t->slot[i].hi)
                 t->slot[w++] = t->slot[i];
-        qsort(t->slot, w, sizeof *t->slot, cmp_entry);
+        sort_entries(t->slot, w);
         t->used = w;
     }
 }
@@ -700,7 +756,8 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
     const unsigned b = c->bits;
     entry e;
     int r;
-    unsigned char rec[4 * EG_COUNT_MAX_ORDER + 8];
+    static _Thread_local unsigned char wbuf[1 << 16];
+    size_t wn = 0;
     while ((r = merger_next(&m, &e)) > 0) {
         u128 key = key_of(&e);
         uint32_t n = (uint32_t)(key >> 124);
@@ -712,13 +769,17 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
             v >>= b;
         }
         t.count = e.count;
-        for (uint32_t k = 0; k < n; k++)
-            put_u32(rec + 4 * k, t.ids[k]);
-        put_u64(rec + 4 * n, e.count);
-        if (fwrite(rec, 1, 4 * n + 8, f) != 4 * n + 8) {
-            ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
-            goto done;
+        if (wn + 4 * n + 8 > sizeof wbuf) {
+            if (fwrite(wbuf, 1, wn, f) != wn) {
+                ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+                goto done;
+            }
+            wn = 0;
         }
+        for (uint32_t k = 0; k < n; k++)
+            put_u32(wbuf + wn + 4 * k, t.ids[k]);
+        put_u64(wbuf + wn + 4 * n, e.count);
+        wn += 4 * n + 8;
         st->distinct[n]++;
         st->total[n] += e.count;
         st->singletons[n] += e.count == 1;
@@ -727,6 +788,10 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
     }
     if (r < 0) {
         ret = eg_fail(c->err, EG_EFORMAT, "a spill run is corrupt");
+        goto done;
+    }
+    if (wn && fwrite(wbuf, 1, wn, f) != wn) {
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
         goto done;
     }
     for (uint32_t n = 2; n <= N; n++)
