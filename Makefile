@@ -187,6 +187,7 @@ bench: all $(BENCH_BIN)
 	$(Q)$(PYTHON) scripts/bench_hash.py --engram $(ENGRAM) --bench-bin $(BUILD)/bench_hash
 	$(Q)$(PYTHON) scripts/bench_vocab.py --engram $(ENGRAM)
 	$(Q)$(PYTHON) scripts/bench_prep.py --engram $(ENGRAM)
+	$(Q)$(PYTHON) scripts/bench_count.py --engram $(ENGRAM)
 
 fuzz:
 	$(Q)scripts/fuzz.sh
