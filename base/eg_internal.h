@@ -28,6 +28,29 @@ int eg_buf_reserve(eg_buf *b, size_t extra);
 int eg_buf_put(eg_buf *b, const void *data, size_t n);
 void eg_buf_free(eg_buf *b);
 
+/* Little-endian integers in byte buffers (file formats). */
+static inline void eg_put_le32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline void eg_put_le64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline uint32_t eg_get_le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t eg_get_le64(const unsigned char *p)
+{
+    return (uint64_t)eg_get_le32(p) | (uint64_t)eg_get_le32(p + 4) << 32;
+}
+
 /* a * b into *out, returning 0 on overflow. */
 static inline int eg_mul_ok(uint64_t a, uint64_t b, uint64_t *out)
 {

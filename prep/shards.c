@@ -21,27 +21,6 @@ static const char MMIDIDX_MAGIC[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', 0, 0};
 #define MEGATRON_UINT16 8
 #define MEGATRON_INT32 4
 
-/* ---- little-endian output ------------------------------------------------------ */
-
-static void put_u64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t get_u64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static uint32_t get_u32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 /* ---- the writer ------------------------------------------------------------------ */
 
 struct eg_shard_writer {
@@ -181,23 +160,23 @@ static eg_status shard_end(eg_shard_writer *w, eg_err *err)
             unsigned char *q = p;
             memcpy(q, MMIDIDX_MAGIC, 9);
             q += 9;
-            put_u64(q, 1);
+            eg_put_le64(q, 1);
             q += 8;
             *q++ = w->wide ? MEGATRON_INT32 : MEGATRON_UINT16;
-            put_u64(q, n);
+            eg_put_le64(q, n);
             q += 8;
-            put_u64(q, n + 1);
+            eg_put_le64(q, n + 1);
             q += 8;
             for (size_t i = 0; i < n; i++, q += 4)
                 for (int b = 0; b < 4; b++)
                     q[b] = (unsigned char)((uint32_t)w->sizes[i] >> (8 * b));
             uint64_t ptr = 0;
             for (size_t i = 0; i < n; i++, q += 8) {
-                put_u64(q, ptr);
+                eg_put_le64(q, ptr);
                 ptr += (uint64_t)w->sizes[i] * (w->wide ? 4 : 2);
             }
             for (size_t i = 0; i <= n; i++, q += 8)
-                put_u64(q, i);
+                eg_put_le64(q, i);
             st = write_file_bytes(w->idx_tmp, p, bytes, err);
             free(p);
         }
@@ -367,7 +346,10 @@ void eg_shard_writer_free(eg_shard_writer *w)
 struct eg_shard {
     eg_shard_format fmt;
     int wide;
-    const unsigned char *tokens; /* mapped token bytes */
+    /* Tokens are read with pread (no mapping: a corpus-scale read must not
+     * grow the process's resident memory); the map is used while opening. */
+    int fd;
+    uint64_t data_off; /* byte offset of token 0 in the token file */
     void *map;
     size_t map_len;
     uint64_t n_tokens, n_docs;
@@ -422,10 +404,10 @@ static eg_status open_megatron(eg_shard *s, const char *prefix, eg_err *err)
         st = eg_fail(err, EG_EFORMAT, "%s: not a Megatron index (no MMIDIDX header)", idx);
     uint64_t nseq = 0, ndoc = 0;
     if (!st) {
-        uint64_t ver = get_u64(p + 9);
+        uint64_t ver = eg_get_le64(p + 9);
         uint8_t dt = p[17];
-        nseq = get_u64(p + 18);
-        ndoc = get_u64(p + 26);
+        nseq = eg_get_le64(p + 18);
+        ndoc = eg_get_le64(p + 26);
         if (ver != 1)
             st = eg_fail(err, EG_EUNSUPPORTED, "%s: index version %llu (only 1 is known)", idx,
                          (unsigned long long)ver);
@@ -446,8 +428,8 @@ static eg_status open_megatron(eg_shard *s, const char *prefix, eg_err *err)
         const unsigned char *sizes = p + 34, *ptrs = sizes + nseq * 4, *docs = ptrs + nseq * 8;
         uint64_t expect = 0;
         for (uint64_t i = 0; i < nseq && !st; i++) {
-            uint32_t sz = get_u32(sizes + 4 * i);
-            uint64_t ptr = get_u64(ptrs + 8 * i);
+            uint32_t sz = eg_get_le32(sizes + 4 * i);
+            uint64_t ptr = eg_get_le64(ptrs + 8 * i);
             if (sz > INT32_MAX || ptr != expect)
                 st = eg_fail(err, EG_EFORMAT, "%s: sequence %llu has a bad size or pointer", idx,
                              (unsigned long long)i);
@@ -457,21 +439,24 @@ static eg_status open_megatron(eg_shard *s, const char *prefix, eg_err *err)
             st = eg_fail(err, EG_EFORMAT,
                          "%s: %zu bytes but the index describes %llu (truncated shard?)", bin,
                          s->map_len, (unsigned long long)expect);
-        if (!st && (ndoc == 0 || get_u64(docs) != 0 || get_u64(docs + 8 * (ndoc - 1)) != nseq))
+        if (!st && (ndoc == 0 || eg_get_le64(docs) != 0 || eg_get_le64(docs + 8 * (ndoc - 1)) != nseq))
             st = eg_fail(err, EG_EFORMAT, "%s: document index does not span the sequences", idx);
         for (uint64_t i = 1; i < ndoc && !st; i++)
-            if (get_u64(docs + 8 * i) < get_u64(docs + 8 * (i - 1)))
+            if (eg_get_le64(docs + 8 * i) < eg_get_le64(docs + 8 * (i - 1)))
                 st = eg_fail(err, EG_EFORMAT, "%s: document index is not ascending", idx);
         if (!st) {
             s->n_docs = ndoc - 1;
             s->n_tokens = s->map_len / item;
-            s->tokens = s->map;
+            s->data_off = 0;
+            s->fd = open(bin, O_RDONLY | O_CLOEXEC);
+            if (s->fd < 0)
+                st = eg_fail(err, EG_EIO, "%s: cannot open: %s", bin, strerror(errno));
             s->doc_first = malloc((ndoc + 1) * sizeof *s->doc_first);
             if (!s->doc_first)
                 st = eg_fail(err, EG_ENOMEM, "out of memory");
             for (uint64_t d = 0; d < ndoc && !st; d++) {
-                uint64_t seq = get_u64(docs + 8 * d);
-                s->doc_first[d] = seq < nseq ? get_u64(ptrs + 8 * seq) / item : s->n_tokens;
+                uint64_t seq = eg_get_le64(docs + 8 * d);
+                s->doc_first[d] = seq < nseq ? eg_get_le64(ptrs + 8 * seq) / item : s->n_tokens;
             }
         }
     }
@@ -492,6 +477,7 @@ eg_status eg_shard_open(const char *path, eg_shard **out, eg_err *err)
         free(s);
         return eg_fail(err, EG_ENOMEM, "out of memory");
     }
+    s->fd = -1;
     eg_status st = EG_OK;
     struct stat sb;
     /* a Megatron prefix, or its .bin/.idx */
@@ -514,9 +500,9 @@ eg_status eg_shard_open(const char *path, eg_shard **out, eg_err *err)
         st = map_file(path, &s->map, &s->map_len, err);
         const unsigned char *p = s->map;
         if (!st && s->map_len >= LLMC_HEADER_BYTES &&
-            (get_u32(p) == LLMC_MAGIC_16 || get_u32(p) == LLMC_MAGIC_32)) {
+            (eg_get_le32(p) == LLMC_MAGIC_16 || eg_get_le32(p) == LLMC_MAGIC_32)) {
             s->fmt = EG_SHARD_LLMC;
-            uint32_t magic = get_u32(p), ver = get_u32(p + 4), ntok = get_u32(p + 8);
+            uint32_t magic = eg_get_le32(p), ver = eg_get_le32(p + 4), ntok = eg_get_le32(p + 8);
             s->wide = magic == LLMC_MAGIC_32;
             if (ver != (s->wide ? LLMC_VERSION_32 : LLMC_VERSION_16))
                 st = eg_fail(err, EG_EUNSUPPORTED, "%s: llm.c header version %u", path, ver);
@@ -526,7 +512,7 @@ eg_status eg_shard_open(const char *path, eg_shard **out, eg_err *err)
                              "%s: header says %u tokens but the file holds %zu bytes (truncated?)",
                              path, ntok, s->map_len);
             s->n_tokens = ntok;
-            s->tokens = p + LLMC_HEADER_BYTES;
+            s->data_off = LLMC_HEADER_BYTES;
             s->n_docs = 1;
         } else if (!st && ends_with(path, ".u32")) {
             s->fmt = EG_SHARD_U32;
@@ -535,7 +521,7 @@ eg_status eg_shard_open(const char *path, eg_shard **out, eg_err *err)
                 st = eg_fail(err, EG_EFORMAT, "%s: %zu bytes is not a whole number of uint32",
                              path, s->map_len);
             s->n_tokens = s->map_len / 4;
-            s->tokens = p;
+            s->data_off = 0;
             s->n_docs = 1;
         } else if (!st) {
             st = eg_fail(err, EG_EFORMAT,
@@ -544,6 +530,15 @@ eg_status eg_shard_open(const char *path, eg_shard **out, eg_err *err)
         }
     }
     free(prefix);
+    if (!st && s->fd < 0) {
+        s->fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (s->fd < 0)
+            st = eg_fail(err, EG_EIO, "%s: cannot open: %s", path, strerror(errno));
+    }
+    if (s->map) { /* validated: from here on tokens are read with pread */
+        munmap(s->map, s->map_len);
+        s->map = NULL;
+    }
     if (st) {
         eg_shard_close(s);
         return st;
@@ -575,13 +570,30 @@ eg_status eg_shard_read(const eg_shard *s, uint64_t first, size_t n, uint32_t *o
     if (first > s->n_tokens || n > s->n_tokens - first)
         return eg_fail(err, EG_ERANGE, "%s: tokens [%llu, +%zu) outside its %llu tokens", s->path,
                        (unsigned long long)first, n, (unsigned long long)s->n_tokens);
-    const unsigned char *p = s->tokens + first * (s->wide ? 4 : 2);
-    if (s->wide)
-        for (size_t i = 0; i < n; i++)
-            out[i] = get_u32(p + 4 * i);
-    else
-        for (size_t i = 0; i < n; i++)
-            out[i] = (uint32_t)p[2 * i] | (uint32_t)p[2 * i + 1] << 8;
+    const size_t item = s->wide ? 4 : 2;
+    unsigned char buf[1 << 16];
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < sizeof buf / item ? n - done : sizeof buf / item;
+        off_t at = (off_t)(s->data_off + (first + done) * item);
+        size_t want = k * item, got = 0;
+        while (got < want) {
+            ssize_t r = pread(s->fd, buf + got, want - got, at + (off_t)got);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                return eg_fail(err, EG_EIO, "%s: read failed at token %llu: %s", s->path,
+                               (unsigned long long)(first + done),
+                               r < 0 ? strerror(errno) : "file shrank");
+            got += (size_t)r;
+        }
+        if (s->wide)
+            for (size_t i = 0; i < k; i++)
+                out[done + i] = eg_get_le32(buf + 4 * i);
+        else
+            for (size_t i = 0; i < k; i++)
+                out[done + i] = (uint32_t)buf[2 * i] | (uint32_t)buf[2 * i + 1] << 8;
+        done += k;
+    }
     return EG_OK;
 }
 
@@ -591,6 +603,8 @@ void eg_shard_close(eg_shard *s)
         return;
     if (s->map)
         munmap(s->map, s->map_len);
+    if (s->fd >= 0)
+        close(s->fd);
     free(s->doc_first);
     free(s->path);
     free(s);

@@ -625,18 +625,6 @@ static void counter_free(counter *c)
 
 /* ---- the counts file -------------------------------------------------------------- */
 
-static void put_u32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static void put_u64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
 static size_t header_bytes(uint32_t N) { return 8 + 4 + 4 + 8 + 8 + 8 + (size_t)(N - 1) * 16; }
 
 static int top_worse(const eg_ngram_top *a, const eg_ngram_top *b)
@@ -777,8 +765,8 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
             wn = 0;
         }
         for (uint32_t k = 0; k < n; k++)
-            put_u32(wbuf + wn + 4 * k, t.ids[k]);
-        put_u64(wbuf + wn + 4 * n, e.count);
+            eg_put_le32(wbuf + wn + 4 * k, t.ids[k]);
+        eg_put_le64(wbuf + wn + 4 * n, e.count);
         wn += 4 * n + 8;
         st->distinct[n]++;
         st->total[n] += e.count;
@@ -798,14 +786,14 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
         if (st->top[n])
             qsort(st->top[n], st->n_top[n], sizeof *st->top[n], cmp_top);
     memcpy(hdr, "EGCOUNT1", 8);
-    put_u32(hdr + 8, 1);
-    put_u32(hdr + 12, N);
-    put_u64(hdr + 16, o->vprime);
-    put_u64(hdr + 24, (uint64_t)o->pad);
-    put_u64(hdr + 32, st->tokens);
+    eg_put_le32(hdr + 8, 1);
+    eg_put_le32(hdr + 12, N);
+    eg_put_le64(hdr + 16, o->vprime);
+    eg_put_le64(hdr + 24, (uint64_t)o->pad);
+    eg_put_le64(hdr + 32, st->tokens);
     for (uint32_t n = 2; n <= N; n++) {
-        put_u64(hdr + 40 + 16 * (n - 2), st->distinct[n]);
-        put_u64(hdr + 48 + 16 * (n - 2), st->total[n]);
+        eg_put_le64(hdr + 40 + 16 * (n - 2), st->distinct[n]);
+        eg_put_le64(hdr + 48 + 16 * (n - 2), st->total[n]);
     }
     if (fseek(f, 0, SEEK_SET) || fwrite(hdr, 1, header_bytes(N), f) != header_bytes(N) ||
         fflush(f) || fsync(fileno(f))) {

@@ -23,19 +23,6 @@ struct eg_counts {
     size_t section[EG_COUNT_MAX_ORDER + 1]; /* byte offset of order n's records */
 };
 
-static uint64_t rd64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static uint32_t rd32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 eg_status eg_counts_open(const char *path, eg_counts **out, eg_err *err)
 {
     if (!path || !out)
@@ -64,21 +51,21 @@ eg_status eg_counts_open(const char *path, eg_counts **out, eg_err *err)
     const unsigned char *p = c->map;
     if (!p || c->len < 40 || memcmp(p, "EGCOUNT1", 8))
         st = eg_fail(err, EG_EFORMAT, "%s: not a counts file (no EGCOUNT1 header)", path);
-    else if (rd32(p + 8) != 1)
+    else if (eg_get_le32(p + 8) != 1)
         st = eg_fail(err, EG_EUNSUPPORTED, "%s: counts file version %u (this build reads 1)",
-                     path, rd32(p + 8));
-    else if ((c->N = rd32(p + 12)) < 2 || c->N > EG_COUNT_MAX_ORDER)
+                     path, eg_get_le32(p + 8));
+    else if ((c->N = eg_get_le32(p + 12)) < 2 || c->N > EG_COUNT_MAX_ORDER)
         st = eg_fail(err, EG_EFORMAT, "%s: max n-gram order %u is out of range", path, c->N);
     else if (c->len < 40 + 16 * (size_t)(c->N - 1))
         st = eg_fail(err, EG_EFORMAT, "%s: truncated header", path);
     if (!st) {
-        c->vprime = rd64(p + 16);
-        c->pad = (int64_t)rd64(p + 24);
-        c->tokens = rd64(p + 32);
+        c->vprime = eg_get_le64(p + 16);
+        c->pad = (int64_t)eg_get_le64(p + 24);
+        c->tokens = eg_get_le64(p + 32);
         size_t off = 40 + 16 * (size_t)(c->N - 1);
         for (uint32_t n = 2; n <= c->N && !st; n++) {
-            c->distinct[n] = rd64(p + 40 + 16 * (n - 2));
-            c->total[n] = rd64(p + 48 + 16 * (n - 2));
+            c->distinct[n] = eg_get_le64(p + 40 + 16 * (n - 2));
+            c->total[n] = eg_get_le64(p + 48 + 16 * (n - 2));
             c->section[n] = off;
             const uint64_t rec = 4ull * n + 8;
             if (c->distinct[n] > (c->len - off) / rec)
@@ -129,8 +116,8 @@ eg_status eg_counts_get(const eg_counts *c, uint32_t n, uint64_t i, uint32_t *id
         return EG_ERANGE;
     const unsigned char *r = c->map + c->section[n] + i * (4ull * n + 8);
     for (uint32_t k = 0; k < n; k++)
-        ids[k] = rd32(r + 4 * k);
-    *count = rd64(r + 4 * n);
+        ids[k] = eg_get_le32(r + 4 * k);
+    *count = eg_get_le64(r + 4 * n);
     return EG_OK;
 }
 
