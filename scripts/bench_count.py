@@ -42,7 +42,7 @@ def zipf_stream(path, n, vocab=100_000, s=1.1, seed=0):
 
 
 def run_count(a, path, mem, threads, out):
-    r = subprocess.run([a.engram, "count", path, "-V", "100000", "-n", "3", "-T", "4096",
+    r = subprocess.run([a.engram, "count", path, "-V", "100000", "--pad", "0", "-n", "3", "-T", "4096",
                         "-m", mem, "-j", str(threads), "-k", "0", "-o", out, "--json"],
                        check=True, capture_output=True, text=True)
     return json.loads(r.stdout)

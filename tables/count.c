@@ -13,7 +13,7 @@
 
 #include "../base/eg_internal.h"
 #include "engram/eg_count.h"
-#include "engram/eg_prep.h"
+#include "engram/eg_shard.h"
 
 __extension__ typedef unsigned __int128 u128;
 

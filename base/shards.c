@@ -9,8 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../base/eg_internal.h"
-#include "engram/eg_prep.h"
+#include "eg_internal.h"
+#include "engram/eg_shard.h"
 
 static const char MMIDIDX_MAGIC[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', 0, 0};
 #define LLMC_MAGIC_16 20240520
