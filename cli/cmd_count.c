@@ -55,23 +55,23 @@ static void progress(uint64_t done, uint64_t total, void *vctx)
             100 * frac, done / 1e6 / (dt > 0 ? dt : 1e-9), frac > 0 ? dt / frac - dt : 0.0);
 }
 
-/* The key text of a compressed id, or its number. */
-static void print_gram(FILE *f, const eg_vocab_projection *vp, const uint32_t *ids, uint32_t n,
-                       int64_t pad)
+/* The key text of each compressed id (with a tokenizer), else "#id". The pad
+ * id is a real id of the vocabulary too, so it is printed like any other. */
+static void print_gram(FILE *f, const eg_vocab_projection *vp, const uint32_t *ids, uint32_t n)
 {
     for (uint32_t k = 0; k < n; k++) {
         size_t len = 0;
         const char *key = vp ? eg_projection_key(vp, ids[k], &len) : NULL;
         if (k)
             fputc(' ', f);
-        if (key && (int64_t)ids[k] != pad) {
+        if (key) {
             json_t *j = json_stringn(key, len);
             char *q = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
             fputs(q ? q : "?", f);
             free(q);
             json_decref(j);
         } else {
-            fprintf(f, "%s%u", (int64_t)ids[k] == pad ? "<pad>" : "#", ids[k]);
+            fprintf(f, "#%u", ids[k]);
         }
     }
 }
@@ -256,7 +256,7 @@ int cmd_count(int argc, char **argv)
                     size_t tl = 0;
                     FILE *mf = open_memstream(&txt, &tl);
                     if (mf) {
-                        print_gram(mf, vp, st.top[n][i].ids, n, o.pad);
+                        print_gram(mf, vp, st.top[n][i].ids, n);
                         fclose(mf);
                         json_object_set_new(e, "text", json_stringn(txt, tl));
                     }
@@ -301,7 +301,7 @@ int cmd_count(int argc, char **argv)
             }
             for (size_t i = 0; i < st.n_top[n]; i++) {
                 printf("    %10llu  ", (unsigned long long)st.top[n][i].count);
-                print_gram(stdout, vp, st.top[n][i].ids, n, o.pad);
+                print_gram(stdout, vp, st.top[n][i].ids, n);
                 printf("\n");
             }
         }

@@ -1,5 +1,6 @@
 /* count.c - exact n-gram counting within a memory budget (see eg_count.h). */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -689,11 +690,210 @@ void eg_count_stats_free(eg_count_stats *st)
     }
 }
 
+/* Encode one merged n-gram as a counts-file record at `out` (returns its
+ * size) and account for it in the statistics. */
+static size_t emit_record(const counter *c, const entry *e, eg_count_stats *st,
+                          unsigned char *out)
+{
+    const u128 key = key_of(e);
+    const uint32_t n = (uint32_t)(key >> 124);
+    eg_ngram_top t;
+    memset(&t, 0, sizeof t);
+    u128 v = key;
+    for (uint32_t k = n; k-- > 0;) {
+        t.ids[k] = (uint32_t)(v & c->idmask);
+        v >>= c->bits;
+    }
+    t.count = e->count;
+    for (uint32_t k = 0; k < n; k++)
+        eg_put_le32(out + 4 * k, t.ids[k]);
+    eg_put_le64(out + 4 * n, e->count);
+    st->distinct[n]++;
+    st->total[n] += e->count;
+    st->singletons[n] += e->count == 1;
+    st->fof[n][fof_bucket(e->count)]++;
+    top_offer(st, n, c->o->top_k, &t);
+    return 4 * (size_t)n + 8;
+}
+
+static size_t lower_bound(const entry *a, size_t n, uint64_t hi, uint64_t lo)
+{
+    size_t l = 0, r = n;
+    while (l < r) {
+        size_t m = l + (r - l) / 2;
+        if (a[m].hi < hi || (a[m].hi == hi && a[m].lo < lo))
+            l = m + 1;
+        else
+            r = m;
+    }
+    return l;
+}
+
+static eg_status write_header(counter *c, int fd, const eg_count_stats *st, const char *path)
+{
+    const uint32_t N = c->o->max_ngram;
+    unsigned char hdr[8 + 4 + 4 + 8 + 8 + 8 + 16 * EG_COUNT_MAX_ORDER];
+    memset(hdr, 0, sizeof hdr);
+    memcpy(hdr, "EGCOUNT1", 8);
+    eg_put_le32(hdr + 8, 1);
+    eg_put_le32(hdr + 12, N);
+    eg_put_le64(hdr + 16, c->o->vprime);
+    eg_put_le64(hdr + 24, (uint64_t)c->o->pad);
+    eg_put_le64(hdr + 32, st->tokens);
+    for (uint32_t n = 2; n <= N; n++) {
+        eg_put_le64(hdr + 40 + 16 * (n - 2), st->distinct[n]);
+        eg_put_le64(hdr + 48 + 16 * (n - 2), st->total[n]);
+    }
+    size_t len = header_bytes(N);
+    if (pwrite(fd, hdr, len, 0) != (ssize_t)len)
+        return eg_fail(c->err, EG_EIO, "%s: write failed: %s", path, strerror(errno));
+    return EG_OK;
+}
+
+/* Without spills every n-gram lives in exactly one partition, so the output
+ * is split by key range across threads: each merges its range of every
+ * (sorted) partition and writes it with pwrite at an offset known in advance. */
+static eg_status write_counts_parallel(counter *c, eg_count_stats *st)
+{
+    const eg_count_opts *o = c->o;
+    const uint32_t N = o->max_ngram;
+    const int T = c->nt;
+    const size_t P = c->P;
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", o->output, (long)getpid());
+    /* splitters from the largest partition (partitions are hash-random) */
+    size_t big = 0;
+    for (size_t p = 1; p < P; p++)
+        if (c->part[p].used > c->part[big].used)
+            big = p;
+    entry split[64];
+    for (int t = 1; t < T; t++)
+        split[t] = c->part[big].slot[c->part[big].used * (size_t)t / (size_t)T];
+    /* every thread's sub-range of every partition, and its bytes */
+    size_t *lo = malloc((size_t)T * P * sizeof *lo), *hi = malloc((size_t)T * P * sizeof *hi);
+    uint64_t *bytes = calloc((size_t)T + 1, sizeof *bytes);
+    eg_count_stats *ts = calloc((size_t)T, sizeof *ts);
+    eg_status ret = EG_OK;
+    int fd = -1;
+    if (!lo || !hi || !bytes || !ts) {
+        ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (int t = 0; t < T; t++)
+        for (size_t p = 0; p < P; p++) {
+            const entry *a = c->part[p].slot;
+            const size_t n = c->part[p].used;
+            size_t x = t == 0 ? 0 : lower_bound(a, n, split[t].hi, split[t].lo);
+            size_t y = t == T - 1 ? n : lower_bound(a, n, split[t + 1].hi, split[t + 1].lo);
+            lo[(size_t)t * P + p] = x;
+            hi[(size_t)t * P + p] = y < x ? x : y;
+            for (uint32_t k = 2; k <= N; k++) {
+                size_t b0 = lower_bound(a, n, (uint64_t)k << 60, 0);
+                size_t b1 = lower_bound(a, n, (uint64_t)(k + 1) << 60, 0);
+                size_t from = b0 > x ? b0 : x, to = b1 < y ? b1 : y;
+                if (to > from)
+                    bytes[t + 1] += (uint64_t)(to - from) * (4ull * k + 8);
+            }
+        }
+    bytes[0] = header_bytes(N);
+    for (int t = 1; t <= T; t++)
+        bytes[t] += bytes[t - 1]; /* bytes[t]: where thread t starts */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        ret = eg_fail(c->err, EG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+        goto done;
+    }
+    for (int t = 0; t < T && o->top_k; t++)
+        for (uint32_t n = 2; n <= N; n++)
+            if (!(ts[t].top[n] = calloc(o->top_k, sizeof *ts[t].top[n])))
+                ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+    if (ret)
+        goto done;
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(T) reduction(| : failed)
+#endif
+    for (int t = 0; t < T; t++) {
+        source *src = calloc(P, sizeof *src);
+        merger m = {0};
+        unsigned char *buf = malloc(1 << 16);
+        uint64_t at = bytes[t];
+        size_t wn = 0;
+        entry e;
+        if (!src || !buf) {
+            failed = 1;
+        } else {
+            for (size_t p = 0; p < P; p++) {
+                src[p].arr = c->part[p].slot + lo[(size_t)t * P + p];
+                src[p].n = hi[(size_t)t * P + p] - lo[(size_t)t * P + p];
+            }
+            if (merger_init(&m, src, P))
+                failed = 1;
+            while (!failed && merger_next(&m, &e) > 0) {
+                if (wn + 4 * EG_COUNT_MAX_ORDER + 8 > (1 << 16)) {
+                    failed |= pwrite(fd, buf, wn, (off_t)at) != (ssize_t)wn;
+                    at += wn;
+                    wn = 0;
+                }
+                wn += emit_record(c, &e, &ts[t], buf + wn);
+            }
+            if (!failed && wn)
+                failed |= pwrite(fd, buf, wn, (off_t)at) != (ssize_t)wn;
+        }
+        free(m.heap);
+        free(src);
+        free(buf);
+    }
+    if (failed) {
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
+        goto done;
+    }
+    for (int t = 0; t < T; t++)
+        for (uint32_t n = 2; n <= N; n++) {
+            st->distinct[n] += ts[t].distinct[n];
+            st->total[n] += ts[t].total[n];
+            st->singletons[n] += ts[t].singletons[n];
+            for (unsigned b = 0; b < EG_FOF_BUCKETS; b++)
+                st->fof[n][b] += ts[t].fof[n][b];
+        }
+    for (uint32_t n = 2; n <= N && o->top_k; n++) {
+        if (!(st->top[n] = calloc(o->top_k, sizeof *st->top[n]))) {
+            ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+            goto done;
+        }
+        for (int t = 0; t < T; t++)
+            for (size_t i = 0; i < ts[t].n_top[n]; i++)
+                top_offer(st, n, o->top_k, &ts[t].top[n][i]);
+        qsort(st->top[n], st->n_top[n], sizeof *st->top[n], cmp_top);
+    }
+    if ((ret = write_header(c, fd, st, tmp)))
+        goto done;
+    if (fsync(fd))
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+done:
+    if (fd >= 0 && close(fd) && !ret)
+        ret = eg_fail(c->err, EG_EIO, "%s: close failed", tmp);
+    if (!ret && rename(tmp, o->output))
+        ret = eg_fail(c->err, EG_EIO, "%s: cannot rename into place: %s", o->output,
+                      strerror(errno));
+    if (ret && fd >= 0)
+        unlink(tmp);
+    for (int t = 0; ts && t < T; t++)
+        eg_count_stats_free(&ts[t]);
+    free(ts);
+    free(lo);
+    free(hi);
+    free(bytes);
+    return ret;
+}
+
 static eg_status write_counts(counter *c, eg_count_stats *st)
 {
     const eg_count_opts *o = c->o;
     const uint32_t N = o->max_ngram;
     sort_partitions(c);
+    if (c->n_runs == 0 && c->nt > 1 && c->nt <= 64)
+        return write_counts_parallel(c, st);
     size_t ns = c->P + c->n_runs;
     source *src = calloc(ns, sizeof *src);
     merger m = {0};
@@ -746,33 +946,16 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
     int r;
     static _Thread_local unsigned char wbuf[1 << 16];
     size_t wn = 0;
+    (void)b;
     while ((r = merger_next(&m, &e)) > 0) {
-        u128 key = key_of(&e);
-        uint32_t n = (uint32_t)(key >> 124);
-        eg_ngram_top t;
-        memset(&t, 0, sizeof t);
-        u128 v = key;
-        for (uint32_t k = n; k-- > 0;) {
-            t.ids[k] = (uint32_t)(v & c->idmask);
-            v >>= b;
-        }
-        t.count = e.count;
-        if (wn + 4 * n + 8 > sizeof wbuf) {
+        if (wn + 4 * EG_COUNT_MAX_ORDER + 8 > sizeof wbuf) {
             if (fwrite(wbuf, 1, wn, f) != wn) {
                 ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
                 goto done;
             }
             wn = 0;
         }
-        for (uint32_t k = 0; k < n; k++)
-            eg_put_le32(wbuf + wn + 4 * k, t.ids[k]);
-        eg_put_le64(wbuf + wn + 4 * n, e.count);
-        wn += 4 * n + 8;
-        st->distinct[n]++;
-        st->total[n] += e.count;
-        st->singletons[n] += e.count == 1;
-        st->fof[n][fof_bucket(e.count)]++;
-        top_offer(st, n, o->top_k, &t);
+        wn += emit_record(c, &e, st, wbuf + wn);
     }
     if (r < 0) {
         ret = eg_fail(c->err, EG_EFORMAT, "a spill run is corrupt");

@@ -104,7 +104,7 @@ TEST(count_exact_vs_sort_on_shared_corpus_with_spills)
     for (int k = 0; k < 2; k++) {
         const char *out = t_tmp_path(k ? "c_spill.counts" : "c_mem.counts");
         REQUIRE(t_cli("count %s -p %s -n 3 --pad 2 -T 4096 -m %s -j %d -o %s --json", ids_path,
-                      proj_path, mem[k], k + 1, out) == 0);
+                      proj_path, mem[k], 2 - k, out) == 0);
         const int no_spill = strstr(t_cli_stdout(), "\"spills\": 0,") != NULL;
         CHECK_MSG(no_spill == !k, "budget %s: spills expected %s", mem[k], k ? "yes" : "no");
         check_counts(out, x, n, 4096, 3, proj[2]);
