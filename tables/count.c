@@ -98,6 +98,9 @@ typedef struct counter_ {
     /* key buffers */
     uint64_t *khi, *klo, *shi, *slo; /* keys and their scattered copy */
     size_t kn, kcap;
+    uint32_t *xb; /* the token block (see flush_block) */
+    uint8_t *db;
+    size_t xn, B;
     /* partitions */
     size_t P;
     unsigned pshift;
@@ -530,49 +533,51 @@ static eg_status flush_keys(counter *c)
 
 /* ---- reading the input ---------------------------------------------------------- */
 
-/* Keys of every n-gram ending at positions [0, n) of x; x[-(N-1) .. -1] hold
- * the history (earlier tokens of the sequence, or padding). */
-static eg_status add_ngrams(counter *c, const uint32_t *x, size_t n)
+/* The token block: projected ids with the N-1 previous tokens of the stream
+ * in front (xb), and per position how far back its own sequence reaches, at
+ * most N-1 (db); several sequences share a block. flush_block generates the
+ * keys of every position in parallel, N-1 per position in fixed slots, and
+ * hands them to the sink. */
+static eg_status flush_block(counter *c)
 {
-    const uint32_t N = c->o->max_ngram;
+    const uint32_t N = c->o->max_ngram, H = N - 1;
     const unsigned b = c->bits;
-    for (size_t i = 0; i < n; i++) {
-        if (c->kn + N > c->kcap) {
-            eg_status st = c->sink(c);
-            if (st)
-                return st;
-        }
+    const uint32_t pad = (uint32_t)c->o->pad;
+    const long long n = (long long)c->xn;
+    const uint32_t *x = c->xb + H;
+    const uint8_t *d = c->db;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(c->nt) if (n > 65536)
+#endif
+    for (long long i = 0; i < n; i++) {
         u128 v = x[i];
-        for (uint32_t k = 1; k < N; k++) {
-            v |= (u128)x[(ptrdiff_t)i - (ptrdiff_t)k] << (b * k);
+        const size_t o = (size_t)i * H;
+        for (uint32_t k = 1; k <= H; k++) {
             /* order k+1: ids x[i-k..i], oldest first = most significant */
-            u128 key = (u128)(k + 1) << 124 | v;
-            c->khi[c->kn] = (uint64_t)(key >> 64);
-            c->klo[c->kn] = (uint64_t)key;
-            c->kn++;
+            const uint32_t id = k <= d[i] ? x[i - (long long)k] : pad;
+            v |= (u128)id << (b * k);
+            const u128 key = (u128)(k + 1) << 124 | v;
+            c->khi[o + k - 1] = (uint64_t)(key >> 64);
+            c->klo[o + k - 1] = (uint64_t)key;
         }
     }
-    return EG_OK;
+    c->kn = (size_t)n * H;
+    eg_status st = c->sink(c);
+    /* the last H tokens of the stream become the next block's history */
+    memmove(c->xb, c->xb + c->xn, H * sizeof *c->xb);
+    c->xn = 0;
+    return st;
 }
 
-/* The history-aware block reader: a buffer with N-1 slots before the data. */
-typedef struct {
-    uint32_t *buf; /* buf[0 .. N-1) history, then data */
-    size_t cap;
-} blockbuf;
-
 static eg_status count_segment(counter *c, const eg_shard *s, const char *path, uint64_t a,
-                               uint64_t b, blockbuf *bb, uint64_t *done_tokens, uint64_t total)
+                               uint64_t b, uint64_t *done_tokens, uint64_t total)
 {
     const eg_count_opts *o = c->o;
     const uint32_t H = o->max_ngram - 1;
-    uint32_t *hist = bb->buf;
-    for (uint32_t k = 0; k < H; k++)
-        hist[k] = (uint32_t)o->pad;
-    const size_t chunk = bb->cap - H;
+    uint64_t in_seq = 0; /* position within this sequence */
     for (uint64_t pos = a; pos < b;) {
-        size_t n = (size_t)(b - pos < chunk ? b - pos : chunk);
-        uint32_t *x = bb->buf + H;
+        size_t n = (size_t)(b - pos < c->B - c->xn ? b - pos : c->B - c->xn);
+        uint32_t *x = c->xb + H + c->xn;
         eg_status st = eg_shard_read(s, pos, n, x, c->err);
         if (st)
             return st;
@@ -590,15 +595,13 @@ static eg_status count_segment(counter *c, const eg_shard *s, const char *path, 
                                path, (unsigned long long)(pos + i), id,
                                (unsigned long long)o->vprime);
             x[i] = id;
+            c->db[c->xn + i] = (uint8_t)(in_seq + i < H ? in_seq + i : H);
         }
-        if ((st = add_ngrams(c, x, n)))
-            return st;
-        /* carry the last H tokens (or padding) into the history */
-        uint32_t keep[EG_COUNT_MAX_ORDER];
-        for (uint32_t k = 0; k < H; k++)
-            keep[k] = x[(ptrdiff_t)n - (ptrdiff_t)H + k];
-        memcpy(hist, keep, H * sizeof *keep);
+        c->xn += n;
+        in_seq += n;
         pos += n;
+        if (c->xn == c->B && (st = flush_block(c)))
+            return st;
         *done_tokens += n;
         if (o->progress)
             o->progress(*done_tokens, total, o->progress_ctx);
@@ -613,6 +616,8 @@ static void counter_free(counter *c)
         free(c->runs[i]);
     }
     free(c->runs);
+    free(c->xb);
+    free(c->db);
     free(c->khi);
     free(c->klo);
     free(c->shi);
@@ -1067,16 +1072,20 @@ static eg_status for_each_segment(const eg_count_opts *o, segment_fn fn, void *c
     return EG_OK;
 }
 
-typedef struct {
-    counter *c;
-    blockbuf bb;
-} exact_ctx;
-
 static eg_status exact_segment(void *vctx, const eg_shard *s, const char *path, uint64_t a,
                                uint64_t b, uint64_t *done, uint64_t total)
 {
-    exact_ctx *x = vctx;
-    return count_segment(x->c, s, path, a, b, &x->bb, done, total);
+    return count_segment(vctx, s, path, a, b, done, total);
+}
+
+/* The token block of a counter: kcap keys are N-1 per position. */
+static int alloc_block(counter *c)
+{
+    const uint32_t H = c->o->max_ngram - 1;
+    c->B = c->kcap / H;
+    c->xb = calloc(c->B + H, sizeof *c->xb);
+    c->db = malloc(c->B);
+    return c->xb && c->db ? 0 : -1;
 }
 
 eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
@@ -1137,12 +1146,8 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
     c.hist = malloc((size_t)c.nt * c.P * sizeof *c.hist);
     c.start = malloc((c.P + 1) * sizeof *c.start);
     c.done = malloc(c.P * sizeof *c.done);
-    exact_ctx x = {&c, {NULL, 0}};
-    x.bb.cap = 1 << 16;
-    x.bb.buf = malloc(x.bb.cap * sizeof *x.bb.buf);
     if (!c.khi || !c.klo || !c.shi || !c.slo || !c.table_mem || !c.part || !c.hist ||
-        !c.start || !c.done || !x.bb.buf) {
-        free(x.bb.buf);
+        !c.start || !c.done || alloc_block(&c)) {
         counter_free(&c);
         return eg_fail(err, EG_ENOMEM, "count: out of memory for a budget of %zu bytes", mem);
     }
@@ -1162,9 +1167,9 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
     else
         snprintf(c.tmp_prefix, sizeof c.tmp_prefix, ".egcount.%ld", (long)getpid());
     double t0 = now_s();
-    ret = for_each_segment(o, exact_segment, &x, &st->tokens, err);
+    ret = for_each_segment(o, exact_segment, &c, &st->tokens, err);
     if (!ret)
-        ret = flush_keys(&c);
+        ret = flush_block(&c);
     double t1 = now_s();
     if (!ret)
         ret = write_counts(&c, st);
@@ -1173,7 +1178,6 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
     st->spills = c.spills;
     if (ret)
         eg_count_stats_free(st);
-    free(x.bb.buf);
     counter_free(&c);
     return ret;
 }
@@ -1294,11 +1298,9 @@ eg_status eg_count_approx(const eg_count_opts *o, eg_count_stats *st, eg_err *er
     c.khi = malloc(c.kcap * 8);
     c.klo = malloc(c.kcap * 8);
     sketch *sk = calloc(1, sizeof *sk);
-    exact_ctx x = {&c, {NULL, 1 << 16}};
-    x.bb.buf = malloc(x.bb.cap * sizeof *x.bb.buf);
     if (sk)
         sk->k = o->top_k ? (o->top_k * 64 > 1024 ? o->top_k * 64 : 1024) : 0;
-    int ok = c.khi && c.klo && sk && x.bb.buf;
+    int ok = c.khi && c.klo && sk && !alloc_block(&c);
     for (uint32_t n = 2; ok && n <= o->max_ngram && sk->k; n++)
         ok = (sk->mg[n] = calloc(2 * sk->k, sizeof(entry))) != NULL;
     if (!ok) {
@@ -1306,8 +1308,8 @@ eg_status eg_count_approx(const eg_count_opts *o, eg_count_stats *st, eg_err *er
         goto done;
     }
     c.sketch = sk;
-    if ((ret = for_each_segment(o, exact_segment, &x, &st->tokens, err)) ||
-        (ret = sketch_sink(&c)))
+    if ((ret = for_each_segment(o, exact_segment, &c, &st->tokens, err)) ||
+        (ret = flush_block(&c)))
         goto done;
     for (uint32_t n = 2; n <= o->max_ngram; n++) {
         st->distinct[n] = (uint64_t)llround(hll_estimate(sk->reg[n]));
@@ -1340,7 +1342,6 @@ done:
     for (uint32_t n = 0; sk && n <= EG_COUNT_MAX_ORDER; n++)
         free(sk->mg[n]);
     free(sk);
-    free(x.bb.buf);
     counter_free(&c);
     return ret;
 }
