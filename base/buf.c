@@ -1,6 +1,11 @@
-/* buf.c - the growable byte buffer shared by the modules. */
+/* buf.c - byte buffers and mapped files shared by the modules. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "eg_internal.h"
 
@@ -34,4 +39,28 @@ void eg_buf_free(eg_buf *b)
 {
     free(b->p);
     memset(b, 0, sizeof *b);
+}
+
+eg_status eg_map_file(const char *path, void **map, size_t *len, eg_err *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return eg_fail(err, EG_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return eg_fail(err, EG_EIO, "%s: not a regular file", path);
+    }
+    *len = (size_t)st.st_size;
+    *map = NULL;
+    if (*len) {
+        *map = mmap(NULL, *len, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (*map == MAP_FAILED) {
+            close(fd);
+            *map = NULL;
+            return eg_fail(err, EG_EIO, "%s: cannot map: %s", path, strerror(errno));
+        }
+    }
+    close(fd);
+    return EG_OK;
 }

@@ -51,6 +51,10 @@ static inline uint64_t eg_get_le64(const unsigned char *p)
     return (uint64_t)eg_get_le32(p) | (uint64_t)eg_get_le32(p + 4) << 32;
 }
 
+/* Map a regular file read-only: *map (NULL for an empty file) and *len;
+ * release with munmap(*map, *len). Errors name the path. */
+eg_status eg_map_file(const char *path, void **map, size_t *len, eg_err *err);
+
 /* a * b into *out, returning 0 on overflow. */
 static inline int eg_mul_ok(uint64_t a, uint64_t b, uint64_t *out)
 {

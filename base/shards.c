@@ -357,30 +357,6 @@ struct eg_shard {
     char *path;
 };
 
-static eg_status map_file(const char *path, void **map, size_t *len, eg_err *err)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return eg_fail(err, EG_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return eg_fail(err, EG_EIO, "%s: not a regular file", path);
-    }
-    *len = (size_t)st.st_size;
-    *map = NULL;
-    if (*len) {
-        *map = mmap(NULL, *len, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (*map == MAP_FAILED) {
-            close(fd);
-            *map = NULL;
-            return eg_fail(err, EG_EIO, "%s: cannot map: %s", path, strerror(errno));
-        }
-    }
-    close(fd);
-    return EG_OK;
-}
-
 static int ends_with(const char *s, const char *suf)
 {
     size_t a = strlen(s), b = strlen(suf);
@@ -397,7 +373,7 @@ static eg_status open_megatron(eg_shard *s, const char *prefix, eg_err *err)
     if (!st) {
         snprintf(idx, n, "%s.idx", prefix);
         snprintf(bin, n, "%s.bin", prefix);
-        st = map_file(idx, &im, &il, err);
+        st = eg_map_file(idx, &im, &il, err);
     }
     const unsigned char *p = im;
     if (!st && (il < 34 || memcmp(p, MMIDIDX_MAGIC, 9)))
@@ -422,7 +398,7 @@ static eg_status open_megatron(eg_shard *s, const char *prefix, eg_err *err)
         s->wide = dt == MEGATRON_INT32;
     }
     if (!st)
-        st = map_file(bin, &s->map, &s->map_len, err);
+        st = eg_map_file(bin, &s->map, &s->map_len, err);
     if (!st) {
         const size_t item = s->wide ? 4 : 2;
         const unsigned char *sizes = p + 34, *ptrs = sizes + nseq * 4, *docs = ptrs + nseq * 8;
@@ -497,7 +473,7 @@ eg_status eg_shard_open(const char *path, eg_shard **out, eg_err *err)
         s->fmt = EG_SHARD_MEGATRON;
         st = open_megatron(s, prefix, err);
     } else {
-        st = map_file(path, &s->map, &s->map_len, err);
+        st = eg_map_file(path, &s->map, &s->map_len, err);
         const unsigned char *p = s->map;
         if (!st && s->map_len >= LLMC_HEADER_BYTES &&
             (eg_get_le32(p) == LLMC_MAGIC_16 || eg_get_le32(p) == LLMC_MAGIC_32)) {

@@ -1088,27 +1088,37 @@ static int alloc_block(counter *c)
     return c->xb && c->db ? 0 : -1;
 }
 
-eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
+/* What exact and approximate counting share before they start. */
+static eg_status counter_begin(counter *c, const eg_count_opts *o, eg_count_stats *st,
+                               eg_status (*sink)(counter *), eg_err *err)
 {
     if (!st)
-        return eg_fail(err, EG_EINVAL, "eg_count_run: NULL argument");
+        return eg_fail(err, EG_EINVAL, "count: NULL statistics");
     memset(st, 0, sizeof *st);
+    memset(c, 0, sizeof *c);
     eg_status ret = check_opts(o, err);
+    if (ret)
+        return ret;
+    c->o = o;
+    c->err = err;
+    c->sink = sink;
+    c->bits = id_bits(o->vprime);
+    c->idmask = (1ull << c->bits) - 1;
+    if (o->max_ngram * c->bits > 124)
+        return eg_fail(err, EG_EUNSUPPORTED,
+                       "count: %u-grams of %u-bit ids do not fit a 124-bit key", o->max_ngram,
+                       c->bits);
+    return EG_OK;
+}
+
+eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
+{
+    counter c;
+    eg_status ret = counter_begin(&c, o, st, flush_keys, err);
     if (ret)
         return ret;
     if (!o->output)
         return eg_fail(err, EG_EINVAL, "count: no output path");
-    counter c;
-    memset(&c, 0, sizeof c);
-    c.o = o;
-    c.err = err;
-    c.sink = flush_keys;
-    c.bits = id_bits(o->vprime);
-    c.idmask = (1ull << c.bits) - 1;
-    if ((o->max_ngram) * c.bits > 124)
-        return eg_fail(err, EG_EUNSUPPORTED,
-                       "count: %u-grams of %u-bit ids do not fit a 124-bit key", o->max_ngram,
-                       c.bits);
 #ifdef _OPENMP
     c.nt = o->n_threads > 0 ? o->n_threads : omp_get_max_threads();
 #else
@@ -1279,21 +1289,10 @@ static double hll_estimate(const uint8_t *reg)
 
 eg_status eg_count_approx(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
 {
-    if (!st)
-        return eg_fail(err, EG_EINVAL, "eg_count_approx: NULL argument");
-    memset(st, 0, sizeof *st);
-    eg_status ret = check_opts(o, err);
+    counter c;
+    eg_status ret = counter_begin(&c, o, st, sketch_sink, err);
     if (ret)
         return ret;
-    counter c;
-    memset(&c, 0, sizeof c);
-    c.o = o;
-    c.err = err;
-    c.sink = sketch_sink;
-    c.bits = id_bits(o->vprime);
-    c.idmask = (1ull << c.bits) - 1;
-    if (o->max_ngram * c.bits > 124)
-        return eg_fail(err, EG_EUNSUPPORTED, "count: n-grams do not fit a 124-bit key");
     c.kcap = 1 << 16;
     c.khi = malloc(c.kcap * 8);
     c.klo = malloc(c.kcap * 8);

@@ -1,13 +1,9 @@
 /* plan.c - the counts file reader and table planning: expected collision
  * rates under uniform hashing, and rates measured with the real hash. */
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "../base/eg_internal.h"
 #include "engram/eg_contract.h"
@@ -28,25 +24,16 @@ eg_status eg_counts_open(const char *path, eg_counts **out, eg_err *err)
     if (!path || !out)
         return eg_fail(err, EG_EINVAL, "eg_counts_open: NULL argument");
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return eg_fail(err, EG_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return eg_fail(err, EG_EIO, "%s: not a regular file", path);
-    }
     eg_counts *c = calloc(1, sizeof *c);
-    if (!c) {
-        close(fd);
+    if (!c)
         return eg_fail(err, EG_ENOMEM, "out of memory");
+    void *m = NULL;
+    eg_status st0 = eg_map_file(path, &m, &c->len, err);
+    if (st0) {
+        free(c);
+        return st0;
     }
-    c->len = (size_t)sb.st_size;
-    if (c->len) {
-        void *m = mmap(NULL, c->len, PROT_READ, MAP_PRIVATE, fd, 0);
-        c->map = m == MAP_FAILED ? NULL : m;
-    }
-    close(fd);
+    c->map = m;
     eg_status st = EG_OK;
     const unsigned char *p = c->map;
     if (!p || c->len < 40 || memcmp(p, "EGCOUNT1", 8))
