@@ -935,9 +935,8 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
         ret = eg_fail(c->err, EG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
         goto done;
     }
-    unsigned char hdr[8 + 4 + 4 + 8 + 8 + 8 + 16 * EG_COUNT_MAX_ORDER];
-    memset(hdr, 0, sizeof hdr);
-    if (fwrite(hdr, 1, header_bytes(N), f) != header_bytes(N)) {
+    unsigned char zero[8 + 4 + 4 + 8 + 8 + 8 + 16 * EG_COUNT_MAX_ORDER] = {0};
+    if (fwrite(zero, 1, header_bytes(N), f) != header_bytes(N)) { /* placeholder */
         ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
         goto done;
     }
@@ -946,12 +945,10 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
             ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
             goto done;
         }
-    const unsigned b = c->bits;
     entry e;
     int r;
     static _Thread_local unsigned char wbuf[1 << 16];
     size_t wn = 0;
-    (void)b;
     while ((r = merger_next(&m, &e)) > 0) {
         if (wn + 4 * EG_COUNT_MAX_ORDER + 8 > sizeof wbuf) {
             if (fwrite(wbuf, 1, wn, f) != wn) {
@@ -973,21 +970,10 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
     for (uint32_t n = 2; n <= N; n++)
         if (st->top[n])
             qsort(st->top[n], st->n_top[n], sizeof *st->top[n], cmp_top);
-    memcpy(hdr, "EGCOUNT1", 8);
-    eg_put_le32(hdr + 8, 1);
-    eg_put_le32(hdr + 12, N);
-    eg_put_le64(hdr + 16, o->vprime);
-    eg_put_le64(hdr + 24, (uint64_t)o->pad);
-    eg_put_le64(hdr + 32, st->tokens);
-    for (uint32_t n = 2; n <= N; n++) {
-        eg_put_le64(hdr + 40 + 16 * (n - 2), st->distinct[n]);
-        eg_put_le64(hdr + 48 + 16 * (n - 2), st->total[n]);
-    }
-    if (fseek(f, 0, SEEK_SET) || fwrite(hdr, 1, header_bytes(N), f) != header_bytes(N) ||
-        fflush(f) || fsync(fileno(f))) {
+    if (fflush(f))
         ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
-        goto done;
-    }
+    else if (!(ret = write_header(c, fileno(f), st, tmp)) && fsync(fileno(f)))
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
 done:
     if (f && fclose(f) && !ret)
         ret = eg_fail(c->err, EG_EIO, "%s: close failed", tmp);

@@ -16,14 +16,6 @@ typedef struct {
     uint32_t ids[8];
 } gram;
 
-static int cmp_gram(const void *a, const void *b)
-{
-    const gram *x = a, *y = b;
-    return memcmp(x->ids, y->ids, x->n * sizeof(uint32_t)) < 0 ? -1
-           : memcmp(x->ids, y->ids, x->n * sizeof(uint32_t)) > 0 ? 1
-                                                                  : 0;
-}
-
 /* Lexicographic compare of n ids (memcmp is not numeric order on LE). */
 static int cmp_ids(const uint32_t *a, const uint32_t *b, uint32_t n)
 {
@@ -80,7 +72,6 @@ static void check_counts(const char *path, const uint32_t *x, size_t len, uint64
         CHECK_EQ(eg_counts_distinct(c, n), distinct);
         CHECK_EQ(eg_counts_total(c, n), len);
     }
-    (void)cmp_gram;
     free(g);
     eg_counts_close(c);
 }
