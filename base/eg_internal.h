@@ -55,6 +55,12 @@ static inline uint64_t eg_get_le64(const unsigned char *p)
  * release with munmap(*map, *len). Errors name the path. */
 eg_status eg_map_file(const char *path, void **map, size_t *len, eg_err *err);
 
+/* Large zeroed anonymous memory (tables, key buffers): pages are touched
+ * lazily; regions of 64 MiB and more ask for transparent huge pages. NULL
+ * when the mapping fails. Free with eg_big_free(p, the same bytes). */
+void *eg_big_alloc(size_t bytes);
+void eg_big_free(void *p, size_t bytes);
+
 /* a * b into *out, returning 0 on overflow. */
 static inline int eg_mul_ok(uint64_t a, uint64_t b, uint64_t *out)
 {
