@@ -72,7 +72,7 @@ endif
 
 # What this stage of the project links. Required ones stop the build when
 # missing; the rest are reported for the stages that will need them.
-REQUIRED := JANSSON OPENMP ICU SPM CRYPTO ONIG ZLIB ZSTD
+REQUIRED := JANSSON OPENMP ICU SPM CRYPTO ONIG ZLIB ZSTD LMDB
 MISSING := $(foreach d,$(REQUIRED),$(if $(HAVE_$(d)),,$(d)))
 
 mark = $(if $(1),✓,✗)
@@ -101,7 +101,7 @@ CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) -g -fPIC -fopenmp $(WARN) \
 CXXWARN := -Wall -Wextra -Wpedantic -Wshadow -Wformat=2 -Wundef -Wcast-qual
 CXXFLAGS_ALL := -std=c++17 -D_GNU_SOURCE $(OPT) -g -fPIC $(CXXWARN) $(if $(filter true,$(CI)),-Werror,) \
                 -Iinclude -Ibase $(CXXFLAGS) $(EXTRA_CFLAGS)
-LDLIBS_ALL := $(JSON_LIBS) $(ZLIB_LIBS) $(ZSTD_LIBS) $(ONIG_LIBS) $(ICU_LIBS) $(SPM_LIBS) $(CRYPTO_LIBS) -lstdc++ -fopenmp -lm \
+LDLIBS_ALL := $(LMDB_LIBS) $(JSON_LIBS) $(ZLIB_LIBS) $(ZSTD_LIBS) $(ONIG_LIBS) $(ICU_LIBS) $(SPM_LIBS) $(CRYPTO_LIBS) -lstdc++ -fopenmp -lm \
               $(LDLIBS) $(EXTRA_LDLIBS)
 
 # ---- sources ----------------------------------------------------------------

@@ -56,12 +56,19 @@ typedef struct cli_model {
     uint64_t vprime;
     int64_t pad_compressed;
     eg_spec *spec;
+    eg_tokenizer *tok;       /* with --tokenizer: the tokenizer and its projection */
+    eg_vocab_projection *vp;
+    char tok_sha[65], proj_sha[65]; /* "" without a tokenizer */
 } cli_model;
 
 /* Load --config, then --projection or --compressed-vocab (V'; 0 = take the
  * config's declared compressed_vocab_size), and build the spec. */
 int cli_model_load(cli_model *m, const char *config, const char *projection, uint64_t vprime);
 void cli_model_free(cli_model *m);
+/* The same with --tokenizer TOK as a third way to the projection (which also
+ * gives the keys and the fingerprints). */
+int cli_model_load_tok(cli_model *m, const char *config, const char *tokenizer,
+                       const char *projection, uint64_t vprime);
 
 int cmd_spec(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
@@ -69,6 +76,11 @@ int cmd_vocab(int argc, char **argv);
 int cmd_prep(int argc, char **argv);
 int cmd_count(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
+int cmd_build(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_import(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
 
 /* A byte size with an optional k/M/G suffix (powers of 1024). */
 int cli_parse_size(const char *s, uint64_t *out);

@@ -16,6 +16,11 @@ static const char main_usage[] =
     "  plan     table sizes for a collision target, expected and measured rates\n"
     "  spec     multipliers, primes, row offsets and table sizes of a config\n"
     "  hash     hash token ids into per-head indices or table rows\n"
+    "  build    write a table store (LMDB) for a config and tokenizer\n"
+    "  inspect  a store's spec, occupancy, collisions and plots\n"
+    "  export   a store's tables as safetensors\n"
+    "  import   safetensors tables into a new store\n"
+    "  verify   check every block and the metadata of a store\n"
     "  version  print the version\n";
 
 int main(int argc, char **argv)
@@ -37,7 +42,9 @@ int main(int argc, char **argv)
         const char *name;
         int (*fn)(int, char **);
     } cmds[] = {{"vocab", cmd_vocab}, {"prep", cmd_prep}, {"count", cmd_count}, {"plan", cmd_plan},
-                  {"spec", cmd_spec}, {"hash", cmd_hash}};
+                  {"spec", cmd_spec}, {"hash", cmd_hash},
+                  {"build", cmd_build}, {"inspect", cmd_inspect}, {"export", cmd_export},
+                  {"import", cmd_import}, {"verify", cmd_verify}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name)) {
             cli_cmd = cmds[i].name;

@@ -199,7 +199,8 @@ void cli_out_abort(cli_out *o)
     memset(o, 0, sizeof *o);
 }
 
-int cli_model_load(cli_model *m, const char *config, const char *projection, uint64_t vprime)
+int cli_model_load_tok(cli_model *m, const char *config, const char *tokenizer,
+                       const char *projection, uint64_t vprime)
 {
     eg_err err;
     memset(m, 0, sizeof *m);
@@ -208,10 +209,29 @@ int cli_model_load(cli_model *m, const char *config, const char *projection, uin
         return cli_error("--config CFG is required (e.g. configs/demo.json)");
     if (eg_config_load(config, &m->cfg, &err))
         return cli_fail(&err);
-    if (projection && vprime)
-        return cli_error("give --projection or --compressed-vocab, not both");
+    if (!!projection + !!vprime + !!tokenizer > 1)
+        return cli_error("give one of --tokenizer, --projection and --compressed-vocab");
     m->pad_compressed = m->cfg.pad_id;
-    if (projection) {
+    if (tokenizer) {
+        if (eg_tokenizer_open(tokenizer, &m->tok, &err) || eg_projection_build(m->tok, &m->vp, &err))
+            return cli_fail(&err);
+        size_t n;
+        const uint32_t *map = eg_projection_map(m->vp, &n);
+        if (!(m->proj = malloc(n * sizeof *m->proj + 1)))
+            return cli_error("out of memory");
+        memcpy(m->proj, map, n * sizeof *m->proj);
+        m->n_proj = n;
+        m->vprime = eg_projection_compressed_size(m->vp);
+        uint8_t d[32];
+        eg_tokenizer_sha256(m->tok, d);
+        eg_sha256_hex(d, m->tok_sha);
+        eg_projection_sha256(m->vp, d);
+        eg_sha256_hex(d, m->proj_sha);
+        if ((uint64_t)m->cfg.pad_id >= m->n_proj)
+            return cli_error("%s: pad_id %lld is outside the tokenizer's %zu ids", config,
+                             (long long)m->cfg.pad_id, m->n_proj);
+        m->pad_compressed = m->proj[m->cfg.pad_id];
+    } else if (projection) {
         if (cli_read_u32_file(projection, "projection", &m->proj, &m->n_proj))
             return 1;
         if (eg_projection_vprime(m->proj, m->n_proj, projection, &m->vprime, &err))
@@ -234,9 +254,16 @@ int cli_model_load(cli_model *m, const char *config, const char *projection, uin
     return 0;
 }
 
+int cli_model_load(cli_model *m, const char *config, const char *projection, uint64_t vprime)
+{
+    return cli_model_load_tok(m, config, NULL, projection, vprime);
+}
+
 void cli_model_free(cli_model *m)
 {
     free(m->proj);
+    eg_projection_free(m->vp);
+    eg_tokenizer_free(m->tok);
     eg_spec_free(m->spec);
     memset(m, 0, sizeof *m);
 }

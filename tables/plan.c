@@ -134,24 +134,63 @@ uint64_t eg_plan_size_for(uint64_t m, double target)
     return p;
 }
 
-eg_status eg_plan_measure_order(const eg_counts *c, const eg_spec *spec, uint32_t li, uint32_t n,
-                                eg_plan_measure *out, eg_err *err)
+uint64_t eg_load_bucket_min(unsigned b) { return b < 8 ? b : 8ull << (b - 8); }
+
+static unsigned load_bucket(uint64_t load)
+{
+    if (load < 8)
+        return (unsigned)load;
+    unsigned lg = 63u - (unsigned)__builtin_clzll(load); /* >= 3 */
+    return lg - 3 + 8 < EG_LOAD_BUCKETS ? lg - 3 + 8 : EG_LOAD_BUCKETS - 1;
+}
+
+/* worse = fewer n-grams, then less mass */
+static int bucket_less(const eg_plan_bucket *a, const eg_plan_bucket *b)
+{
+    return a->load != b->load ? a->load < b->load : a->mass < b->mass;
+}
+
+static void worst_offer(eg_plan_inspect *out, size_t k, const eg_plan_bucket *b)
+{
+    if (!k)
+        return;
+    size_t n = out->n_worst;
+    if (n == k && !bucket_less(&out->worst[n - 1], b))
+        return;
+    size_t i = n < k ? n++ : n - 1;
+    while (i > 0 && bucket_less(&out->worst[i - 1], b)) {
+        out->worst[i] = out->worst[i - 1];
+        i--;
+    }
+    out->worst[i] = *b;
+    out->n_worst = (uint32_t)n;
+}
+
+eg_status eg_plan_inspect_order(const eg_counts *c, const eg_spec *spec, uint32_t li, uint32_t n,
+                                size_t worst_k, uint8_t *hit, eg_plan_inspect *out, eg_err *err)
 {
     memset(out, 0, sizeof *out);
     const uint32_t N = eg_spec_max_ngram(spec), K = eg_spec_heads_per_ngram(spec);
+    if (!c || li >= eg_spec_n_layers(spec))
+        return eg_fail(err, EG_EINVAL, "inspect: no counts or layer index %u out of range", li);
     if (n < 2 || n > N || n > c->N)
         return eg_fail(err, EG_EINVAL, "order %u is not in both the spec and the counts", n);
     if (K > 64)
         return eg_fail(err, EG_EUNSUPPORTED, "more than 64 heads per order");
+    if (worst_k > EG_WORST_MAX)
+        worst_k = EG_WORST_MAX;
     if (eg_spec_compressed_vocab(spec) != c->vprime)
         return eg_fail(err, EG_EMISMATCH, "the counts are over V' = %llu, the spec's V' is %llu",
                        (unsigned long long)c->vprime,
                        (unsigned long long)eg_spec_compressed_vocab(spec));
     const uint64_t m = c->distinct[n];
-    if (!m)
-        return EG_OK;
     const int64_t *mult = eg_spec_multipliers(spec, li);
     const uint64_t *primes = eg_spec_primes(spec, li) + (size_t)(n - 2) * K;
+    const uint64_t *offs = eg_spec_offsets(spec, li) + (size_t)(n - 2) * K;
+    for (uint32_t j = 0; j < K; j++)
+        out->rows[j] = primes[j];
+    if (!m)
+        return EG_OK;
     int64_t *mix = malloc(m * sizeof *mix);
     uint64_t *cnt = malloc(m * sizeof *cnt);
     uint8_t *all = malloc(m);
@@ -159,8 +198,9 @@ eg_status eg_plan_measure_order(const eg_counts *c, const eg_spec *spec, uint32_
     for (uint32_t j = 0; j < K; j++)
         maxp = primes[j] > maxp ? primes[j] : maxp;
     uint32_t *occ = maxp < (1ull << 34) ? calloc((size_t)maxp, sizeof *occ) : NULL;
+    uint64_t *bmass = maxp < (1ull << 34) ? calloc((size_t)maxp, sizeof *bmass) : NULL;
     eg_status st = EG_OK;
-    if (!mix || !cnt || !all || !occ) {
+    if (!mix || !cnt || !all || !occ || !bmass) {
         st = eg_fail(err, EG_ENOMEM, "out of memory measuring order %u", n);
         goto done;
     }
@@ -175,14 +215,18 @@ eg_status eg_plan_measure_order(const eg_counts *c, const eg_spec *spec, uint32_
         mix[i] = mx[n - 2];
         mass += cnt[i];
     }
+    out->distinct = m;
+    out->mass = mass;
     memset(all, 1, m);
     for (uint32_t j = 0; j < K; j++) {
         const eg_fastmod_t f = eg_fastmod_make(primes[j]);
         memset(occ, 0, (size_t)primes[j] * sizeof *occ);
+        memset(bmass, 0, (size_t)primes[j] * sizeof *bmass);
         for (uint64_t i = 0; i < m; i++) {
             uint64_t b = eg_mod_fast(mix[i], &f);
             if (occ[b] < UINT32_MAX)
                 occ[b]++;
+            bmass[b] += cnt[i];
         }
         uint64_t shared = 0, shared_mass = 0;
         for (uint64_t i = 0; i < m; i++) {
@@ -191,8 +235,24 @@ eg_status eg_plan_measure_order(const eg_counts *c, const eg_spec *spec, uint32_
             shared_mass += s ? cnt[i] : 0;
             all[i] &= (uint8_t)s;
         }
-        out->head_distinct[j] = (double)shared / (double)m;
-        out->head_mass[j] = mass ? (double)shared_mass / (double)mass : 0;
+        out->m.head_distinct[j] = (double)shared / (double)m;
+        out->m.head_mass[j] = mass ? (double)shared_mass / (double)mass : 0;
+        for (uint64_t b = 0; b < primes[j]; b++) {
+            const uint64_t load = occ[b];
+            out->load_hist[j][load_bucket(load)]++;
+            if (!load)
+                continue;
+            out->rows_hit[j]++;
+            out->max_load[j] = load > out->max_load[j] ? load : out->max_load[j];
+            if (hit) {
+                const uint64_t r = offs[j] + b;
+                hit[r >> 3] |= (uint8_t)(1u << (r & 7));
+            }
+            if (load > 1) {
+                const eg_plan_bucket wb = {.head = j, .bucket = b, .load = load, .mass = bmass[b]};
+                worst_offer(out, worst_k, &wb);
+            }
+        }
     }
     uint64_t a = 0, am = 0;
     for (uint64_t i = 0; i < m; i++)
@@ -200,12 +260,40 @@ eg_status eg_plan_measure_order(const eg_counts *c, const eg_spec *spec, uint32_
             a++;
             am += cnt[i];
         }
-    out->all_distinct = (double)a / (double)m;
-    out->all_mass = mass ? (double)am / (double)mass : 0;
+    out->m.all_distinct = (double)a / (double)m;
+    out->m.all_mass = mass ? (double)am / (double)mass : 0;
+    /* the worst buckets' most frequent n-grams */
+    for (uint64_t i = 0; i < m && out->n_worst; i++)
+        for (uint32_t w = 0; w < out->n_worst; w++) {
+            eg_plan_bucket *wb = &out->worst[w];
+            if ((uint64_t)eg_mod_ref(mix[i], primes[wb->head]) != wb->bucket)
+                continue;
+            uint32_t k = wb->n_ngram < 3 ? wb->n_ngram++ : 3;
+            while (k > 0 && cnt[wb->ngram[k - 1]] < cnt[i]) {
+                if (k < 3)
+                    wb->ngram[k] = wb->ngram[k - 1];
+                k--;
+            }
+            if (k < 3)
+                wb->ngram[k] = i;
+        }
 done:
     free(mix);
     free(cnt);
     free(all);
     free(occ);
+    free(bmass);
+    return st;
+}
+
+eg_status eg_plan_measure_order(const eg_counts *c, const eg_spec *spec, uint32_t li, uint32_t n,
+                                eg_plan_measure *out, eg_err *err)
+{
+    eg_plan_inspect *in = malloc(sizeof *in);
+    if (!in)
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    eg_status st = eg_plan_inspect_order(c, spec, li, n, 0, NULL, in, err);
+    *out = in->m;
+    free(in);
     return st;
 }

@@ -133,6 +133,38 @@ typedef struct eg_plan_measure {
 eg_status eg_plan_measure_order(const eg_counts *c, const eg_spec *spec, uint32_t li, uint32_t n,
                                 eg_plan_measure *out, eg_err *err);
 
+/* The inspection of one order's heads: eg_plan_measure plus, per head, the
+ * rows hit (occupancy) and the bucket load distribution (buckets holding 0, 1,
+ * ..., 7 n-grams, then 8-15, 16-31, 32-63, 64 and more), and the worst
+ * buckets of the order (most n-grams, then most token mass) with up to three
+ * of their n-grams (the most frequent; record indices into the counts). */
+#define EG_LOAD_BUCKETS 12
+#define EG_WORST_MAX 32
+typedef struct eg_plan_bucket {
+    uint32_t head; /* j within the order */
+    uint64_t bucket, load, mass;
+    uint64_t ngram[3];
+    uint32_t n_ngram;
+} eg_plan_bucket;
+
+typedef struct eg_plan_inspect {
+    eg_plan_measure m;
+    uint64_t distinct, mass;
+    uint64_t rows[64], rows_hit[64], max_load[64];
+    uint64_t load_hist[64][EG_LOAD_BUCKETS];
+    eg_plan_bucket worst[EG_WORST_MAX];
+    uint32_t n_worst;
+} eg_plan_inspect;
+
+/* Lower bound of load bucket b (0..7, 8, 16, 32, 64). */
+uint64_t eg_load_bucket_min(unsigned b);
+
+/* Inspect order n of layer li (worst_k <= EG_WORST_MAX worst buckets). When
+ * `hit` is non-NULL it is a bitmap over the layer's rows (bit r of byte r/8)
+ * in which the rows hit by this order's heads are set (offsets applied). */
+eg_status eg_plan_inspect_order(const eg_counts *c, const eg_spec *spec, uint32_t li, uint32_t n,
+                                size_t worst_k, uint8_t *hit, eg_plan_inspect *out, eg_err *err);
+
 #ifdef __cplusplus
 }
 #endif
