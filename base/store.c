@@ -256,8 +256,9 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
     for (uint32_t li = 0; li < pl.n_layers; li++)
         for (uint64_t b = 0; b < pl.nblocks[li]; b++)
             if (block_stored(&pl, li, b)) {
+                const uint64_t rows = eg_spec_layer_rows(p->spec, li);
                 keys[stored_blocks++] = (uint64_t)li << BLOCK_SHIFT | b;
-                total_bytes += pl.blk_bytes - 4;
+                total_bytes += (b * pl.R + pl.R < rows ? pl.R : rows - b * pl.R) * pl.row_bytes;
             }
     uint64_t extra = (uint64_t)p->n_projection * 4 + (eg_spec_compressed_vocab(p->spec) * 16) +
                      (1u << 20);

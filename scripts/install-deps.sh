@@ -13,6 +13,8 @@ PKGS=(
   libonig-dev                  # HF pre-tokenizer regexes
   libssl-dev                   # SHA-256 fingerprints (libcrypto)
   python3 python3-numpy        # the numpy peer in `make bench`
+  bible-kjv sentencepiece      # the main job's sample corpus (public domain) and spm_train
+  gnuplot-nox                  # `engram inspect --plot`
 )
 
 missing=()
