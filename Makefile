@@ -188,6 +188,7 @@ bench: all $(BENCH_BIN)
 	$(Q)$(PYTHON) scripts/bench_vocab.py --engram $(ENGRAM)
 	$(Q)$(PYTHON) scripts/bench_prep.py --engram $(ENGRAM)
 	$(Q)$(PYTHON) scripts/bench_count.py --engram $(ENGRAM)
+	$(Q)$(PYTHON) scripts/bench_store.py --engram $(ENGRAM)
 
 fuzz:
 	$(Q)scripts/fuzz.sh

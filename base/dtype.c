@@ -13,7 +13,9 @@
 /* Loops below are written to vectorize; GCC clones them for AVX-512 and AVX2
  * (no fast-math: every result is the exact rounding the header defines). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(EG_NO_CLONES)
-#define EG_VEC __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#define EG_VEC                                                                             \
+    __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"),                   \
+                   optimize("vect-cost-model=dynamic")))
 #else
 #define EG_VEC
 #endif
@@ -144,10 +146,15 @@ uint8_t eg_ue8m0_scale(float amax)
     return (uint8_t)(biased < 0 ? 0 : biased > 254 ? 254 : biased);
 }
 
-EG_VEC static void encode_bf16(uint32_t dim, const float *src, uint16_t *h)
+EG_VEC static void encode_bf16(uint32_t dim, const float *restrict src, uint16_t *restrict h)
 {
-    for (uint32_t i = 0; i < dim; i++)
-        h[i] = bf16_of(src[i]);
+    for (uint32_t i = 0; i < dim; i++) {
+        uint32_t u;
+        memcpy(&u, &src[i], 4);
+        const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1)) >> 16;
+        const uint32_t q = (u >> 16) | 0x40;
+        h[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
+    }
 }
 
 void eg_row_encode(eg_dtype t, uint32_t dim, const float *src, void *dst)

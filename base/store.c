@@ -346,6 +346,15 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
     nt = 1;
 #endif
     uint64_t done_bytes = 0;
+    const unsigned char *mapbase = NULL; /* with MDB_WRITEMAP: the file's map */
+    int env_fd = -1;
+    {
+        MDB_envinfo ei;
+        unsigned fl = 0;
+        if (!mdb_env_get_flags(env, &fl) && (fl & MDB_WRITEMAP) && !mdb_env_info(env, &ei) &&
+            !mdb_env_get_fd(env, &env_fd))
+            mapbase = ei.me_mapaddr;
+    }
     for (uint64_t k0 = 0; k0 < stored_blocks && !st; k0 += per_chunk) {
         const uint64_t kn = stored_blocks - k0 < per_chunk ? stored_blocks - k0 : per_chunk;
         if ((rc = mdb_txn_begin(env, NULL, 0, &txn))) {
@@ -405,6 +414,11 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
         if (rc) {
             st = lmdb_fail(err, rc, tmp, "writing rows");
             break;
+        }
+        if (mapbase && kn) { /* start writing this chunk back now, overlapping the next */
+            const unsigned char *lo = dst[0], *hi = dst[kn - 1] + pl.blk_bytes;
+            if (lo >= mapbase && hi <= mapbase + map && hi > lo)
+                sync_file_range(env_fd, lo - mapbase, hi - lo, SYNC_FILE_RANGE_WRITE);
         }
         if (p->progress)
             p->progress(done_bytes, total_bytes, p->progress_ctx);
