@@ -171,11 +171,15 @@ $(TESTS): $(TEST_OBJ) $(LIB_A)
 
 # The test runner finds the CLI through ENGRAM_BIN and ../shared through
 # ENGRAM_SHARED (default: ../shared beside the checkout; skipped when absent).
+# PY_TESTS=0 (the sanitizer build) skips the tests that load libengram.so
+# into Python: an instrumented library cannot be loaded by an uninstrumented
+# interpreter.
+PY_TESTS ?= 1
 test: all $(TESTS)
-	$(Q)ENGRAM_BIN=$(ENGRAM) ./$(TESTS) $(TEST_ARGS)
+	$(Q)ENGRAM_BIN=$(ENGRAM) ENGRAM_LIB=$(LIB_SO) ENGRAM_PY_TESTS=$(PY_TESTS) ./$(TESTS) $(TEST_ARGS)
 
 asan:
-	$(Q)$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 PY_TESTS=0 \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all -DEG_NO_CLONES" \
 	  EXTRA_LDLIBS="-fsanitize=address,undefined" test
 

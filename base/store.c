@@ -263,6 +263,7 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
     uint64_t extra = (uint64_t)p->n_projection * 4 + (eg_spec_compressed_vocab(p->spec) * 16) +
                      (1u << 20);
     uint64_t need = stored_blocks * block_pages(pl.blk_bytes - 4, psize) * psize;
+    need += (uint64_t)p->n_opt * (((uint64_t)12 * pl.dim + 4 + 64 + psize - 1) / psize * psize);
     need += need / 64 + 2 * extra + ((uint64_t)4 << 20);
     uint64_t map = p->map_size ? p->map_size : need;
     map = (map + psize - 1) / psize * psize;
@@ -272,7 +273,7 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
     unlink(tmp);
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
-    MDB_dbi meta, vocab, rowsdb;
+    MDB_dbi meta, vocab, rowsdb, optdb = 0;
     eg_status st = EG_OK;
     /* With the whole map preallocated (fallocate), rows are generated straight
      * into the file's pages (MDB_WRITEMAP): a full disk is reported here, not
@@ -313,7 +314,8 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
     if ((rc = mdb_txn_begin(env, NULL, 0, &txn)) ||
         (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &meta)) ||
         (rc = mdb_dbi_open(txn, "vocab", MDB_CREATE, &vocab)) ||
-        (rc = mdb_dbi_open(txn, "rows", MDB_CREATE | MDB_INTEGERKEY, &rowsdb))) {
+        (rc = mdb_dbi_open(txn, "rows", MDB_CREATE | MDB_INTEGERKEY, &rowsdb)) ||
+        (p->n_opt && (rc = mdb_dbi_open(txn, "opt", MDB_CREATE | MDB_INTEGERKEY, &optdb)))) {
         st = lmdb_fail(err, rc, tmp, "creating the databases");
         goto fail;
     }
@@ -426,6 +428,32 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
     free(dst);
     if (st)
         goto fail;
+    /* the training state */
+    for (size_t k0 = 0; k0 < p->n_opt; k0 += 4096) {
+        const size_t vb = (size_t)3 * pl.dim * sizeof(float);
+        if ((rc = mdb_txn_begin(env, NULL, 0, &txn))) {
+            st = lmdb_fail(err, rc, tmp, "writing the training state");
+            goto fail;
+        }
+        for (size_t k = k0; k < p->n_opt && k < k0 + 4096 && !rc; k++) {
+            size_t key = (size_t)p->opt_keys[k];
+            MDB_val kv = {sizeof key, &key}, dv = {4 + vb, NULL};
+            rc = mdb_put(txn, optdb, &kv, &dv, MDB_APPEND | MDB_RESERVE);
+            if (!rc) {
+                eg_put_le32(dv.mv_data, p->opt_steps[k]);
+                memcpy((unsigned char *)dv.mv_data + 4, p->opt_vals + k * 3 * pl.dim, vb);
+            }
+        }
+        if (!rc)
+            rc = mdb_txn_commit(txn);
+        else
+            mdb_txn_abort(txn);
+        txn = NULL;
+        if (rc) {
+            st = lmdb_fail(err, rc, tmp, "writing the training state");
+            goto fail;
+        }
+    }
     /* the marker, last */
     if ((rc = mdb_txn_begin(env, NULL, 0, &txn)) ||
         (rc = put_u64(txn, meta, "blocks", stored_blocks)) ||
@@ -1017,6 +1045,47 @@ eg_status eg_store_read_encoded(eg_store *s, uint32_t li, uint64_t row0, uint64_
     }
     free(tmp);
     return EG_OK;
+}
+
+eg_status eg_store_opt_foreach(eg_store *s,
+                               eg_status (*fn)(void *ctx, uint32_t li, uint64_t row,
+                                               uint32_t step, const float *vals),
+                               void *ctx, eg_err *err)
+{
+    if (!s || !fn)
+        return eg_fail(err, EG_EINVAL, "eg_store_opt_foreach: NULL argument");
+    MDB_dbi opt;
+    if (mdb_dbi_open(s->txn, "opt", MDB_INTEGERKEY, &opt))
+        return EG_OK; /* no training state */
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(s->txn, opt, &cur);
+    if (rc)
+        return lmdb_fail(err, rc, s->path, "reading the training state");
+    const size_t vb = (size_t)3 * s->info.dim * sizeof(float);
+    float *vals = malloc(vb);
+    eg_status st = vals ? EG_OK : eg_fail(err, EG_ENOMEM, "out of memory");
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); !rc && !st;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        size_t key = 0;
+        if (k.mv_size == sizeof key)
+            memcpy(&key, k.mv_data, sizeof key);
+        const uint32_t li = (uint32_t)((uint64_t)key >> BLOCK_SHIFT);
+        const uint64_t row = (uint64_t)key & ((1ull << BLOCK_SHIFT) - 1);
+        if (k.mv_size != sizeof key || v.mv_size != 4 + vb || li >= s->n_layers ||
+            row >= eg_spec_layer_rows(s->spec, li)) {
+            st = eg_fail(err, EG_EFORMAT, "%s: training state entry %#llx is malformed", s->path,
+                         (unsigned long long)key);
+            break;
+        }
+        memcpy(vals, (const unsigned char *)v.mv_data + 4, vb);
+        st = fn(ctx, li, row, eg_get_le32(v.mv_data), vals);
+    }
+    mdb_cursor_close(cur);
+    free(vals);
+    if (!st && rc && rc != MDB_NOTFOUND)
+        st = lmdb_fail(err, rc, s->path, "reading the training state");
+    return st;
 }
 
 /* ---- verify ------------------------------------------------------------------------ */

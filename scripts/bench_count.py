@@ -54,7 +54,7 @@ def main():
     ap.add_argument("--work", default="build/bench")
     ap.add_argument("--tokens", default="500M")
     ap.add_argument("--slice", default="2M")
-    ap.add_argument("--ample", default="8G")
+    ap.add_argument("--ample", default="16G")
     ap.add_argument("--small", default="512M")
     a = ap.parse_args()
     n, sl = parse_count(a.tokens), parse_count(a.slice)

@@ -15,6 +15,7 @@ PKGS=(
   python3 python3-numpy        # the numpy peer in `make bench`
   bible-kjv sentencepiece      # the main job's sample corpus (public domain) and spm_train
   gnuplot-nox                  # `engram inspect --plot`
+  python3-torch                # the float64 reference of the layer in the parity test
 )
 
 missing=()

@@ -62,6 +62,14 @@ typedef struct eg_store_params {
     int n_threads;            /* 0: OpenMP's default */
     void (*progress)(uint64_t done_bytes, uint64_t total_bytes, void *ctx);
     void *progress_ctx;
+    /* Training state (a runtime checkpoint; 0 rows: none): n_opt rows with
+     * keys li << 40 | row in ascending order, each its Adam step count and
+     * 3 * dim binary32 values (the row's exact value, m, v). Stored in the
+     * "opt" database. */
+    size_t n_opt;
+    const uint64_t *opt_keys;
+    const uint32_t *opt_steps;
+    const float *opt_vals;
 } eg_store_params;
 
 typedef struct eg_store_build_stats {
@@ -134,6 +142,14 @@ eg_status eg_store_read_rows(eg_store *s, uint32_t li, uint64_t row0, uint64_t n
  * a dense build stores. */
 eg_status eg_store_read_encoded(eg_store *s, uint32_t li, uint64_t row0, uint64_t n, void *dst,
                                 size_t cap, eg_err *err);
+
+/* The training state recorded by a checkpoint: calls fn for each row in key
+ * order (vals: 3 * dim binary32 values, the row, m and v; borrowed for the
+ * call). Stops early and returns fn's non-zero status. */
+eg_status eg_store_opt_foreach(eg_store *s,
+                               eg_status (*fn)(void *ctx, uint32_t li, uint64_t row,
+                                               uint32_t step, const float *vals),
+                               void *ctx, eg_err *err);
 
 /* ---- verification ------------------------------------------------------------- */
 

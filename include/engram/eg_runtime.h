@@ -1,0 +1,158 @@
+/*
+ * eg_runtime.h - the runtime's CPU backend (also the oracle of every other
+ * backend): a store opened for lookups (and training), hashing with decode
+ * history, gathering rows, the Engram layer forward and backward (CONTRACT
+ * section 5), sparse Adam on the touched rows, and checkpoints.
+ *
+ * Threads: an eg_runtime may be used by one thread at a time for calls that
+ * change it (eg_rt_adam_step, eg_rt_checkpoint); lookups (hash, gather) from
+ * several threads at once are safe while nothing changes it. Every call
+ * parallelizes internally with OpenMP over `n_threads` (0: OpenMP's default);
+ * results are identical for any thread count.
+ *
+ * Row ids: the layer-local row of a head's bucket, offset[head] + index, as
+ * eg_hash_batch's EG_HASH_OFFSETS gives; layers are addressed by their index
+ * li in the config's layer_ids.
+ */
+#ifndef ENGRAM_EG_RUNTIME_H
+#define ENGRAM_EG_RUNTIME_H
+#include <stddef.h>
+#include <stdint.h>
+#include "eg_base.h"
+#include "eg_dtype.h"
+#include "eg_spec.h"
+#include "eg_store.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct eg_runtime eg_runtime;
+
+typedef struct eg_runtime_opts {
+    const char *expect_tokenizer_sha256; /* refuse a store of another tokenizer (NULL: any) */
+    const eg_spec *expect_spec;          /* refuse a store of another config (NULL: any) */
+    int n_threads;                       /* 0: OpenMP's default */
+} eg_runtime_opts;
+
+/* Open `store` read-only for lookups and training steps (updated rows live
+ * in memory until eg_rt_checkpoint). opts may be NULL. EG_EMISMATCH when
+ * the store was built for another tokenizer or config. */
+eg_status eg_runtime_open(const char *store, const eg_runtime_opts *opts, eg_runtime **out,
+                          eg_err *err);
+void eg_runtime_close(eg_runtime *rt);
+/* Borrowed, valid until close (or the next checkpoint for the store). */
+const eg_spec *eg_runtime_spec(const eg_runtime *rt);
+const eg_store *eg_runtime_store(const eg_runtime *rt);
+uint32_t eg_runtime_dim(const eg_runtime *rt); /* values per row */
+
+/* ---- hashing -------------------------------------------------------------- */
+
+/* Per sequence decode state: the last N-1 compressed ids (oldest first).
+ * eg_rt_history_reset sets `n` histories to a sequence start (all pad). */
+typedef struct eg_rt_history {
+    uint32_t ids[16];
+} eg_rt_history;
+void eg_rt_history_reset(const eg_runtime *rt, eg_rt_history *h, size_t n);
+
+/* Hash B sequences of T raw token ids (ids[B*T]; mapped through the store's
+ * projection, or taken as compressed ids when the store has none) for layer
+ * li into rows[B*T*H] (H = (N-1)*K, orders then heads; cap = rows' capacity
+ * in elements).
+ * hist: NULL means every sequence starts here (left padding with the pad id,
+ * as the contract hashes a whole sequence); otherwise hist[b] supplies the
+ * ids before position 0 and receives the last N-1 ids after the call, so
+ * hashing a sequence piece by piece (token by token in decode) gives exactly
+ * the rows of hashing it whole.
+ * barrier: NULL, or B*T bytes; a non-zero byte at position t blocks lookback
+ * across it (DeepSeek-V4.1 image spans): the sequence starts afresh at t, so
+ * the windows of t and of later positions see the pad id at every position
+ * before t (as at a sequence start); the history after the call carries it.
+ * EG_ERANGE for an id outside the projection (or >= V'), naming b and t. */
+eg_status eg_rt_hash(eg_runtime *rt, uint32_t li, const uint32_t *ids, size_t B, size_t T,
+                     const uint8_t *barrier, eg_rt_history *hist, uint64_t *rows, size_t cap,
+                     eg_err *err);
+
+/* ---- gathering -------------------------------------------------------------- */
+
+/* out[i*dim .. ] = row rows[i] of layer li, as binary32 (out_dtype EG_F32)
+ * or bfloat16 (EG_BF16), from any stored dtype (and from the updated values
+ * of rows trained since open). Repeated rows are decoded once. cap: out's
+ * capacity in bytes. EG_ERANGE for a row outside the layer. */
+eg_status eg_rt_gather(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
+                       eg_dtype out_dtype, void *out, size_t cap, eg_err *err);
+
+/* ---- the layer (CONTRACT section 5) ------------------------------------------- */
+
+/* Shapes: B sequences of T tokens, hc branches (hc_mult), hidden size d,
+ * De = (N-1)*K*dim gathered values per token (the concatenation of the
+ * token's rows in hash order), the causal depthwise conv's kernel size and
+ * dilation (= N). eps_kq: RMSNorm epsilon of keys and queries (PyTorch's
+ * nn.RMSNorm default for float32, 1.1920929e-07, when 0); eps_conv: of the
+ * conv input (1e-5 when 0). */
+typedef struct eg_layer_dims {
+    size_t B, T;
+    uint32_t hc, d, De, kernel, dilation;
+    float eps_kq, eps_conv;
+} eg_layer_dims;
+
+/* Caller-owned dense weights, binary32, row-major, PyTorch's layouts:
+ * w_k [hc][d][De] (nn.Linear per branch), b_k [hc][d] (NULL: none),
+ * w_v [d][De], b_v [d] (NULL: none), norm_k / norm_q / norm_c [hc][d]
+ * (RMSNorm weights of keys, of the hidden states, of the conv input),
+ * conv [hc*d][kernel] (nn.Conv1d(groups=hc*d) weight, tap kernel-1 on t). */
+typedef struct eg_layer_weights {
+    const float *w_k, *b_k, *w_v, *b_v, *norm_k, *norm_q, *norm_c, *conv;
+} eg_layer_weights;
+
+/* Gradients, same shapes; every pointer required except db_k / db_v (only
+ * when the bias exists). Written, not accumulated. */
+typedef struct eg_layer_grads {
+    float *de;  /* [B][T][De] */
+    float *dh;  /* [B][T][hc][d] */
+    float *dw_k, *db_k, *dw_v, *db_v, *dnorm_k, *dnorm_q, *dnorm_c, *dconv;
+} eg_layer_grads;
+
+/* out[B][T][hc][d] = v + SiLU(conv(RMSNorm(v))), v = gate * (W_V e + b_V),
+ * gate = sigmoid(signed sqrt(<RMSNorm(W_K e + b_K), RMSNorm(h)> / sqrt(d))).
+ * e [B][T][De], h [B][T][hc][d]. */
+eg_status eg_layer_forward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                           const float *h, float *out, int n_threads, eg_err *err);
+
+/* The backward pass for dout [B][T][hc][d] (recomputes the forward). */
+eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                            const float *h, const float *dout, const eg_layer_grads *g,
+                            int n_threads, eg_err *err);
+
+/* ---- training ------------------------------------------------------------------ */
+
+/* Reduce per-position row gradients to one per unique row: rows[n] with
+ * grads[n][dim] (the gathered positions' slices of de) -> uniq[*n_uniq]
+ * (ascending) and usum[*n_uniq][dim]; uniq and usum need room for n rows. */
+eg_status eg_rt_reduce_rows(const eg_runtime *rt, const uint64_t *rows, const float *grads,
+                            size_t n, uint64_t *uniq, float *usum, size_t *n_uniq, eg_err *err);
+
+typedef struct eg_adam {
+    float lr, beta1, beta2, eps;
+    float lr_mult; /* the tables' learning-rate multiplier (1 when 0) */
+} eg_adam;
+
+/* One Adam step (bias-corrected, no weight decay) on the given unique rows of
+ * layer li with their summed gradients; the optimizer state (m, v, and the
+ * row's step count) lives with the row. Rows not given do not change. */
+eg_status eg_rt_adam_step(eg_runtime *rt, uint32_t li, const uint64_t *uniq, const float *grads,
+                          size_t n, const eg_adam *hp, eg_err *err);
+
+/* Write a new generation of the store (every row's current value in the
+ * store's dtype, plus the binary32 values and Adam state of the trained
+ * rows) to `path` (NULL: the store's own path), atomically: the old file
+ * stays whole until the rename, and readers that have it open keep their
+ * view. The runtime then reads the new generation. */
+eg_status eg_rt_checkpoint(eg_runtime *rt, const char *path, eg_err *err);
+
+/* Number of rows trained since open (or held from a checkpoint). */
+size_t eg_rt_trained_rows(const eg_runtime *rt);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,468 @@
+/* layer.c - the Engram layer on the CPU (CONTRACT section 5), forward and
+ * backward in binary32, the oracle for other backends. Every reduction has a
+ * fixed order (per output element, over tokens or inputs in index order), so
+ * results do not depend on the thread count. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "eg_internal.h"
+#include "engram/eg_runtime.h"
+
+#define EG_LAYER_MAX_D 16384
+
+static int nthreads(int n)
+{
+#ifdef _OPENMP
+    return n > 0 ? n : omp_get_max_threads();
+#else
+    (void)n;
+    return 1;
+#endif
+}
+
+/* C[M][N] (=, or += when acc) A[M][K] * B[K][N], row-major; rows of C in
+ * blocks of 4 so each row of B is reused from cache. */
+static void gemm_nn(size_t M, size_t N, size_t K, const float *restrict A, const float *restrict B,
+                    float *restrict C, int acc, int nt)
+{
+    const long long MB = (long long)((M + 3) / 4);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (M * N * K > 32768)
+#endif
+    for (long long mb = 0; mb < MB; mb++) {
+        const size_t m0 = (size_t)mb * 4, mr = M - m0 < 4 ? M - m0 : 4;
+        float *c[4];
+        for (size_t r = 0; r < 4; r++)
+            c[r] = C + (m0 + (r < mr ? r : 0)) * N;
+        if (!acc)
+            for (size_t r = 0; r < mr; r++)
+                memset(c[r], 0, N * sizeof *C);
+        for (size_t k = 0; k < K; k++) {
+            const float *b = B + k * N;
+            float a[4];
+            for (size_t r = 0; r < 4; r++)
+                a[r] = r < mr ? A[(m0 + r) * K + k] : 0.0f;
+            if (mr == 4) {
+                float *restrict c0 = c[0], *restrict c1 = c[1], *restrict c2 = c[2],
+                                *restrict c3 = c[3];
+                for (size_t n = 0; n < N; n++) {
+                    c0[n] += a[0] * b[n];
+                    c1[n] += a[1] * b[n];
+                    c2[n] += a[2] * b[n];
+                    c3[n] += a[3] * b[n];
+                }
+            } else {
+                for (size_t r = 0; r < mr; r++)
+                    for (size_t n = 0; n < N; n++)
+                        c[r][n] += a[r] * b[n];
+            }
+        }
+    }
+}
+
+/* The same with binary64 accumulation and output (the keys: the gate's
+ * signed square root has an unbounded derivative near 0, so its input is
+ * computed without binary32 rounding). */
+static void gemm_nn_d(size_t M, size_t N, size_t K, const float *restrict A,
+                      const float *restrict B, double *restrict C, int nt)
+{
+    const long long MM = (long long)M;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (M * N * K > 32768)
+#endif
+    for (long long m = 0; m < MM; m++) {
+        double *restrict c = C + (size_t)m * N;
+        memset(c, 0, N * sizeof *c);
+        for (size_t k = 0; k < K; k++) {
+            const double a = (double)A[(size_t)m * K + k];
+            const float *restrict b = B + k * N;
+            for (size_t n = 0; n < N; n++)
+                c[n] += a * (double)b[n];
+        }
+    }
+}
+
+/* dst[c][r] = src[r][c] for src [R][Cn]. */
+static void transpose(size_t R, size_t Cn, const float *src, float *dst)
+{
+    for (size_t r = 0; r < R; r++)
+        for (size_t c = 0; c < Cn; c++)
+            dst[c * R + r] = src[r * Cn + c];
+}
+
+static eg_status check(const eg_layer_dims *dm, const eg_layer_weights *w, eg_err *err)
+{
+    if (!dm || !w || !w->w_k || !w->w_v || !w->norm_k || !w->norm_q || !w->norm_c || !w->conv)
+        return eg_fail(err, EG_EINVAL, "layer: a required weight is NULL");
+    if (!dm->hc || !dm->d || !dm->De || !dm->kernel || !dm->dilation)
+        return eg_fail(err, EG_EINVAL, "layer: hc, d, De, kernel and dilation must be > 0");
+    if (dm->d > EG_LAYER_MAX_D)
+        return eg_fail(err, EG_EUNSUPPORTED, "layer: hidden size %u > %d", dm->d, EG_LAYER_MAX_D);
+    if (dm->B && dm->T > SIZE_MAX / dm->B / dm->hc / dm->d / 16)
+        return eg_fail(err, EG_ERANGE, "layer: B*T*hc*d overflows");
+    return EG_OK;
+}
+
+/* The forward intermediates that the backward pass needs. */
+typedef struct {
+    size_t BT;
+    double *K; /* [hc][BT][d] keys (with bias), binary64 */
+    float *U;  /* [BT][d] W_V e + b_v */
+    float *V;  /* [BT][hc][d] gated values */
+    float *C;  /* [BT][hc][d] RMSNorm(v) */
+    float *Y;  /* [BT][hc][d] conv output */
+    float *g, *rc; /* [BT][hc] */
+    double *rk, *rq, *s;
+} fwd;
+
+static void fwd_free(fwd *f)
+{
+    free(f->K);
+    free(f->U);
+    free(f->V);
+    free(f->C);
+    free(f->Y);
+    free(f->rk);
+    free(f->rq);
+    free(f->s);
+    free(f->g);
+    free(f->rc);
+}
+
+static float rms_inv(const float *x, size_t d, float eps)
+{
+    double ss = 0;
+    for (size_t c = 0; c < d; c++)
+        ss += (double)x[c] * (double)x[c];
+    return (float)(1.0 / sqrt(ss / (double)d + (double)eps));
+}
+
+static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                         const float *h, fwd *f, int nt, eg_err *err)
+{
+    const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d, De = dm->De;
+    const float eps_kq = dm->eps_kq > 0 ? dm->eps_kq : 1.1920929e-07f;
+    const float eps_c = dm->eps_conv > 0 ? dm->eps_conv : 1e-5f;
+    memset(f, 0, sizeof *f);
+    f->BT = BT;
+    const size_t n1 = BT ? BT : 1;
+    f->K = malloc(hc * n1 * d * sizeof *f->K);
+    f->U = malloc(n1 * d * sizeof *f->U);
+    f->V = malloc(n1 * hc * d * sizeof *f->V);
+    f->C = malloc(n1 * hc * d * sizeof *f->C);
+    f->Y = malloc(n1 * hc * d * sizeof *f->Y);
+    f->rk = malloc(n1 * hc * sizeof *f->rk);
+    f->rq = malloc(n1 * hc * sizeof *f->rq);
+    f->s = malloc(n1 * hc * sizeof *f->s);
+    f->g = malloc(n1 * hc * sizeof *f->g);
+    f->rc = malloc(n1 * hc * sizeof *f->rc);
+    float *wt = malloc(De * d * sizeof *wt);
+    if (!f->K || !f->U || !f->V || !f->C || !f->Y || !f->rk || !f->rq || !f->s || !f->g ||
+        !f->rc || !wt) {
+        free(wt);
+        fwd_free(f);
+        return eg_fail(err, EG_ENOMEM, "layer: out of memory for B*T = %zu tokens", BT);
+    }
+    /* the projections: K_i = E W_K[i]^T + b_k[i], U = E W_V^T + b_v */
+    for (size_t i = 0; i < hc; i++) {
+        transpose(d, De, w->w_k + i * d * De, wt);
+        gemm_nn_d(BT, d, De, e, wt, f->K + i * BT * d, nt);
+        if (w->b_k)
+            for (size_t t = 0; t < BT; t++)
+                for (size_t c = 0; c < d; c++)
+                    f->K[(i * BT + t) * d + c] += (double)w->b_k[i * d + c];
+    }
+    transpose(d, De, w->w_v, wt);
+    gemm_nn(BT, d, De, e, wt, f->U, 0, nt);
+    free(wt);
+    if (w->b_v)
+        for (size_t t = 0; t < BT; t++)
+            for (size_t c = 0; c < d; c++)
+                f->U[t * d + c] += w->b_v[c];
+    const double isd = 1.0 / sqrt((double)d);
+    const long long NT = (long long)BT;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (BT > 16)
+#endif
+    for (long long tt = 0; tt < NT; tt++) {
+        const size_t t = (size_t)tt;
+        for (size_t i = 0; i < hc; i++) {
+            const double *k = f->K + (i * BT + t) * d;
+            const float *q = h + (t * hc + i) * d;
+            double ssk = 0, ssq = 0;
+            for (size_t c = 0; c < d; c++) {
+                ssk += k[c] * k[c];
+                ssq += (double)q[c] * (double)q[c];
+            }
+            const double rk = 1.0 / sqrt(ssk / (double)d + (double)eps_kq);
+            const double rqd = 1.0 / sqrt(ssq / (double)d + (double)eps_kq);
+            const float *gk = w->norm_k + i * d, *gq = w->norm_q + i * d;
+            double dot = 0;
+            for (size_t c = 0; c < d; c++)
+                dot += k[c] * rk * (double)gk[c] * ((double)q[c] * rqd * (double)gq[c]);
+            const double s = dot * isd;
+            const double a = (s > 0 ? 1.0 : s < 0 ? -1.0 : 0.0) * sqrt(fmax(fabs(s), 1e-6));
+            const float g = (float)(1.0 / (1.0 + exp(-a)));
+            f->rk[t * hc + i] = rk;
+            f->rq[t * hc + i] = rqd;
+            f->s[t * hc + i] = s;
+            f->g[t * hc + i] = g;
+            float *v = f->V + (t * hc + i) * d, *cn = f->C + (t * hc + i) * d;
+            const float *u = f->U + t * d, *gc = w->norm_c + i * d;
+            for (size_t c = 0; c < d; c++)
+                v[c] = g * u[c];
+            const float rc = rms_inv(v, d, eps_c);
+            f->rc[t * hc + i] = rc;
+            for (size_t c = 0; c < d; c++)
+                cn[c] = v[c] * rc * gc[c];
+        }
+    }
+    /* the causal depthwise conv per sequence: y[t] = sum_k w[k] x[t - (K-1-k) dil] */
+    const size_t T = dm->T, KW = dm->kernel, dil = dm->dilation, CH = hc * d;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (BT > 16)
+#endif
+    for (long long tt = 0; tt < NT; tt++) {
+        const size_t t = (size_t)tt, pos = t % (T ? T : 1);
+        float *y = f->Y + t * CH;
+        for (size_t ch = 0; ch < CH; ch++) {
+            float acc = 0;
+            for (size_t k = 0; k < KW; k++) {
+                const size_t back = (KW - 1 - k) * dil;
+                if (back <= pos)
+                    acc += w->conv[ch * KW + k] * f->C[(t - back) * CH + ch];
+            }
+            y[ch] = acc;
+        }
+    }
+    return EG_OK;
+}
+
+static inline float sigm(float x) { return (float)(1.0 / (1.0 + exp(-(double)x))); }
+
+eg_status eg_layer_forward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                           const float *h, float *out, int n_threads, eg_err *err)
+{
+    eg_status st = check(dm, w, err);
+    if (st)
+        return st;
+    const size_t BT = dm->B * dm->T, N = BT * dm->hc * dm->d;
+    if (BT && (!e || !h || !out))
+        return eg_fail(err, EG_EINVAL, "eg_layer_forward: NULL input or output");
+    fwd f;
+    if ((st = forward(dm, w, e, h, &f, nthreads(n_threads), err)))
+        return st;
+    for (size_t i = 0; i < N; i++)
+        out[i] = f.V[i] + f.Y[i] * sigm(f.Y[i]);
+    fwd_free(&f);
+    return EG_OK;
+}
+
+/* RMSNorm backward for y = x r w, r = (mean x^2 + eps)^-1/2: dx (written). */
+static void rms_back(const float *x, float r, const float *wgt, const float *dy, size_t d,
+                     float *dx)
+{
+    double dot = 0;
+    for (size_t c = 0; c < d; c++)
+        dot += (double)(wgt[c] * dy[c]) * (double)x[c];
+    const double k = (double)r * (double)r * (double)r * dot / (double)d;
+    for (size_t c = 0; c < d; c++)
+        dx[c] = (float)((double)r * (double)(wgt[c] * dy[c]) - (double)x[c] * k);
+}
+
+/* The same for binary64 x and r (keys), and binary32 x with binary64 r. */
+static void rms_back_d(const double *x, double r, const float *wgt, const float *dy, size_t d,
+                       float *dx)
+{
+    double dot = 0;
+    for (size_t c = 0; c < d; c++)
+        dot += (double)wgt[c] * (double)dy[c] * x[c];
+    const double k = r * r * r * dot / (double)d;
+    for (size_t c = 0; c < d; c++)
+        dx[c] = (float)(r * (double)wgt[c] * (double)dy[c] - x[c] * k);
+}
+
+static void rms_back_q(const float *x, double r, const float *wgt, const float *dy, size_t d,
+                       float *dx)
+{
+    double dot = 0;
+    for (size_t c = 0; c < d; c++)
+        dot += (double)wgt[c] * (double)dy[c] * (double)x[c];
+    const double k = r * r * r * dot / (double)d;
+    for (size_t c = 0; c < d; c++)
+        dx[c] = (float)(r * (double)wgt[c] * (double)dy[c] - (double)x[c] * k);
+}
+
+eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                            const float *h, const float *dout, const eg_layer_grads *g,
+                            int n_threads, eg_err *err)
+{
+    eg_status st = check(dm, w, err);
+    if (st)
+        return st;
+    if (!g || !g->de || !g->dh || !g->dw_k || !g->dw_v || !g->dnorm_k || !g->dnorm_q ||
+        !g->dnorm_c || !g->dconv || (w->b_k && !g->db_k) || (w->b_v && !g->db_v))
+        return eg_fail(err, EG_EINVAL, "eg_layer_backward: a required gradient is NULL");
+    const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d, De = dm->De, T = dm->T;
+    const size_t KW = dm->kernel, dil = dm->dilation, CH = hc * d;
+    if (BT && (!e || !h || !dout))
+        return eg_fail(err, EG_EINVAL, "eg_layer_backward: NULL input");
+    const int nt = nthreads(n_threads);
+    fwd f;
+    if ((st = forward(dm, w, e, h, &f, nt, err)))
+        return st;
+    const size_t n1 = BT ? BT : 1;
+    float *dY = malloc(n1 * CH * sizeof *dY), *dC = malloc(n1 * CH * sizeof *dC);
+    float *dV = malloc(n1 * CH * sizeof *dV), *dU = malloc(n1 * d * sizeof *dU);
+    float *dK = malloc(hc * n1 * d * sizeof *dK), *dKT = malloc(n1 * d * sizeof *dKT);
+    double *dsv = malloc(n1 * hc * sizeof *dsv);
+    if (!dY || !dC || !dV || !dU || !dK || !dKT || !dsv) {
+        st = eg_fail(err, EG_ENOMEM, "layer: out of memory for B*T = %zu tokens", BT);
+        goto done;
+    }
+    const long long NT = (long long)BT, NCH = (long long)CH;
+    /* out = v + silu(y) */
+    for (size_t i = 0; i < BT * CH; i++) {
+        const float s = sigm(f.Y[i]);
+        dY[i] = dout[i] * s * (1.0f + f.Y[i] * (1.0f - s));
+        dV[i] = dout[i];
+    }
+    /* the conv: weights (per channel over tokens) and input */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (BT > 16)
+#endif
+    for (long long cc = 0; cc < NCH; cc++) {
+        const size_t ch = (size_t)cc;
+        for (size_t k = 0; k < KW; k++) {
+            const size_t back = (KW - 1 - k) * dil;
+            double acc = 0;
+            for (size_t t = 0; t < BT; t++)
+                if (back <= t % T)
+                    acc += (double)dY[t * CH + ch] * (double)f.C[(t - back) * CH + ch];
+            g->dconv[ch * KW + k] = (float)acc;
+        }
+        for (size_t t = 0; t < BT; t++) {
+            const size_t pos = t % T;
+            float acc = 0;
+            for (size_t k = 0; k < KW; k++) {
+                const size_t back = (KW - 1 - k) * dil;
+                if (pos + back < T)
+                    acc += dY[(t + back) * CH + ch] * w->conv[ch * KW + k];
+            }
+            dC[t * CH + ch] = acc;
+        }
+    }
+    /* RMSNorm of the conv input: its weight (per channel over tokens) */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (BT > 16)
+#endif
+    for (long long cc = 0; cc < NCH; cc++) {
+        const size_t ch = (size_t)cc, i = ch / d;
+        double acc = 0;
+        for (size_t t = 0; t < BT; t++)
+            acc += (double)dC[t * CH + ch] * (double)f.V[t * CH + ch] * (double)f.rc[t * hc + i];
+        g->dnorm_c[ch] = (float)acc;
+    }
+    const double isd = 1.0 / sqrt((double)d);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (BT > 16)
+#endif
+    for (long long tt = 0; tt < NT; tt++) {
+        const size_t t = (size_t)tt;
+        float tmp[EG_LAYER_MAX_D];
+        float *du = dU + t * d;
+        memset(du, 0, d * sizeof *du);
+        for (size_t i = 0; i < hc; i++) {
+            const size_t ti = t * hc + i;
+            float *dv = dV + ti * d;
+            const float *v = f.V + ti * d, *u = f.U + t * d;
+            /* RMSNorm(v) back into dv */
+            rms_back(v, f.rc[ti], w->norm_c + i * d, dC + ti * d, d, tmp);
+            for (size_t c = 0; c < d; c++)
+                dv[c] += tmp[c];
+            /* v = g u */
+            const float gi = f.g[ti];
+            double dg = 0;
+            for (size_t c = 0; c < d; c++) {
+                dg += (double)dv[c] * (double)u[c];
+                du[c] += gi * dv[c];
+            }
+            const double da = dg * (double)gi * (1.0 - (double)gi);
+            const double s = f.s[ti];
+            const double ds = fabs(s) >= 1e-6 ? da * 0.5 / sqrt(fabs(s)) : 0.0;
+            dsv[ti] = ds;
+            /* s = <nk, nq> / sqrt(d): dnk = ds nq / sqrt(d), dnq = ds nk / sqrt(d) */
+            const double *k = f.K + (i * BT + t) * d;
+            const float *q = h + ti * d;
+            const float *gk = w->norm_k + i * d, *gq = w->norm_q + i * d;
+            const double rk = f.rk[ti], rq = f.rq[ti];
+            float *dkk = dK + (i * BT + t) * d, *dq = g->dh + ti * d;
+            float *dnk = dkk, *dnq = dq; /* computed in place, then normed back */
+            for (size_t c = 0; c < d; c++) {
+                dnk[c] = (float)(ds * isd * ((double)q[c] * rq * (double)gq[c]));
+                dnq[c] = (float)(ds * isd * (k[c] * rk * (double)gk[c]));
+            }
+            rms_back_d(k, rk, gk, dnk, d, tmp);
+            memcpy(dkk, tmp, d * sizeof *tmp);
+            rms_back_q(q, rq, gq, dnq, d, tmp);
+            memcpy(dq, tmp, d * sizeof *tmp);
+        }
+    }
+    /* norm weights of keys and queries: per channel over tokens (dnk and dnq
+     * were normed back in place; ds per token and branch is kept) */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (BT > 16)
+#endif
+    for (long long cc = 0; cc < NCH; cc++) {
+        const size_t ch = (size_t)cc, i = ch / d, c = ch % d;
+        double ak = 0, aq = 0;
+        for (size_t t = 0; t < BT; t++) {
+            const size_t ti = t * hc + i;
+            const double ds = dsv[ti];
+            const double kk = f.K[(i * BT + t) * d + c], qq = (double)h[ti * d + c];
+            const double nk = kk * f.rk[ti] * (double)w->norm_k[ch];
+            const double nq = qq * f.rq[ti] * (double)w->norm_q[ch];
+            ak += ds * isd * nq * kk * f.rk[ti];
+            aq += ds * isd * nk * qq * f.rq[ti];
+        }
+        g->dnorm_k[ch] = (float)ak;
+        g->dnorm_q[ch] = (float)aq;
+    }
+    /* the projections */
+    gemm_nn(BT, De, d, dU, w->w_v, g->de, 0, nt);
+    for (size_t i = 0; i < hc; i++)
+        gemm_nn(BT, De, d, dK + i * BT * d, w->w_k + i * d * De, g->de, 1, nt);
+    transpose(BT, d, dU, dKT);
+    gemm_nn(d, De, BT, dKT, e, g->dw_v, 0, nt);
+    for (size_t i = 0; i < hc; i++) {
+        transpose(BT, d, dK + i * BT * d, dKT);
+        gemm_nn(d, De, BT, dKT, e, g->dw_k + i * d * De, 0, nt);
+    }
+    for (size_t c = 0; c < d && g->db_v; c++) {
+        double a = 0;
+        for (size_t t = 0; t < BT; t++)
+            a += (double)dU[t * d + c];
+        g->db_v[c] = (float)a;
+    }
+    for (size_t i = 0; i < hc && g->db_k; i++)
+        for (size_t c = 0; c < d; c++) {
+            double a = 0;
+            for (size_t t = 0; t < BT; t++)
+                a += (double)dK[(i * BT + t) * d + c];
+            g->db_k[i * d + c] = (float)a;
+        }
+done:
+    free(dsv);
+    free(dY);
+    free(dC);
+    free(dV);
+    free(dU);
+    free(dK);
+    free(dKT);
+    fwd_free(&f);
+    return st;
+}

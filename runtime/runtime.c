@@ -1,0 +1,656 @@
+/* runtime.c - the CPU runtime over a store: hashing with decode history and
+ * barriers, gathering with deduplication, per-row gradient reduction, sparse
+ * Adam on an in-memory overlay of trained rows, checkpoints (eg_runtime.h). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "eg_internal.h"
+#include "engram/eg_contract.h"
+#include "engram/eg_hash.h"
+#include "engram/eg_runtime.h"
+
+/* Trained rows of one layer: open addressing from row id to a slot holding
+ * the row's binary32 value, Adam's m and v, and its step count. */
+typedef struct {
+    uint64_t *key; /* row + 1; 0 = empty */
+    uint32_t *slot;
+    size_t cap, n;
+    float *vals; /* n * 3 * dim */
+    uint32_t *steps;
+    size_t vcap;
+} overlay;
+
+struct eg_runtime {
+    eg_store *store;
+    char *path;
+    const eg_spec *spec;
+    uint32_t L, N, K, H, dim;
+    int nt;
+    overlay *ov; /* per layer */
+};
+
+static inline uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return x;
+}
+
+static long ov_find(const overlay *o, uint64_t row)
+{
+    if (!o->cap)
+        return -1;
+    for (size_t i = mix64(row) & (o->cap - 1);; i = (i + 1) & (o->cap - 1)) {
+        if (!o->key[i])
+            return -1;
+        if (o->key[i] == row + 1)
+            return o->slot[i];
+    }
+}
+
+/* The slot of `row`, inserted (with value `init`, zero moments) if new. */
+static long ov_insert(overlay *o, uint64_t row, const float *init, uint32_t dim, uint32_t step)
+{
+    long f = ov_find(o, row);
+    if (f >= 0)
+        return f;
+    if ((o->n + 1) * 4 > o->cap * 3) {
+        size_t nc = o->cap ? 2 * o->cap : 1024;
+        uint64_t *k = calloc(nc, sizeof *k);
+        uint32_t *s = malloc(nc * sizeof *s);
+        if (!k || !s) {
+            free(k);
+            free(s);
+            return -1;
+        }
+        for (size_t i = 0; i < o->cap; i++)
+            if (o->key[i]) {
+                size_t j = mix64(o->key[i] - 1) & (nc - 1);
+                while (k[j])
+                    j = (j + 1) & (nc - 1);
+                k[j] = o->key[i];
+                s[j] = o->slot[i];
+            }
+        free(o->key);
+        free(o->slot);
+        o->key = k;
+        o->slot = s;
+        o->cap = nc;
+    }
+    if (o->n == o->vcap) {
+        size_t nv = o->vcap ? 2 * o->vcap : 256;
+        float *v = realloc(o->vals, nv * 3 * dim * sizeof *v);
+        if (!v)
+            return -1;
+        o->vals = v;
+        uint32_t *st = realloc(o->steps, nv * sizeof *st);
+        if (!st)
+            return -1;
+        o->steps = st;
+        o->vcap = nv;
+    }
+    size_t i = mix64(row) & (o->cap - 1);
+    while (o->key[i])
+        i = (i + 1) & (o->cap - 1);
+    o->key[i] = row + 1;
+    o->slot[i] = (uint32_t)o->n;
+    float *v = o->vals + o->n * 3 * dim;
+    memcpy(v, init, dim * sizeof *v);
+    memset(v + dim, 0, 2 * dim * sizeof *v); /* m and v start at zero */
+    o->steps[o->n] = step;
+    return (long)o->n++;
+}
+
+static void ov_free(overlay *o)
+{
+    free(o->key);
+    free(o->slot);
+    free(o->vals);
+    free(o->steps);
+}
+
+static eg_status load_opt(void *ctx, uint32_t li, uint64_t row, uint32_t step, const float *vals)
+{
+    eg_runtime *rt = ctx;
+    long s = ov_insert(&rt->ov[li], row, vals, rt->dim, step);
+    if (s < 0)
+        return EG_ENOMEM;
+    memcpy(rt->ov[li].vals + (size_t)s * 3 * rt->dim, vals, 3 * (size_t)rt->dim * sizeof *vals);
+    rt->ov[li].steps[s] = step;
+    return EG_OK;
+}
+
+static eg_status rt_attach(eg_runtime *rt, const char *path, const eg_runtime_opts *o, eg_err *err)
+{
+    eg_store *s = NULL;
+    eg_status st = eg_store_open(path, 0, &s, err);
+    if (st)
+        return st;
+    if (o && (st = eg_store_expect(s, o->expect_tokenizer_sha256, o->expect_spec, err))) {
+        eg_store_close(s);
+        return st;
+    }
+    rt->store = s;
+    rt->spec = eg_store_spec(s);
+    return EG_OK;
+}
+
+eg_status eg_runtime_open(const char *store, const eg_runtime_opts *opts, eg_runtime **out,
+                          eg_err *err)
+{
+    if (!store || !out)
+        return eg_fail(err, EG_EINVAL, "eg_runtime_open: NULL argument");
+    *out = NULL;
+    eg_runtime *rt = calloc(1, sizeof *rt);
+    if (!rt || !(rt->path = strdup(store))) {
+        free(rt);
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    }
+    eg_status st = rt_attach(rt, store, opts, err);
+    if (st) {
+        eg_runtime_close(rt);
+        return st;
+    }
+    rt->L = eg_spec_n_layers(rt->spec);
+    rt->N = eg_spec_max_ngram(rt->spec);
+    rt->K = eg_spec_heads_per_ngram(rt->spec);
+    rt->H = eg_spec_n_heads(rt->spec);
+    rt->dim = eg_store_get_info(rt->store)->dim;
+    rt->nt = opts ? opts->n_threads : 0;
+    rt->ov = calloc(rt->L, sizeof *rt->ov);
+    if (!rt->ov) {
+        eg_runtime_close(rt);
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    }
+    st = eg_store_opt_foreach(rt->store, load_opt, rt, err);
+    if (st) {
+        if (st == EG_ENOMEM)
+            eg_fail(err, st, "out of memory loading the training state");
+        eg_runtime_close(rt);
+        return st;
+    }
+    *out = rt;
+    return EG_OK;
+}
+
+void eg_runtime_close(eg_runtime *rt)
+{
+    if (!rt)
+        return;
+    for (uint32_t li = 0; rt->ov && li < rt->L; li++)
+        ov_free(&rt->ov[li]);
+    free(rt->ov);
+    eg_store_close(rt->store);
+    free(rt->path);
+    free(rt);
+}
+
+const eg_spec *eg_runtime_spec(const eg_runtime *rt) { return rt ? rt->spec : NULL; }
+const eg_store *eg_runtime_store(const eg_runtime *rt) { return rt ? rt->store : NULL; }
+uint32_t eg_runtime_dim(const eg_runtime *rt) { return rt ? rt->dim : 0; }
+
+size_t eg_rt_trained_rows(const eg_runtime *rt)
+{
+    size_t n = 0;
+    for (uint32_t li = 0; rt && li < rt->L; li++)
+        n += rt->ov[li].n;
+    return n;
+}
+
+static int threads(const eg_runtime *rt)
+{
+#ifdef _OPENMP
+    return rt->nt > 0 ? rt->nt : omp_get_max_threads();
+#else
+    (void)rt;
+    return 1;
+#endif
+}
+
+/* ---- hashing ---------------------------------------------------------------- */
+
+void eg_rt_history_reset(const eg_runtime *rt, eg_rt_history *h, size_t n)
+{
+    const uint32_t pad = rt ? (uint32_t)eg_spec_pad(rt->spec) : 0;
+    for (size_t b = 0; b < n; b++)
+        for (int k = 0; k < 16; k++)
+            h[b].ids[k] = pad;
+}
+
+eg_status eg_rt_hash(eg_runtime *rt, uint32_t li, const uint32_t *ids, size_t B, size_t T,
+                     const uint8_t *barrier, eg_rt_history *hist, uint64_t *rows, size_t cap,
+                     eg_err *err)
+{
+    if (!rt || (!ids && B && T) || (!rows && B && T))
+        return eg_fail(err, EG_EINVAL, "eg_rt_hash: NULL argument");
+    if (li >= rt->L)
+        return eg_fail(err, EG_ERANGE, "eg_rt_hash: layer index %u >= %u", li, rt->L);
+    const size_t H = rt->H, N = rt->N;
+    if (T && B > SIZE_MAX / T / H)
+        return eg_fail(err, EG_ERANGE, "eg_rt_hash: B*T*H overflows");
+    if (cap < B * T * H)
+        return eg_fail(err, EG_ECAPACITY, "eg_rt_hash: %zu rows need room for %zu, have %zu",
+                       B * T, B * T * H, cap);
+    size_t np;
+    const uint32_t *proj = eg_store_projection(rt->store, &np);
+    const uint64_t V = eg_spec_compressed_vocab(rt->spec);
+    const int64_t pad = eg_spec_pad(rt->spec);
+    /* compressed ids, checked */
+    uint32_t *x = malloc((B && T ? B * T : 1) * sizeof *x);
+    if (!x)
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    for (size_t i = 0; i < B * T; i++) {
+        uint32_t id = ids[i];
+        if (proj) {
+            if (id >= np) {
+                free(x);
+                return eg_fail(err, EG_ERANGE,
+                               "eg_rt_hash: sequence %zu position %zu: id %u is outside the "
+                               "projection's %zu ids",
+                               i / (T ? T : 1), i % (T ? T : 1), id, np);
+            }
+            id = proj[id];
+        } else if (id >= V) {
+            free(x);
+            return eg_fail(err, EG_ERANGE,
+                           "eg_rt_hash: sequence %zu position %zu: id %u >= V' = %llu",
+                           i / (T ? T : 1), i % (T ? T : 1), id, (unsigned long long)V);
+        }
+        x[i] = id;
+    }
+    eg_status st = EG_OK;
+    const int64_t *mult = eg_spec_multipliers(rt->spec, li);
+    const uint64_t *primes = eg_spec_primes(rt->spec, li), *offs = eg_spec_offsets(rt->spec, li);
+    eg_fastmod_t fm[EG_MAX_HEADS * (EG_MAX_NGRAM - 1)];
+    for (size_t c = 0; c < H; c++)
+        fm[c] = eg_fastmod_make(primes[c]);
+    const long long BB = (long long)B;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads(rt)) if (B * T > 4096)
+#endif
+    for (long long b = 0; b < BB; b++) {
+        /* window: the last N ids, newest first; reach = how many of them are real */
+        int64_t win[EG_MAX_NGRAM];
+        uint32_t prev[16];
+        for (size_t k = 0; k + 1 < N; k++)
+            prev[k] = hist ? hist[b].ids[k] : (uint32_t)pad; /* oldest first */
+        for (size_t t = 0; t < T; t++) {
+            const size_t i = (size_t)b * T + t;
+            if (barrier && barrier[i])
+                for (size_t k = 0; k + 1 < N; k++)
+                    prev[k] = (uint32_t)pad;
+            win[0] = x[i];
+            for (size_t k = 1; k < N; k++)
+                win[k] = prev[N - 1 - k];
+            int64_t mix[EG_MAX_NGRAM];
+            eg_mix_position(win, mult, (uint32_t)N, mix);
+            for (size_t n = 2; n <= N; n++)
+                for (size_t j = 0; j < rt->K; j++) {
+                    const size_t c = (n - 2) * rt->K + j;
+                    rows[i * H + c] = offs[c] + eg_mod_fast(mix[n - 2], &fm[c]);
+                }
+            for (size_t k = 0; k + 2 < N; k++)
+                prev[k] = prev[k + 1];
+            if (N > 1)
+                prev[N - 2] = x[i];
+        }
+        if (hist)
+            for (size_t k = 0; k + 1 < N; k++)
+                hist[b].ids[k] = prev[k];
+    }
+    free(x);
+    return st;
+}
+
+/* ---- gathering ------------------------------------------------------------------ */
+
+typedef struct {
+    uint64_t row;
+    size_t pos;
+} rowpos;
+
+static int cmp_rowpos(const void *a, const void *b)
+{
+    const rowpos *x = a, *y = b;
+    return x->row != y->row ? (x->row < y->row ? -1 : 1) : (x->pos < y->pos ? -1 : x->pos > y->pos);
+}
+
+/* The current binary32 value of a row: trained, else stored (or generated). */
+static eg_status row_value(eg_runtime *rt, uint32_t li, uint64_t row, float *out, eg_err *err)
+{
+    long s = ov_find(&rt->ov[li], row);
+    if (s >= 0) {
+        memcpy(out, rt->ov[li].vals + (size_t)s * 3 * rt->dim, rt->dim * sizeof *out);
+        return EG_OK;
+    }
+    return eg_store_read_rows(rt->store, li, row, 1, out, rt->dim, err);
+}
+
+eg_status eg_rt_gather(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
+                       eg_dtype out_dtype, void *out, size_t cap, eg_err *err)
+{
+    if (!rt || (n && (!rows || !out)))
+        return eg_fail(err, EG_EINVAL, "eg_rt_gather: NULL argument");
+    if (li >= rt->L)
+        return eg_fail(err, EG_ERANGE, "eg_rt_gather: layer index %u >= %u", li, rt->L);
+    if (out_dtype != EG_F32 && out_dtype != EG_BF16)
+        return eg_fail(err, EG_EINVAL, "eg_rt_gather: output dtype must be f32 or bf16");
+    const size_t dim = rt->dim, es = out_dtype == EG_F32 ? 4 : 2;
+    if (n > cap / (dim * es))
+        return eg_fail(err, EG_ECAPACITY, "eg_rt_gather: %zu rows need %zu bytes, have %zu", n,
+                       n * dim * es, cap);
+    const uint64_t lr = eg_spec_layer_rows(rt->spec, li);
+    rowpos *rp = malloc((n ? n : 1) * sizeof *rp);
+    if (!rp)
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if (rows[i] >= lr) {
+            free(rp);
+            return eg_fail(err, EG_ERANGE, "eg_rt_gather: row %llu at %zu >= layer %u's %llu rows",
+                           (unsigned long long)rows[i], i, li, (unsigned long long)lr);
+        }
+        rp[i].row = rows[i];
+        rp[i].pos = i;
+    }
+    qsort(rp, n, sizeof *rp, cmp_rowpos);
+    /* runs of equal rows: decode the first, copy to the rest */
+    size_t *start = malloc((n + 1) * sizeof *start), nu = 0;
+    if (!start) {
+        free(rp);
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!i || rp[i].row != rp[i - 1].row)
+            start[nu++] = i;
+    start[nu] = n;
+    int failed = 0;
+    eg_err first = {0};
+    const long long NU = (long long)nu;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads(rt)) if (nu > 256) reduction(| : failed)
+#endif
+    {
+        float *v = malloc(dim * sizeof *v);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long long u = 0; u < NU; u++) {
+            eg_err e2;
+            if (!v || failed) {
+                failed = 1;
+                continue;
+            }
+            if (row_value(rt, li, rp[start[u]].row, v, &e2)) {
+                failed = 1;
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+                if (!first.code)
+                    first = e2;
+                continue;
+            }
+            for (size_t i = start[u]; i < start[u + 1]; i++) {
+                unsigned char *o = (unsigned char *)out + rp[i].pos * dim * es;
+                if (out_dtype == EG_F32)
+                    memcpy(o, v, dim * 4);
+                else
+                    eg_row_encode(EG_BF16, (uint32_t)dim, v, o);
+            }
+        }
+        free(v);
+    }
+    free(start);
+    free(rp);
+    if (failed) {
+        if (first.code)
+            return eg_fail(err, first.code, "%s", first.msg);
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    }
+    return EG_OK;
+}
+
+/* ---- training ------------------------------------------------------------------- */
+
+eg_status eg_rt_reduce_rows(const eg_runtime *rt, const uint64_t *rows, const float *grads,
+                            size_t n, uint64_t *uniq, float *usum, size_t *n_uniq, eg_err *err)
+{
+    if (!rt || !n_uniq || (n && (!rows || !grads || !uniq || !usum)))
+        return eg_fail(err, EG_EINVAL, "eg_rt_reduce_rows: NULL argument");
+    const size_t dim = rt->dim;
+    rowpos *rp = malloc((n ? n : 1) * sizeof *rp);
+    if (!rp)
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        rp[i].row = rows[i];
+        rp[i].pos = i;
+    }
+    qsort(rp, n, sizeof *rp, cmp_rowpos); /* ties by position: a fixed summation order */
+    size_t u = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!i || rp[i].row != rp[i - 1].row) {
+            uniq[u] = rp[i].row;
+            memcpy(usum + u * dim, grads + rp[i].pos * dim, dim * sizeof *usum);
+            u++;
+            continue;
+        }
+        float *d = usum + (u - 1) * dim;
+        const float *g = grads + rp[i].pos * dim;
+        for (size_t k = 0; k < dim; k++)
+            d[k] += g[k];
+    }
+    *n_uniq = u;
+    free(rp);
+    return EG_OK;
+}
+
+eg_status eg_rt_adam_step(eg_runtime *rt, uint32_t li, const uint64_t *uniq, const float *grads,
+                          size_t n, const eg_adam *hp, eg_err *err)
+{
+    if (!rt || !hp || (n && (!uniq || !grads)))
+        return eg_fail(err, EG_EINVAL, "eg_rt_adam_step: NULL argument");
+    if (li >= rt->L)
+        return eg_fail(err, EG_ERANGE, "eg_rt_adam_step: layer index %u >= %u", li, rt->L);
+    const size_t dim = rt->dim;
+    const uint64_t lr_rows = eg_spec_layer_rows(rt->spec, li);
+    overlay *o = &rt->ov[li];
+    float *v0 = malloc(dim * sizeof *v0);
+    if (!v0)
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    long *slot = malloc((n ? n : 1) * sizeof *slot);
+    if (!slot) {
+        free(v0);
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    }
+    /* bring every row into the overlay first (serial: the table may grow) */
+    for (size_t i = 0; i < n; i++) {
+        if (uniq[i] >= lr_rows || (i && uniq[i] <= uniq[i - 1])) {
+            free(v0);
+            free(slot);
+            return eg_fail(err, EG_EINVAL,
+                           "eg_rt_adam_step: rows must be unique, ascending and < %llu (at %zu)",
+                           (unsigned long long)lr_rows, i);
+        }
+        slot[i] = ov_find(o, uniq[i]);
+        if (slot[i] < 0) {
+            eg_status st = eg_store_read_rows(rt->store, li, uniq[i], 1, v0, dim, err);
+            if (st) {
+                free(v0);
+                free(slot);
+                return st;
+            }
+            slot[i] = ov_insert(o, uniq[i], v0, (uint32_t)dim, 0);
+            if (slot[i] < 0) {
+                free(v0);
+                free(slot);
+                return eg_fail(err, EG_ENOMEM, "out of memory");
+            }
+            memset(o->vals + (size_t)slot[i] * 3 * dim + dim, 0, 2 * dim * sizeof(float));
+        }
+    }
+    free(v0);
+    const double b1 = hp->beta1, b2 = hp->beta2;
+    const double lr = (double)hp->lr * (hp->lr_mult > 0 ? (double)hp->lr_mult : 1.0);
+    const long long NN = (long long)n;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads(rt)) if (n > 64)
+#endif
+    for (long long i = 0; i < NN; i++) {
+        float *w = o->vals + (size_t)slot[i] * 3 * dim, *m = w + dim, *v = m + dim;
+        const uint32_t t = ++o->steps[slot[i]];
+        const double c1 = 1.0 - pow(b1, t), c2 = 1.0 - pow(b2, t);
+        const float *g = grads + (size_t)i * dim;
+        for (size_t k = 0; k < dim; k++) {
+            m[k] = (float)(b1 * (double)m[k] + (1 - b1) * (double)g[k]);
+            v[k] = (float)(b2 * (double)v[k] + (1 - b2) * (double)g[k] * (double)g[k]);
+            const double mh = (double)m[k] / c1, vh = (double)v[k] / c2;
+            w[k] = (float)((double)w[k] - lr * mh / (sqrt(vh) + (double)hp->eps));
+        }
+    }
+    free(slot);
+    return EG_OK;
+}
+
+/* ---- checkpoints ----------------------------------------------------------------- */
+
+static eg_status ckpt_rows(void *ctx, uint32_t li, uint64_t row0, uint64_t n, void *dst,
+                           eg_err *err)
+{
+    eg_runtime *rt = ctx;
+    const eg_store_info *in = eg_store_get_info(rt->store);
+    eg_status st = eg_store_read_encoded(rt->store, li, row0, n, dst, n * in->row_bytes, err);
+    if (st)
+        return st;
+    const overlay *o = &rt->ov[li];
+    if (!o->n)
+        return EG_OK;
+    for (uint64_t r = row0; r < row0 + n; r++) {
+        long s = ov_find(o, r);
+        if (s >= 0)
+            eg_row_encode(in->dtype, in->dim, o->vals + (size_t)s * 3 * rt->dim,
+                          (unsigned char *)dst + (r - row0) * in->row_bytes);
+    }
+    return EG_OK;
+}
+
+typedef struct {
+    uint64_t key;
+    uint32_t li, slot;
+} optref;
+
+static int cmp_optref(const void *a, const void *b)
+{
+    uint64_t x = ((const optref *)a)->key, y = ((const optref *)b)->key;
+    return x < y ? -1 : x > y;
+}
+
+eg_status eg_rt_checkpoint(eg_runtime *rt, const char *path, eg_err *err)
+{
+    if (!rt)
+        return eg_fail(err, EG_EINVAL, "eg_rt_checkpoint: NULL runtime");
+    const char *dst = path ? path : rt->path;
+    const eg_store_info *in = eg_store_get_info(rt->store);
+    const size_t dim = rt->dim, n_opt = eg_rt_trained_rows(rt);
+    const uint64_t V = eg_spec_compressed_vocab(rt->spec);
+    optref *refs = malloc((n_opt ? n_opt : 1) * sizeof *refs);
+    uint64_t *keys = malloc((n_opt ? n_opt : 1) * sizeof *keys);
+    uint32_t *steps = malloc((n_opt ? n_opt : 1) * sizeof *steps);
+    float *vals = malloc((n_opt ? n_opt : 1) * 3 * dim * sizeof *vals);
+    const char **vkeys = eg_store_key(rt->store, 0) ? malloc(V * sizeof *vkeys) : NULL;
+    uint8_t **hit = in->sparse ? calloc(rt->L, sizeof *hit) : NULL;
+    eg_status st = EG_OK;
+    if (!refs || !keys || !steps || !vals || (eg_store_key(rt->store, 0) && !vkeys) ||
+        (in->sparse && !hit)) {
+        st = eg_fail(err, EG_ENOMEM, "out of memory");
+        goto done;
+    }
+    size_t k = 0;
+    for (uint32_t li = 0; li < rt->L; li++)
+        for (size_t c = 0; c < rt->ov[li].cap; c++)
+            if (rt->ov[li].key[c]) {
+                refs[k].key = (uint64_t)li << 40 | (rt->ov[li].key[c] - 1);
+                refs[k].li = li;
+                refs[k].slot = rt->ov[li].slot[c];
+                k++;
+            }
+    qsort(refs, k, sizeof *refs, cmp_optref);
+    for (size_t i = 0; i < k; i++) {
+        keys[i] = refs[i].key;
+        steps[i] = rt->ov[refs[i].li].steps[refs[i].slot];
+        memcpy(vals + i * 3 * dim, rt->ov[refs[i].li].vals + (size_t)refs[i].slot * 3 * dim,
+               3 * dim * sizeof *vals);
+    }
+    for (uint64_t c = 0; vkeys && c < V; c++)
+        vkeys[c] = eg_store_key(rt->store, (uint32_t)c);
+    /* a sparse store stays sparse: its stored blocks plus the trained rows */
+    for (uint32_t li = 0; hit && li < rt->L; li++) {
+        const uint64_t rows = eg_spec_layer_rows(rt->spec, li);
+        if (!(hit[li] = calloc(rows / 8 + 1, 1))) {
+            st = eg_fail(err, EG_ENOMEM, "out of memory");
+            goto done;
+        }
+        for (uint64_t r = 0; r < rows; r += in->rows_per_block) {
+            const void *p;
+            if ((st = eg_store_row_ptr(rt->store, li, r, &p, err)))
+                goto done;
+            if (p)
+                hit[li][r >> 3] |= (uint8_t)(1u << (r & 7));
+        }
+        for (size_t c = 0; c < rt->ov[li].cap; c++)
+            if (rt->ov[li].key[c]) {
+                const uint64_t r = rt->ov[li].key[c] - 1;
+                hit[li][r >> 3] |= (uint8_t)(1u << (r & 7));
+            }
+    }
+    size_t np;
+    const uint32_t *proj = eg_store_projection(rt->store, &np);
+    eg_store_params p = {.spec = rt->spec,
+                         .config_json = eg_store_config_json(rt->store),
+                         .projection = proj,
+                         .n_projection = np,
+                         .keys = vkeys,
+                         .tokenizer_sha256 = in->tokenizer_sha256[0] ? in->tokenizer_sha256 : NULL,
+                         .projection_sha256 = in->projection_sha256[0] ? in->projection_sha256 : NULL,
+                         .dtype = in->dtype,
+                         .seed = in->seed,
+                         .init_std = in->init_std,
+                         .hit = (const uint8_t *const *)hit,
+                         .rows = ckpt_rows,
+                         .rows_ctx = rt,
+                         .build_json = eg_store_build_json(rt->store),
+                         .n_threads = rt->nt,
+                         .n_opt = k,
+                         .opt_keys = keys,
+                         .opt_steps = steps,
+                         .opt_vals = vals};
+    if ((st = eg_store_build(dst, &p, NULL, err)))
+        goto done;
+    /* switch to the new generation */
+    eg_store *ns = NULL;
+    if ((st = eg_store_open(dst, 0, &ns, err)))
+        goto done;
+    eg_store_close(rt->store);
+    rt->store = ns;
+    rt->spec = eg_store_spec(ns);
+    if (path) {
+        char *np2 = strdup(path);
+        if (np2) {
+            free(rt->path);
+            rt->path = np2;
+        }
+    }
+done:
+    for (uint32_t li = 0; hit && li < rt->L; li++)
+        free(hit[li]);
+    free(hit);
+    free(refs);
+    free(keys);
+    free(steps);
+    free(vals);
+    free(vkeys);
+    return st;
+}

@@ -1,0 +1,485 @@
+/* test_runtime.c - the CPU runtime: hashing with decode history and
+ * barriers against the batch hash, gather, the layer's gradients against
+ * finite differences, a short training loop with a checkpoint, bad input.
+ * (Parity with PyTorch: tests/python/test_layer_torch.py, run from here.) */
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "engram/engram.h"
+#include "engram/eg_runtime.h"
+#include "test.h"
+
+static const char *tpr(const char *name)
+{
+    static char pool[32][600];
+    static unsigned i;
+    char *d = pool[i++ % 32];
+    snprintf(d, sizeof pool[0], "%s", t_tmp_path(name));
+    return d;
+}
+
+static eg_spec *spec_n(uint32_t N, uint64_t vprime)
+{
+    char js[512];
+    snprintf(js, sizeof js,
+             "{\"engram_vocab_size\": [1009, 1500%s], \"max_ngram_size\": %u,"
+             " \"n_embed_per_ngram\": 32, \"n_head_per_ngram\": 2, \"layer_ids\": [3, 9],"
+             " \"pad_id\": 1, \"seed\": 5, \"kernel_size\": 4, \"hidden_size\": 16, \"hc_mult\": 2}",
+             N == 4 ? ", 2000" : "", N);
+    eg_config cfg;
+    eg_spec *sp = NULL;
+    if (eg_config_parse(js, strlen(js), "test", &cfg, NULL) || eg_spec_create(&cfg, vprime, 1, &sp, NULL))
+        return NULL;
+    return sp;
+}
+
+/* A store for spec sp at path (f32 rows unless dt says otherwise). */
+static int make_store(const char *path, const eg_spec *sp, eg_dtype dt, const uint32_t *proj,
+                      size_t np, const char *sha)
+{
+    eg_store_params p = {.spec = sp, .dtype = dt, .seed = 11, .init_std = 0.1, .projection = proj,
+                         .n_projection = np, .tokenizer_sha256 = sha};
+    eg_err err;
+    return eg_store_build(path, &p, NULL, &err) == EG_OK;
+}
+
+TEST(rt_hash_equals_the_batch_hash_and_decodes_incrementally)
+{
+    for (uint32_t N = 3; N <= 4; N++) {
+        eg_spec *sp = spec_n(N, 300);
+        REQUIRE(sp);
+        /* a projection of 400 raw ids onto 300 */
+        uint32_t proj[400];
+        for (uint32_t i = 0; i < 400; i++)
+            proj[i] = (i * 7) % 300;
+        const char *path = tpr("hash.store");
+        REQUIRE(make_store(path, sp, EG_BF16, proj, 400, NULL));
+        eg_runtime *rt = NULL;
+        eg_err err;
+        REQUIRE(!eg_runtime_open(path, NULL, &rt, &err));
+        const size_t B = 3, T = 37, H = eg_spec_n_heads(sp);
+        uint32_t raw[3 * 37], cmp[3 * 37];
+        uint64_t rs = N;
+        for (size_t i = 0; i < B * T; i++) {
+            raw[i] = (uint32_t)(t_rand(&rs) % 400);
+            cmp[i] = proj[raw[i]];
+        }
+        uint64_t *rows = malloc(B * T * H * sizeof *rows), *inc = malloc(B * T * H * sizeof *inc);
+        uint32_t *ref = malloc(B * T * H * sizeof *ref);
+        REQUIRE(rows && inc && ref);
+        for (uint32_t li = 0; li < 2; li++) {
+            REQUIRE(!eg_rt_hash(rt, li, raw, B, T, NULL, NULL, rows, B * T * H, &err));
+            REQUIRE(!eg_hash_batch(sp, li, cmp, B, T, EG_HASH_OFFSETS | EG_HASH_REFERENCE, 1, ref,
+                                   B * T * H, &err));
+            int same = 1;
+            for (size_t i = 0; i < B * T * H; i++)
+                same &= rows[i] == ref[i];
+            CHECK_MSG(same, "N=%u layer %u: rt hash differs from the batch hash", N, li);
+            /* token by token with history, and in uneven pieces */
+            for (int mode = 0; mode < 2; mode++) {
+                eg_rt_history hist[3];
+                eg_rt_history_reset(rt, hist, B);
+                for (size_t b = 0; b < B; b++) {
+                    size_t t = 0;
+                    while (t < T) {
+                        size_t n = mode == 0 ? 1 : 1 + (t_rand(&rs) % 6);
+                        if (n > T - t)
+                            n = T - t;
+                        REQUIRE(!eg_rt_hash(rt, li, raw + b * T + t, 1, n, NULL, &hist[b],
+                                            inc + (b * T + t) * H, n * H, &err));
+                        t += n;
+                    }
+                }
+                CHECK_MSG(!memcmp(inc, rows, B * T * H * sizeof *rows),
+                          "N=%u layer %u mode %d: incremental hashing differs", N, li, mode);
+            }
+            /* a barrier at t: the sequence starts afresh there */
+            uint8_t bar[3 * 37] = {0};
+            bar[1 * T + 20] = 1;
+            REQUIRE(!eg_rt_hash(rt, li, raw, B, T, bar, NULL, inc, B * T * H, &err));
+            uint64_t *fresh = malloc((T - 20) * H * sizeof *fresh);
+            REQUIRE(!eg_rt_hash(rt, li, raw + T + 20, 1, T - 20, NULL, NULL, fresh, (T - 20) * H, &err));
+            CHECK(!memcmp(inc, rows, (T + 20) * H * sizeof *rows));
+            CHECK(!memcmp(inc + (T + 20) * H, fresh, (T - 20) * H * sizeof *rows));
+            CHECK(!memcmp(inc + 2 * T * H, rows + 2 * T * H, T * H * sizeof *rows));
+            free(fresh);
+        }
+        /* bad input */
+        raw[5] = 400;
+        CHECK_EQ(eg_rt_hash(rt, 0, raw, B, T, NULL, NULL, rows, B * T * H, &err), EG_ERANGE);
+        CHECK_MSG(strstr(err.msg, "position 5") && strstr(err.msg, "400"), "%s", err.msg);
+        CHECK_EQ(eg_rt_hash(rt, 0, raw, B, T, NULL, NULL, rows, B * T * H - 1, &err), EG_ECAPACITY);
+        CHECK_EQ(eg_rt_hash(rt, 2, raw, B, T, NULL, NULL, rows, B * T * H, &err), EG_ERANGE);
+        free(rows);
+        free(inc);
+        free(ref);
+        eg_runtime_close(rt);
+        eg_spec_free(sp);
+    }
+}
+
+TEST(rt_gather_dedups_and_converts)
+{
+    eg_spec *sp = spec_n(3, 300);
+    REQUIRE(sp);
+    const char *path = tpr("gather.store");
+    REQUIRE(make_store(path, sp, EG_F16, NULL, 0, NULL));
+    eg_runtime *rt = NULL;
+    eg_err err;
+    REQUIRE(!eg_runtime_open(path, NULL, &rt, &err));
+    const uint32_t dim = eg_runtime_dim(rt);
+    CHECK_EQ(dim, 16);
+    uint64_t rows[200];
+    uint64_t rs = 4;
+    for (int i = 0; i < 200; i++)
+        rows[i] = t_rand(&rs) % 50 * 97 % eg_spec_layer_rows(sp, 1); /* many repeats */
+    float *f = malloc(200 * dim * 4 + 64), want[16];
+    uint16_t *h = malloc(200 * dim * 2 + 64);
+    REQUIRE(f && h);
+    memset(f, 0xAB, 200 * dim * 4 + 64);
+    REQUIRE(!eg_rt_gather(rt, 1, rows, 200, EG_F32, f, 200 * dim * 4, &err));
+    REQUIRE(!eg_rt_gather(rt, 1, rows, 200, EG_BF16, h, 200 * dim * 2, &err));
+    eg_store *st = NULL;
+    REQUIRE(!eg_store_open(path, 0, &st, &err));
+    int ok = 1;
+    for (int i = 0; i < 200; i++) {
+        REQUIRE(!eg_store_read_rows(st, 1, rows[i], 1, want, 16, &err));
+        ok &= !memcmp(f + i * dim, want, dim * 4);
+        for (uint32_t k = 0; k < dim; k++)
+            ok &= h[i * dim + k] == eg_f32_to_bf16(want[k]);
+    }
+    CHECK(ok);
+    /* guard bytes after the output stay untouched */
+    const unsigned char *g = (const unsigned char *)(f + 200 * dim);
+    for (int i = 0; i < 64; i++)
+        CHECK(g[i] == 0xAB);
+    eg_store_close(st);
+    rows[7] = eg_spec_layer_rows(sp, 1);
+    CHECK_EQ(eg_rt_gather(rt, 1, rows, 200, EG_F32, f, 200 * dim * 4, &err), EG_ERANGE);
+    CHECK_EQ(eg_rt_gather(rt, 1, rows, 200, EG_F32, f, 200 * dim * 4 - 1, &err), EG_ECAPACITY);
+    CHECK_EQ(eg_rt_gather(rt, 1, rows, 200, EG_F16, f, 200 * dim * 4, &err), EG_EINVAL);
+    free(f);
+    free(h);
+    eg_runtime_close(rt);
+    eg_spec_free(sp);
+}
+
+/* ---- the layer: gradients against finite differences ---------------------------- */
+
+typedef struct {
+    eg_layer_dims dm;
+    float *w[8]; /* w_k b_k w_v b_v norm_k norm_q norm_c conv */
+    size_t n[8];
+    float *e, *h, *r; /* inputs, the loss weights */
+    size_t ne, nh, no;
+} layer_case;
+
+static void case_init(layer_case *c, size_t B, size_t T, uint32_t hc, uint32_t d, uint32_t De,
+                      uint64_t seed)
+{
+    memset(c, 0, sizeof *c);
+    c->dm = (eg_layer_dims){.B = B, .T = T, .hc = hc, .d = d, .De = De, .kernel = 4, .dilation = 3,
+                            .eps_kq = 1e-6f, .eps_conv = 1e-5f};
+    const size_t sz[8] = {(size_t)hc * d * De, (size_t)hc * d, (size_t)d * De, d, (size_t)hc * d,
+                          (size_t)hc * d, (size_t)hc * d, (size_t)hc * d * 4};
+    uint64_t rs = seed;
+    for (int i = 0; i < 8; i++) {
+        c->n[i] = sz[i];
+        c->w[i] = malloc(sz[i] * sizeof(float));
+        for (size_t k = 0; k < sz[i]; k++) {
+            double u = (double)(t_rand(&rs) >> 11) * 0x1p-53 * 2 - 1;
+            c->w[i][k] = (float)(i >= 4 && i <= 6 ? 1.0 + 0.3 * u : (i == 7 ? 0.5 : 0.3) * u);
+        }
+    }
+    c->ne = B * T * De;
+    c->nh = B * T * hc * d;
+    c->no = c->nh;
+    c->e = malloc(c->ne * 4);
+    c->h = malloc(c->nh * 4);
+    c->r = malloc(c->no * 4);
+    for (size_t k = 0; k < c->ne; k++)
+        c->e[k] = (float)((double)(t_rand(&rs) >> 11) * 0x1p-53 * 2 - 1);
+    for (size_t k = 0; k < c->nh; k++)
+        c->h[k] = (float)((double)(t_rand(&rs) >> 11) * 0x1p-53 * 4 - 2);
+    for (size_t k = 0; k < c->no; k++)
+        c->r[k] = (float)((double)(t_rand(&rs) >> 11) * 0x1p-53 * 2 - 1);
+}
+
+static void case_free(layer_case *c)
+{
+    for (int i = 0; i < 8; i++)
+        free(c->w[i]);
+    free(c->e);
+    free(c->h);
+    free(c->r);
+}
+
+static eg_layer_weights case_weights(const layer_case *c)
+{
+    return (eg_layer_weights){c->w[0], c->w[1], c->w[2], c->w[3], c->w[4], c->w[5], c->w[6], c->w[7]};
+}
+
+static double loss(const layer_case *c)
+{
+    float *out = malloc(c->no * 4);
+    eg_layer_weights w = case_weights(c);
+    if (eg_layer_forward(&c->dm, &w, c->e, c->h, out, 1, NULL)) {
+        free(out);
+        return NAN;
+    }
+    double l = 0;
+    for (size_t k = 0; k < c->no; k++)
+        l += (double)out[k] * (double)c->r[k];
+    free(out);
+    return l;
+}
+
+TEST(layer_gradients_against_finite_differences)
+{
+    layer_case c;
+    case_init(&c, 2, 9, 2, 8, 12, 17);
+    float *g[8];
+    for (int i = 0; i < 8; i++)
+        g[i] = malloc(c.n[i] * 4);
+    float *de = malloc(c.ne * 4), *dh = malloc(c.nh * 4);
+    eg_layer_grads gr = {de, dh, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
+    eg_layer_weights w = case_weights(&c);
+    eg_err err;
+    REQUIRE(!eg_layer_backward(&c.dm, &w, c.e, c.h, c.r, &gr, 1, &err));
+    /* directional derivatives along random directions, central differences */
+    float *tensors[10] = {c.w[0], c.w[1], c.w[2], c.w[3], c.w[4], c.w[5], c.w[6], c.w[7], c.e, c.h};
+    const float *grads[10] = {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], de, dh};
+    const size_t sizes[10] = {c.n[0], c.n[1], c.n[2], c.n[3], c.n[4], c.n[5], c.n[6], c.n[7], c.ne, c.nh};
+    static const char *names[10] = {"w_k", "b_k", "w_v", "b_v", "norm_k", "norm_q", "norm_c", "conv", "e", "h"};
+    uint64_t rs = 99;
+    for (int ti = 0; ti < 10; ti++) {
+        float *x = tensors[ti];
+        float *dir = malloc(sizes[ti] * 4), *save = malloc(sizes[ti] * 4);
+        memcpy(save, x, sizes[ti] * 4);
+        double an = 0;
+        for (size_t k = 0; k < sizes[ti]; k++) {
+            dir[k] = (float)((double)(t_rand(&rs) >> 11) * 0x1p-53 * 2 - 1);
+            an += (double)dir[k] * (double)grads[ti][k];
+        }
+        const double hstep = 1e-2;
+        for (size_t k = 0; k < sizes[ti]; k++)
+            x[k] = save[k] + (float)hstep * dir[k];
+        double lp = loss(&c);
+        for (size_t k = 0; k < sizes[ti]; k++)
+            x[k] = save[k] - (float)hstep * dir[k];
+        double lm = loss(&c);
+        memcpy(x, save, sizes[ti] * 4);
+        const double fd = (lp - lm) / (2 * hstep);
+        CHECK_MSG(fabs(fd - an) <= 2e-2 * fmax(1.0, fabs(an)), "%s: analytic %.6g, finite difference %.6g",
+                  names[ti], an, fd);
+        free(dir);
+        free(save);
+    }
+    /* the thread count does not change a bit */
+    float *o1 = malloc(c.no * 4), *o2 = malloc(c.no * 4), *de2 = malloc(c.ne * 4);
+    float *gk2 = malloc(c.n[0] * 4);
+    REQUIRE(!eg_layer_forward(&c.dm, &w, c.e, c.h, o1, 1, &err));
+    REQUIRE(!eg_layer_forward(&c.dm, &w, c.e, c.h, o2, 2, &err));
+    CHECK(!memcmp(o1, o2, c.no * 4));
+    eg_layer_grads gr2 = gr;
+    gr2.de = de2;
+    gr2.dw_k = gk2;
+    REQUIRE(!eg_layer_backward(&c.dm, &w, c.e, c.h, c.r, &gr2, 2, &err));
+    CHECK(!memcmp(de, de2, c.ne * 4) && !memcmp(g[0], gk2, c.n[0] * 4));
+    /* bad shapes */
+    eg_layer_dims bad = c.dm;
+    bad.hc = 0;
+    CHECK_EQ(eg_layer_forward(&bad, &w, c.e, c.h, o1, 1, &err), EG_EINVAL);
+    w.conv = NULL;
+    CHECK_EQ(eg_layer_forward(&c.dm, &w, c.e, c.h, o1, 1, &err), EG_EINVAL);
+    free(o1);
+    free(o2);
+    free(de2);
+    free(gk2);
+    for (int i = 0; i < 8; i++)
+        free(g[i]);
+    free(de);
+    free(dh);
+    case_free(&c);
+}
+
+/* ---- training: a loop, a checkpoint, a reopen ---------------------------------------- */
+
+/* One step on layer li for the batch ids: hash, gather, forward, backward,
+ * reduce, Adam. Returns the unique rows touched (caller frees). */
+static uint64_t *train_step(eg_runtime *rt, uint32_t li, const uint32_t *ids, size_t B, size_t T,
+                            layer_case *c, size_t *n_uniq)
+{
+    const size_t H = eg_spec_n_heads(eg_runtime_spec(rt)), dim = eg_runtime_dim(rt);
+    const size_t n = B * T * H;
+    uint64_t *rows = malloc(n * 8), *uniq = malloc(n * 8);
+    float *e = malloc(n * dim * 4), *usum = malloc(n * dim * 4);
+    float *g[8];
+    for (int i = 0; i < 8; i++)
+        g[i] = malloc(c->n[i] * 4);
+    float *de = malloc(n * dim * 4), *dh = malloc(c->nh * 4);
+    eg_layer_grads gr = {de, dh, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
+    eg_layer_weights w = case_weights(c);
+    eg_adam hp = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .lr_mult = 5};
+    int ok = !eg_rt_hash(rt, li, ids, B, T, NULL, NULL, rows, n, NULL) &&
+             !eg_rt_gather(rt, li, rows, n, EG_F32, e, n * dim * 4, NULL) &&
+             !eg_layer_backward(&c->dm, &w, e, c->h, c->r, &gr, 0, NULL) &&
+             !eg_rt_reduce_rows(rt, rows, de, n, uniq, usum, n_uniq, NULL) &&
+             !eg_rt_adam_step(rt, li, uniq, usum, *n_uniq, &hp, NULL);
+    for (int i = 0; i < 8; i++)
+        free(g[i]);
+    free(de);
+    free(dh);
+    free(rows);
+    free(e);
+    free(usum);
+    if (!ok) {
+        free(uniq);
+        return NULL;
+    }
+    return uniq;
+}
+
+TEST(rt_training_loop_checkpoint_and_reopen)
+{
+    eg_spec *sp = spec_n(3, 300);
+    REQUIRE(sp);
+    const char *path = tpr("train.store");
+    const char *sha = "abababababababababababababababababababababababababababababababab";
+    REQUIRE(make_store(path, sp, EG_BF16, NULL, 0, sha));
+    eg_runtime *rt = NULL, *twin = NULL;
+    eg_err err;
+    eg_runtime_opts o = {.expect_tokenizer_sha256 = sha, .expect_spec = sp};
+    REQUIRE(!eg_runtime_open(path, &o, &rt, &err));
+    REQUIRE(!eg_runtime_open(path, &o, &twin, &err));
+    const size_t B = 2, T = 6, H = eg_spec_n_heads(sp), dim = eg_runtime_dim(rt);
+    layer_case c; /* De = H * dim = 4 * 16 = 64, d = 16, hc = 2 */
+    case_init(&c, B, T, 2, 16, (uint32_t)(H * dim), 3);
+    uint32_t ids[12];
+    uint64_t rs = 8;
+    for (int i = 0; i < 12; i++)
+        ids[i] = (uint32_t)(t_rand(&rs) % 300);
+    /* values before */
+    const uint64_t probe_untouched = 5, lr = eg_spec_layer_rows(sp, 0);
+    float before_u[16], after_u[16];
+    REQUIRE(!eg_rt_gather(rt, 0, &probe_untouched, 1, EG_F32, before_u, sizeof before_u, &err));
+    size_t nu = 0;
+    uint64_t *uniq = train_step(rt, 0, ids, B, T, &c, &nu);
+    REQUIRE(uniq && nu > 0);
+    size_t nu2 = 0;
+    free(train_step(twin, 0, ids, B, T, &c, &nu2));
+    int touched_untouched = 0;
+    for (size_t i = 0; i < nu; i++)
+        touched_untouched |= uniq[i] == probe_untouched;
+    REQUIRE(!touched_untouched);
+    CHECK_EQ(eg_rt_trained_rows(rt), nu);
+    /* touched rows changed, an untouched one did not */
+    eg_store *st = NULL;
+    REQUIRE(!eg_store_open(path, 0, &st, &err));
+    float now[16], orig[16];
+    int changed = 1;
+    for (size_t i = 0; i < nu; i++) {
+        REQUIRE(!eg_rt_gather(rt, 0, &uniq[i], 1, EG_F32, now, sizeof now, &err));
+        REQUIRE(!eg_store_read_rows(st, 0, uniq[i], 1, orig, 16, &err));
+        changed &= memcmp(now, orig, sizeof now) != 0;
+    }
+    CHECK(changed);
+    REQUIRE(!eg_rt_gather(rt, 0, &probe_untouched, 1, EG_F32, after_u, sizeof after_u, &err));
+    CHECK(!memcmp(before_u, after_u, sizeof before_u));
+    /* a reader holding the old generation keeps it through the checkpoint */
+    float old_view[16];
+    REQUIRE(!eg_store_read_rows(st, 0, uniq[0], 1, old_view, 16, &err));
+    REQUIRE(!eg_rt_checkpoint(rt, NULL, &err));
+    REQUIRE(!eg_store_read_rows(st, 0, uniq[0], 1, orig, 16, &err));
+    CHECK(!memcmp(old_view, orig, sizeof orig));
+    CHECK(!eg_store_verify(path, NULL, &err));
+    eg_store_close(st);
+    /* reopen: identical values and optimizer state; the next step matches the twin's */
+    eg_runtime *re = NULL;
+    REQUIRE(!eg_runtime_open(path, &o, &re, &err));
+    CHECK_EQ(eg_rt_trained_rows(re), nu);
+    float a[16], b[16];
+    int same = 1;
+    for (size_t i = 0; i < nu; i++) {
+        REQUIRE(!eg_rt_gather(rt, 0, &uniq[i], 1, EG_F32, a, sizeof a, &err));
+        REQUIRE(!eg_rt_gather(re, 0, &uniq[i], 1, EG_F32, b, sizeof b, &err));
+        same &= !memcmp(a, b, sizeof a);
+    }
+    CHECK(same);
+    size_t n3 = 0, n4 = 0;
+    free(train_step(re, 0, ids, B, T, &c, &n3));
+    free(train_step(twin, 0, ids, B, T, &c, &n4));
+    same = n3 == n4;
+    for (size_t i = 0; i < nu; i++) {
+        REQUIRE(!eg_rt_gather(re, 0, &uniq[i], 1, EG_F32, a, sizeof a, &err));
+        REQUIRE(!eg_rt_gather(twin, 0, &uniq[i], 1, EG_F32, b, sizeof b, &err));
+        same &= !memcmp(a, b, sizeof a);
+    }
+    CHECK_MSG(same, "a step after checkpoint+reopen differs from a step without");
+    /* readers of the store see the trained values (rounded to bf16) */
+    eg_store *ns = NULL;
+    REQUIRE(!eg_store_open(path, 0, &ns, &err));
+    REQUIRE(!eg_store_read_rows(ns, 0, uniq[0], 1, b, 16, &err));
+    REQUIRE(!eg_rt_gather(rt, 0, &uniq[0], 1, EG_F32, a, sizeof a, &err));
+    for (int k = 0; k < 16; k++)
+        CHECK(b[k] == eg_bf16_to_f32(eg_f32_to_bf16(a[k])));
+    eg_store_close(ns);
+    /* a store of another tokenizer is refused */
+    eg_runtime *other = NULL;
+    eg_runtime_opts o2 = {.expect_tokenizer_sha256 = "cd"};
+    CHECK_EQ(eg_runtime_open(path, &o2, &other, &err), EG_EMISMATCH);
+    CHECK(strstr(err.msg, "tokenizer"));
+    eg_spec *sp4 = spec_n(4, 300);
+    eg_runtime_opts o3 = {.expect_spec = sp4};
+    CHECK_EQ(eg_runtime_open(path, &o3, &other, &err), EG_EMISMATCH);
+    eg_spec_free(sp4);
+    (void)lr;
+    /* a checkpoint into a full disk: a clear error, the old store intact */
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit rl = {64 << 10, 64 << 10};
+        setrlimit(RLIMIT_FSIZE, &rl);
+        size_t nx;
+        free(train_step(rt, 0, ids, B, T, &c, &nx));
+        eg_err e2;
+        eg_status s2 = eg_rt_checkpoint(rt, NULL, &e2);
+        _exit(s2 == EG_EIO && (strstr(e2.msg, "space") || strstr(e2.msg, "large")) ? 0 : 1);
+    }
+    int ws;
+    waitpid(pid, &ws, 0);
+    CHECK_MSG(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "checkpoint into a full disk: status %d", ws);
+    CHECK(!eg_store_verify(path, NULL, &err));
+    free(uniq);
+    eg_runtime_close(re);
+    eg_runtime_close(rt);
+    eg_runtime_close(twin);
+    case_free(&c);
+    eg_spec_free(sp);
+}
+
+TEST(rt_parity_with_pytorch)
+{
+    /* tests/python/test_layer_torch.py drives libengram through the ctypes
+     * binding and compares with a float64 PyTorch implementation */
+    const char *py = getenv("ENGRAM_PY_TESTS");
+    if (py && !strcmp(py, "0"))
+        SKIP("Python tests do not run in the sanitizer build (make test runs them)");
+    if (system("/usr/bin/python3 -c 'import torch, numpy' >/dev/null 2>&1") != 0)
+        SKIP("python3-torch is not installed (scripts/install-deps.sh installs it)");
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "ENGRAM_LIB=%s /usr/bin/python3 tests/python/test_layer_torch.py >%s 2>&1",
+             getenv("ENGRAM_LIB") ? getenv("ENGRAM_LIB") : "build/libengram.so",
+             tpr("torch.log"));
+    int rc = system(cmd);
+    char *log = t_read_file(tpr("torch.log"), NULL);
+    CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "%s", log ? log : "(no output)");
+    free(log);
+}
