@@ -193,6 +193,7 @@ bench: all $(BENCH_BIN)
 	$(Q)$(PYTHON) scripts/bench_prep.py --engram $(ENGRAM)
 	$(Q)$(PYTHON) scripts/bench_count.py --engram $(ENGRAM)
 	$(Q)$(PYTHON) scripts/bench_store.py --engram $(ENGRAM)
+	$(Q)mkdir -p build/bench && $(BUILD)/bench_runtime build/bench/demo-bf16.store
 
 fuzz:
 	$(Q)scripts/fuzz.sh

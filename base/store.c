@@ -1088,6 +1088,63 @@ eg_status eg_store_opt_foreach(eg_store *s,
     return st;
 }
 
+eg_status eg_store_gather_encoded(eg_store *s, uint32_t li, const uint64_t *rows, size_t n,
+                                  void *dst, size_t cap, int n_threads, eg_err *err)
+{
+    if (!s || (n && (!rows || !dst)))
+        return eg_fail(err, EG_EINVAL, "eg_store_gather_encoded: NULL argument");
+    if (li >= s->n_layers)
+        return eg_fail(err, EG_ERANGE, "%s: layer index %u >= %u", s->path, li, s->n_layers);
+    const size_t rb = s->info.row_bytes;
+    if (n > cap / rb)
+        return eg_fail(err, EG_ECAPACITY, "eg_store_gather_encoded: %zu rows need %zu bytes, the "
+                                          "buffer holds %zu",
+                       n, n * rb, cap);
+    const uint64_t lr = eg_spec_layer_rows(s->spec, li), R = s->info.rows_per_block;
+    const unsigned char *const *blk = s->blk + s->base[li];
+    const int check = !(s->flags & EG_STORE_NO_CRC);
+    int bad = 0;
+    const long long NN = (long long)n;
+    enum { AHEAD = 8 };
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(n_threads > 0 ? n_threads : omp_get_max_threads()) if (n > 4096) reduction(| : bad)
+#endif
+    for (long long i = 0; i < NN; i++) {
+        if (i + AHEAD < NN && rows[i + AHEAD] < lr) {
+            const uint64_t ra = rows[i + AHEAD];
+            const unsigned char *pb = blk[ra / R];
+            if (pb) {
+                __builtin_prefetch(pb + (ra % R) * rb);
+                __builtin_prefetch(pb + (ra % R) * rb + rb - 1);
+            }
+        }
+        const uint64_t r = rows[i];
+        unsigned char *o = (unsigned char *)dst + (size_t)i * rb;
+        if (r >= lr) {
+            bad = 1;
+            continue;
+        }
+        const uint64_t b = r / R;
+        if (blk[b] && (!check || s->crc_state[s->base[li] + b] == 1)) {
+            memcpy(o, blk[b] + (r % R) * rb, rb);
+            continue;
+        }
+        if (eg_store_read_encoded(s, li, r, 1, o, rb, NULL))
+            bad = 1;
+    }
+    if (bad) /* find the first problem again, serially, for its message */
+        for (size_t i = 0; i < n; i++) {
+            if (rows[i] >= lr)
+                return eg_fail(err, EG_ERANGE, "%s: row %llu at %zu >= layer %u's %llu rows",
+                               s->path, (unsigned long long)rows[i], i, li, (unsigned long long)lr);
+            eg_status st = eg_store_read_encoded(s, li, rows[i], 1, (unsigned char *)dst + i * rb,
+                                                 rb, err);
+            if (st)
+                return st;
+        }
+    return EG_OK;
+}
+
 /* ---- verify ------------------------------------------------------------------------ */
 
 eg_status eg_store_verify(const char *path, eg_store_verify_report *r, eg_err *err)

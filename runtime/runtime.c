@@ -345,6 +345,48 @@ eg_status eg_rt_gather(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t
         return eg_fail(err, EG_ECAPACITY, "eg_rt_gather: %zu rows need %zu bytes, have %zu", n,
                        n * dim * es, cap);
     const uint64_t lr = eg_spec_layer_rows(rt->spec, li);
+    const eg_store_info *in = eg_store_get_info(rt->store);
+    if (in->dtype == out_dtype && !rt->ov[li].n) {
+        return eg_store_gather_encoded(rt->store, li, rows, n, out, cap, rt->nt, err);
+    }
+    if (in->dtype == out_dtype) {
+        /* the stored encoding is the output's: rows are copied from the map
+         * as they are (nothing to decode, so nothing to deduplicate) */
+        int bad = 0;
+        eg_err first = {0};
+        const long long NN = (long long)n;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads(rt)) if (n > 4096) reduction(| : bad)
+#endif
+        for (long long i = 0; i < NN; i++) {
+            unsigned char *o = (unsigned char *)out + (size_t)i * dim * es;
+            const void *p = NULL;
+            eg_err e2;
+            long s = rows[i] < lr ? ov_find(&rt->ov[li], rows[i]) : -1;
+            if (s >= 0) {
+                eg_row_encode(out_dtype, (uint32_t)dim, rt->ov[li].vals + (size_t)s * 3 * dim, o);
+                continue;
+            }
+            if (rows[i] >= lr || eg_store_row_ptr(rt->store, li, rows[i], &p, &e2) ||
+                (!p && eg_store_read_encoded(rt->store, li, rows[i], 1, o, dim * es, &e2))) {
+                if (rows[i] >= lr)
+                    eg_fail(&e2, EG_ERANGE, "eg_rt_gather: row %llu at %lld >= layer %u's %llu rows",
+                            (unsigned long long)rows[i], i, li, (unsigned long long)lr);
+                bad = 1;
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+                if (!first.code)
+                    first = e2;
+                continue;
+            }
+            if (p)
+                memcpy(o, p, dim * es);
+        }
+        if (bad)
+            return eg_fail(err, first.code ? first.code : EG_EFORMAT, "%s", first.msg);
+        return EG_OK;
+    }
     rowpos *rp = malloc((n ? n : 1) * sizeof *rp);
     if (!rp)
         return eg_fail(err, EG_ENOMEM, "out of memory");

@@ -368,6 +368,27 @@ TEST(rt_training_loop_checkpoint_and_reopen)
     const uint64_t probe_untouched = 5, lr = eg_spec_layer_rows(sp, 0);
     float before_u[16], after_u[16];
     REQUIRE(!eg_rt_gather(rt, 0, &probe_untouched, 1, EG_F32, before_u, sizeof before_u, &err));
+    {   /* untrained bf16 rows come straight from the map (eg_store_gather_encoded) */
+        uint64_t many[300];
+        for (int i = 0; i < 300; i++)
+            many[i] = (uint64_t)(i * 7919) % lr;
+        uint16_t *hb = malloc(300 * 16 * 2), *want = malloc(16 * 2);
+        REQUIRE(!eg_rt_gather(rt, 0, many, 300, EG_BF16, hb, 300 * 16 * 2, &err));
+        eg_store *s0 = NULL;
+        REQUIRE(!eg_store_open(path, 0, &s0, &err));
+        int same = 1;
+        for (int i = 0; i < 300; i++) {
+            REQUIRE(!eg_store_read_encoded(s0, 0, many[i], 1, want, 32, &err));
+            same &= !memcmp(hb + i * 16, want, 32);
+        }
+        CHECK(same);
+        eg_store_close(s0);
+        many[123] = lr;
+        CHECK_EQ(eg_rt_gather(rt, 0, many, 300, EG_BF16, hb, 300 * 16 * 2, &err), EG_ERANGE);
+        CHECK_MSG(strstr(err.msg, "at 123"), "%s", err.msg);
+        free(hb);
+        free(want);
+    }
     size_t nu = 0;
     uint64_t *uniq = train_step(rt, 0, ids, B, T, &c, &nu);
     REQUIRE(uniq && nu > 0);
@@ -391,6 +412,19 @@ TEST(rt_training_loop_checkpoint_and_reopen)
     CHECK(changed);
     REQUIRE(!eg_rt_gather(rt, 0, &probe_untouched, 1, EG_F32, after_u, sizeof after_u, &err));
     CHECK(!memcmp(before_u, after_u, sizeof before_u));
+    /* bf16 out of a bf16 store (the copying path): trained and stored rows */
+    {
+        uint64_t two[2] = {uniq[0], probe_untouched};
+        uint16_t hb[32];
+        float f2[32];
+        REQUIRE(!eg_rt_gather(rt, 0, two, 2, EG_BF16, hb, sizeof hb, &err));
+        REQUIRE(!eg_rt_gather(rt, 0, two, 2, EG_F32, f2, sizeof f2, &err));
+        for (int k = 0; k < 32; k++)
+            CHECK(hb[k] == eg_f32_to_bf16(f2[k]));
+        two[1] = eg_spec_layer_rows(sp, 0);
+        CHECK_EQ(eg_rt_gather(rt, 0, two, 2, EG_BF16, hb, sizeof hb, &err), EG_ERANGE);
+        CHECK(strstr(err.msg, ">= layer 0"));
+    }
     /* a reader holding the old generation keeps it through the checkpoint */
     float old_view[16];
     REQUIRE(!eg_store_read_rows(st, 0, uniq[0], 1, old_view, 16, &err));

@@ -151,6 +151,13 @@ eg_status eg_store_opt_foreach(eg_store *s,
                                                uint32_t step, const float *vals),
                                void *ctx, eg_err *err);
 
+/* Gather rows[i] (any order, repeats allowed) of layer li in the stored
+ * encoding into dst (n * row_bytes bytes; cap in bytes), from the map, with
+ * the same crc checks and generated rows of absent blocks as above; the
+ * batch form of eg_store_read_encoded for lookups. n_threads as elsewhere. */
+eg_status eg_store_gather_encoded(eg_store *s, uint32_t li, const uint64_t *rows, size_t n,
+                                  void *dst, size_t cap, int n_threads, eg_err *err);
+
 /* ---- verification ------------------------------------------------------------- */
 
 typedef struct eg_store_verify_report {
