@@ -10,16 +10,6 @@
 #error "the store's encodings are little-endian; this build assumes a little-endian host"
 #endif
 
-/* Loops below are written to vectorize; GCC clones them for AVX-512 and AVX2
- * (no fast-math: every result is the exact rounding the header defines). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(EG_NO_CLONES)
-#define EG_VEC                                                                             \
-    __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"),                   \
-                   optimize("vect-cost-model=dynamic")))
-#else
-#define EG_VEC
-#endif
-
 static const char *const dtype_names[EG_N_DTYPES] = {"f32", "bf16", "f16", "fp8_e4m3"};
 
 const char *eg_dtype_name(eg_dtype t)

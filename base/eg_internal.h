@@ -61,6 +61,17 @@ eg_status eg_map_file(const char *path, void **map, size_t *len, eg_err *err);
 void *eg_big_alloc(size_t bytes);
 void eg_big_free(void *p, size_t bytes);
 
+/* For loops written to vectorize: GCC clones the function for AVX-512 and
+ * AVX2 beside the baseline and lets the vectorizer use its dynamic cost
+ * model. No fast-math: results are the exact roundings the code spells. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(EG_NO_CLONES)
+#define EG_VEC                                                                             \
+    __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"),                   \
+                   optimize("vect-cost-model=dynamic")))
+#else
+#define EG_VEC
+#endif
+
 /* a * b into *out, returning 0 on overflow. */
 static inline int eg_mul_ok(uint64_t a, uint64_t b, uint64_t *out)
 {

@@ -26,7 +26,7 @@ static int nthreads(int n)
 
 /* C[M][N] (=, or += when acc) A[M][K] * B[K][N], row-major; rows of C in
  * blocks of 4 so each row of B is reused from cache. */
-static void gemm_nn(size_t M, size_t N, size_t K, const float *restrict A, const float *restrict B,
+EG_VEC static void gemm_nn(size_t M, size_t N, size_t K, const float *restrict A, const float *restrict B,
                     float *restrict C, int acc, int nt)
 {
     const long long MB = (long long)((M + 3) / 4);
@@ -67,7 +67,7 @@ static void gemm_nn(size_t M, size_t N, size_t K, const float *restrict A, const
 /* The same with binary64 accumulation and output (the keys: the gate's
  * signed square root has an unbounded derivative near 0, so its input is
  * computed without binary32 rounding). */
-static void gemm_nn_d(size_t M, size_t N, size_t K, const float *restrict A,
+EG_VEC static void gemm_nn_d(size_t M, size_t N, size_t K, const float *restrict A,
                       const float *restrict B, double *restrict C, int nt)
 {
     const long long MM = (long long)M;
