@@ -36,12 +36,13 @@ static eg_status lmdb_fail(eg_err *err, int rc, const char *path, const char *wh
 }
 
 /* Rows per block so that a block (rows, crc32, LMDB's page header) fills
- * whole overflow pages with the least waste, 16..64 pages of psize. */
-static uint32_t rows_per_block(size_t row_bytes, size_t psize)
+ * whole overflow pages with the least waste: 16..64 pages of psize, or 1..4
+ * for a sparse store (small blocks keep it sparse). */
+static uint32_t rows_per_block(size_t row_bytes, size_t psize, int sparse)
 {
     uint32_t best = 1;
     double best_waste = 2;
-    for (size_t pages = 16; pages <= 64; pages++) {
+    for (size_t pages = sparse ? 1 : 16; pages <= (sparse ? 4u : 64u); pages++) {
         size_t avail = pages * psize - PAGE_HDR - 4;
         size_t r = avail / row_bytes;
         if (!r)
@@ -229,7 +230,7 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
                        eg_dtype_name(p->dtype) ? eg_dtype_name(p->dtype) : "(unknown)", pl.dim,
                        p->dtype == EG_FP8_E4M3 ? " (fp8 needs a multiple of 32)" : "");
     const size_t psize = 4096;
-    pl.R = rows_per_block(pl.row_bytes, psize);
+    pl.R = rows_per_block(pl.row_bytes, psize, p->hit != NULL);
     pl.blk_bytes = (size_t)pl.R * pl.row_bytes + 4;
     char cfgbuf[16384];
     const char *cfg_json = p->config_json;

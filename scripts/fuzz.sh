@@ -2,7 +2,7 @@
 # Build the libFuzzer targets with clang and run each for FUZZ_SECONDS
 # (default 60). Crashes are written to tests/fuzz/corpus/<target>/crash-*;
 # keep them there: every file in a corpus folder is replayed by `make test`.
-# usage: scripts/fuzz.sh [TARGET ...]   (config tokenizer text reader shard)
+# usage: scripts/fuzz.sh [TARGET ...]   (config tokenizer text reader shard store counts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${FUZZ_SECONDS:-60}
@@ -12,9 +12,9 @@ OUT=build-fuzz
 mkdir -p "$OUT/obj"
 SAN="-fsanitize=fuzzer-no-link,address,undefined"
 FLAGS="-O1 -g -D_GNU_SOURCE -DEG_NO_CLONES -Wno-pass-failed -Iinclude -Ibase -Itests $(pkg-config --cflags icu-uc)"
-LIBS="$(pkg-config --libs jansson icu-uc icu-i18n libzstd zlib oniguruma libcrypto 2>/dev/null || echo -ljansson -licuuc -licudata -licui18n -lzstd -lz -lonig -lcrypto) -lsentencepiece -fopenmp -lm"
+LIBS="-llmdb $(pkg-config --libs jansson icu-uc icu-i18n libzstd zlib oniguruma libcrypto 2>/dev/null || echo -ljansson -licuuc -licudata -licui18n -lzstd -lz -lonig -lcrypto) -lsentencepiece -fopenmp -lm"
 objs=()
-for src in base/*.c tokenizer/*.c runtime/*.c prep/*.c; do
+for src in base/*.c tokenizer/*.c runtime/*.c prep/*.c tables/*.c; do
   o="$OUT/obj/$(echo "$src" | tr / _).o"
   [ "$o" -nt "$src" ] || $CLANG -std=c11 -fopenmp $SAN $FLAGS -c "$src" -o "$o"
   objs+=("$o")
@@ -23,9 +23,9 @@ o="$OUT/obj/spm_shim.o"
 [ "$o" -nt tokenizer/spm_shim.cc ] || $CLANGXX -std=c++17 $SAN $FLAGS -c tokenizer/spm_shim.cc -o "$o"
 objs+=("$o")
 declare -A SRC=([config]=fuzz_config [tokenizer]=fuzz_tokenizer [text]=fuzz_text
-                [reader]=fuzz_files [shard]=fuzz_files)
+                [reader]=fuzz_files [shard]=fuzz_files [store]=fuzz_store [counts]=fuzz_store)
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config tokenizer text reader shard)
+[ ${#targets[@]} -gt 0 ] || targets=(config tokenizer text reader shard store counts)
 for t in "${targets[@]}"; do
   def=$(echo "EG_LIBFUZZER_$t" | tr a-z A-Z)
   bin=$OUT/fuzz_$t

@@ -31,7 +31,7 @@ static int replay(const char *dir, int (*target)(const uint8_t *, size_t))
     return n;
 }
 
-TEST(fuzz_corpus_tokenizer_text_reader_shard_replay)
+TEST(fuzz_corpus_tokenizer_text_reader_shard_store_counts_replay)
 {
     static const struct {
         const char *dir;
@@ -39,7 +39,9 @@ TEST(fuzz_corpus_tokenizer_text_reader_shard_replay)
     } t[] = {{"tests/fuzz/corpus/tokenizer", eg_fuzz_tokenizer},
              {"tests/fuzz/corpus/text", eg_fuzz_text},
              {"tests/fuzz/corpus/reader", eg_fuzz_reader},
-             {"tests/fuzz/corpus/shard", eg_fuzz_shard}};
+             {"tests/fuzz/corpus/shard", eg_fuzz_shard},
+             {"tests/fuzz/corpus/store", eg_fuzz_store},
+             {"tests/fuzz/corpus/counts", eg_fuzz_counts}};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         CHECK_MSG(replay(t[i].dir, t[i].fn) > 0, "no corpus in %s", t[i].dir);
 }

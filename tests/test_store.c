@@ -824,3 +824,72 @@ TEST(cli_store_build_sparse_and_tokenizer)
     CHECK_EQ(t_cli("inspect %s --counts %s", store, tp("shk.counts")), 0);
     CHECK(strstr(t_cli_stdout(), "tokenizer  sha256"));
 }
+
+TEST(cli_store_demo_config_matches_the_reference)
+{
+    /* the reference demo config, sparse (the counted rows of the shared
+     * golden ids only): it opens, records the golden multipliers and primes,
+     * and its rows are the generator's */
+    const char *tokj = t_shared_path("data/tokenizers/deepseek-v3.tokenizer.json");
+    const char *ids = t_shared_path("golden/demo-deepseek-v3-shakespeare/compressed_ids.u32");
+    const char *casej = t_shared_path("golden/demo-deepseek-v3-shakespeare/case.json");
+    if (!t_shared() || !t_file_exists(tokj) || !t_file_exists(ids) || !t_file_exists(casej))
+        SKIP("../shared is absent");
+    char tok[600], idp[600], casep[600];
+    snprintf(tok, sizeof tok, "%s", tokj);
+    snprintf(idp, sizeof idp, "%s", ids);
+    snprintf(casep, sizeof casep, "%s", casej);
+    const char *counts = tp("demo.counts"), *store = tp("demo.store"), *head = tp("demo.u32");
+    size_t len;
+    void *all = t_read_file(idp, &len);
+    REQUIRE(all && len > 4000);
+    REQUIRE(!t_write_file(head, all, 4000)); /* the first 1,000 ids */
+    free(all);
+    REQUIRE(t_cli("count %s -V 98627 -c configs/demo.json -T 4096 -o %s -q", head, counts) == 0);
+    REQUIRE(t_cli("build -c configs/demo.json -t %s --counts %s --sparse -d bf16 -o %s -q", tok,
+                  counts, store) == 0);
+    json_t *cj = json_load_file(casep, 0, NULL);
+    REQUIRE(cj);
+    eg_store *s = NULL;
+    eg_err err;
+    REQUIRE(!eg_store_open(store, 0, &s, &err));
+    const eg_spec *sp = eg_store_spec(s);
+    CHECK_EQ(eg_spec_compressed_vocab(sp), 98627);
+    for (uint32_t li = 0; li < 2; li++) {
+        char lid[8];
+        snprintf(lid, sizeof lid, "%u", eg_spec_config(sp)->layer_ids[li]);
+        json_t *L = json_object_get(json_object_get(cj, "layers"), lid);
+        REQUIRE(L);
+        for (uint32_t k = 0; k < 3; k++)
+            CHECK_EQ(eg_spec_multipliers(sp, li)[k],
+                     json_integer_value(json_array_get(json_object_get(L, "multipliers"), k)));
+        for (uint32_t n = 0; n < 2; n++)
+            for (uint32_t j = 0; j < 8; j++)
+                CHECK_EQ(eg_spec_primes(sp, li)[n * 8 + j],
+                         json_integer_value(json_array_get(
+                             json_array_get(json_object_get(L, "primes"), n), j)));
+    }
+    /* rows: random ones (stored blocks and generated ones alike) */
+    uint64_t rs = 12;
+    float got[64], want[64];
+    unsigned char enc[128];
+    int same = 1, stored = 0;
+    for (int i = 0; i < 2000; i++) {
+        const uint32_t li = (uint32_t)(i & 1);
+        const uint64_t r = t_rand(&rs) % eg_spec_layer_rows(sp, li);
+        const void *p;
+        REQUIRE(!eg_store_row_ptr(s, li, r, &p, &err));
+        stored += p != NULL;
+        REQUIRE(!eg_store_read_rows(s, li, r, 1, got, 64, &err));
+        eg_init_row(0, eg_spec_config(sp)->layer_ids[li], r, 64, 0.02, want);
+        eg_row_encode(EG_BF16, 64, want, enc);
+        eg_row_decode(EG_BF16, 64, enc, want);
+        same &= !memcmp(got, want, sizeof got);
+    }
+    CHECK(same);
+    CHECK(stored > 0 && stored < 2000);
+    CHECK(eg_store_get_info(s)->sparse && strlen(eg_store_get_info(s)->tokenizer_sha256) == 64);
+    eg_store_close(s);
+    json_decref(cj);
+    CHECK_EQ(t_cli("verify %s", store), 0);
+}

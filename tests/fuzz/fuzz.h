@@ -8,4 +8,6 @@ int eg_fuzz_tokenizer(const uint8_t *data, size_t size);
 int eg_fuzz_text(const uint8_t *data, size_t size);
 int eg_fuzz_reader(const uint8_t *data, size_t size);
 int eg_fuzz_shard(const uint8_t *data, size_t size);
+int eg_fuzz_store(const uint8_t *data, size_t size);
+int eg_fuzz_counts(const uint8_t *data, size_t size);
 #endif
