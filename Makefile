@@ -101,7 +101,7 @@ CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) -g -fPIC -fopenmp $(WARN) \
 CXXWARN := -Wall -Wextra -Wpedantic -Wshadow -Wformat=2 -Wundef -Wcast-qual
 CXXFLAGS_ALL := -std=c++17 -D_GNU_SOURCE $(OPT) -g -fPIC $(CXXWARN) $(if $(filter true,$(CI)),-Werror,) \
                 -Iinclude -Ibase $(CXXFLAGS) $(EXTRA_CFLAGS)
-LDLIBS_ALL := $(LMDB_LIBS) $(JSON_LIBS) $(ZLIB_LIBS) $(ZSTD_LIBS) $(ONIG_LIBS) $(ICU_LIBS) $(SPM_LIBS) $(CRYPTO_LIBS) -lstdc++ -fopenmp -lm \
+LDLIBS_ALL := $(LMDB_LIBS) $(JSON_LIBS) $(ZLIB_LIBS) $(ZSTD_LIBS) $(ONIG_LIBS) $(ICU_LIBS) $(SPM_LIBS) $(CRYPTO_LIBS) -lstdc++ -fopenmp -lm -ldl \
               $(LDLIBS) $(EXTRA_LDLIBS)
 
 # ---- sources ----------------------------------------------------------------
@@ -124,15 +124,25 @@ LIB_SO := $(BUILD)/libengram.so
 ENGRAM := $(BUILD)/engram
 TESTS := $(BUILD)/engram-tests
 
-# CUDA: until the CUDA backend exists, nvcc compiles the contract header as
-# device code so that it cannot stop compiling unnoticed.
-NVCC_FLAGS ?= -std=c++17 -O2 -Iinclude
-CUDA_OBJ := $(if $(filter 1,$(CUDA)),$(BUILD)/cuda/contract_check.o,)
+# CUDA: the backend is its own library, libengram_cuda.so, loaded by the
+# runtime's backend table with dlopen (libengram never links CUDA). Built for
+# Ampere and Hopper (plus PTX); --fmad=false keeps the arithmetic the CPU
+# oracle's. The contract header is also compiled alone as device code.
+NVCC_FLAGS ?= -std=c++17 -O2 -Iinclude --fmad=false \
+              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[sm_90,compute_90]
+CUDA_LIB := $(BUILD)/libengram_cuda.so
+CUDA_OBJ := $(if $(filter 1,$(CUDA)),$(BUILD)/cuda/contract_check.o $(CUDA_LIB),)
 
 $(BUILD)/cuda/%.o: tests/cuda/%.cu include/engram/eg_contract.h
 	@mkdir -p $(dir $@)
 	$(if $(Q),@echo "  NVCC  $<")
 	$(Q)$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+
+$(CUDA_LIB): $(wildcard runtime/cuda/*.cu runtime/cuda/*.cuh) $(HDRS) $(LIB_SO)
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  NVCC  $@")
+	$(Q)$(NVCC) $(NVCC_FLAGS) -Xcompiler -fPIC -shared -Iruntime/cuda runtime/cuda/backend.cu \
+	  -o $@ -L$(BUILD) -lengram -lcublas -Xlinker -rpath,'$$ORIGIN'
 
 .PHONY: all check-deps test asan bench fuzz format clean demo
 all: deps check-deps $(LIB_A) $(LIB_SO) $(ENGRAM) $(CUDA_OBJ)
@@ -176,10 +186,11 @@ $(TESTS): $(TEST_OBJ) $(LIB_A)
 # interpreter.
 PY_TESTS ?= 1
 test: all $(TESTS)
-	$(Q)ENGRAM_BIN=$(ENGRAM) ENGRAM_LIB=$(LIB_SO) ENGRAM_PY_TESTS=$(PY_TESTS) ./$(TESTS) $(TEST_ARGS)
+	$(Q)ENGRAM_BIN=$(ENGRAM) ENGRAM_LIB=$(LIB_SO) ENGRAM_PY_TESTS=$(PY_TESTS) \
+	  ENGRAM_CUDA_LIB=$(abspath $(CUDA_LIB)) ./$(TESTS) $(TEST_ARGS)
 
 asan:
-	$(Q)$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 PY_TESTS=0 \
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 PY_TESTS=0 CUDA=0 \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all -DEG_NO_CLONES" \
 	  EXTRA_LDLIBS="-fsanitize=address,undefined" test
 

@@ -10,6 +10,7 @@
 
 #include "eg_internal.h"
 #include "engram/eg_contract.h"
+#include "engram/eg_backend.h"
 #include "engram/eg_hash.h"
 #include "engram/eg_runtime.h"
 
@@ -535,23 +536,14 @@ eg_status eg_rt_adam_step(eg_runtime *rt, uint32_t li, const uint64_t *uniq, con
         }
     }
     free(v0);
-    const double b1 = hp->beta1, b2 = hp->beta2;
-    const double lr = (double)hp->lr * (hp->lr_mult > 0 ? (double)hp->lr_mult : 1.0);
     const long long NN = (long long)n;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads(rt)) if (n > 64)
 #endif
     for (long long i = 0; i < NN; i++) {
-        float *w = o->vals + (size_t)slot[i] * 3 * dim, *m = w + dim, *v = m + dim;
+        float *w = o->vals + (size_t)slot[i] * 3 * dim;
         const uint32_t t = ++o->steps[slot[i]];
-        const double c1 = 1.0 - pow(b1, t), c2 = 1.0 - pow(b2, t);
-        const float *g = grads + (size_t)i * dim;
-        for (size_t k = 0; k < dim; k++) {
-            m[k] = (float)(b1 * (double)m[k] + (1 - b1) * (double)g[k]);
-            v[k] = (float)(b2 * (double)v[k] + (1 - b2) * (double)g[k] * (double)g[k]);
-            const double mh = (double)m[k] / c1, vh = (double)v[k] / c2;
-            w[k] = (float)((double)w[k] - lr * mh / (sqrt(vh) + (double)hp->eps));
-        }
+        eg_adam_row(w, w + dim, w + 2 * dim, t, grads + (size_t)i * dim, (uint32_t)dim, hp);
     }
     free(slot);
     return EG_OK;

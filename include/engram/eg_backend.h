@@ -1,0 +1,58 @@
+/*
+ * eg_backend.h - the runtime's backend table. Every compute backend offers
+ * the same operations; the CPU backend is built in and is the oracle, the
+ * CUDA backend lives in libengram_cuda.so (built when nvcc exists) and is
+ * reached only through this table, loaded on first use with dlopen, so
+ * libengram itself never links CUDA.
+ *
+ * The operations take host memory and return results in host memory (the
+ * CUDA backend stages through the device), which is what the parity suite
+ * compares case by case; device-pointer entry points for production use are
+ * in the backend's own header (eg_cuda.h).
+ */
+#ifndef ENGRAM_EG_BACKEND_H
+#define ENGRAM_EG_BACKEND_H
+#include <stddef.h>
+#include <stdint.h>
+#include "eg_base.h"
+#include "eg_runtime.h"
+#include "eg_spec.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct eg_backend {
+    const char *name; /* "cpu", "cuda" */
+    /* eg_hash_batch's contract: compressed ids [n_seq][seq_len] -> [.][.][H] */
+    eg_status (*hash)(const eg_spec *spec, uint32_t li, const uint32_t *ids, size_t n_seq,
+                      size_t seq_len, uint32_t flags, uint32_t *out, size_t out_cap, eg_err *err);
+    /* out[i] = table[rows[i]] for rows of `row_bytes` bytes (a table already
+     * in the output encoding); rows >= n_rows are EG_ERANGE */
+    eg_status (*gather)(const void *table, uint64_t n_rows, size_t row_bytes, const uint64_t *rows,
+                        size_t n, void *out, eg_err *err);
+    /* the distinct values of rows[n], ascending, into uniq; *n_uniq */
+    eg_status (*unique)(const uint64_t *rows, size_t n, uint64_t *uniq, size_t *n_uniq,
+                        eg_err *err);
+    eg_status (*layer_forward)(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                               const float *h, float *out, eg_err *err);
+    eg_status (*layer_backward)(const eg_layer_dims *dm, const eg_layer_weights *w,
+                                const float *e, const float *h, const float *dout,
+                                const eg_layer_grads *g, eg_err *err);
+    /* Adam on n rows: vals/m/v [n][dim], steps[n] (incremented), grads [n][dim] */
+    eg_status (*adam)(float *vals, float *m, float *v, uint32_t *steps, const float *grads,
+                      size_t n, uint32_t dim, const eg_adam *hp, eg_err *err);
+} eg_backend;
+
+/* "cpu" (always), or "cuda": loads libengram_cuda.so (from $ENGRAM_CUDA_LIB,
+ * beside libengram, or the loader's path) and checks that a device is present;
+ * EG_EUNSUPPORTED with the reason otherwise. The table is static. */
+eg_status eg_backend_get(const char *name, const eg_backend **out, eg_err *err);
+
+/* The Adam update every backend implements, for one row (the oracle). */
+void eg_adam_row(float *val, float *m, float *v, uint32_t step, const float *g, uint32_t dim,
+                 const eg_adam *hp);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,279 @@
+/* test_backend.c - the backend table: every operation of the CUDA backend
+ * against the CPU oracle, case by case (tests named cuda_parity_<op> so a
+ * failure can be rerun alone: `build/engram-tests cuda_parity_gather`), with
+ * guard bytes around outputs. Skipped with the reason when no CUDA device or
+ * no libengram_cuda.so is present; the CPU backend's own cases always run. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engram/engram.h"
+#include "engram/eg_backend.h"
+#include "test.h"
+
+#define GUARD 64
+
+static const eg_backend *cuda_or_skip(void)
+{
+    const eg_backend *b = NULL;
+    eg_err err;
+    if (eg_backend_get("cuda", &b, &err))
+        return NULL;
+    return b;
+}
+
+#define NEED_CUDA(b)                                                                               \
+    const eg_backend *b = cuda_or_skip();                                                         \
+    if (!b) {                                                                                      \
+        eg_err e_;                                                                                 \
+        const eg_backend *x_;                                                                      \
+        eg_backend_get("cuda", &x_, &e_);                                                          \
+        SKIP(e_.msg);                                                                              \
+    }
+
+static void *guarded(size_t n)
+{
+    unsigned char *p = malloc(n + 2 * GUARD);
+    memset(p, 0xA5, n + 2 * GUARD);
+    return p + GUARD;
+}
+
+static int guards_ok(void *q, size_t n)
+{
+    unsigned char *p = (unsigned char *)q - GUARD;
+    for (size_t i = 0; i < GUARD; i++)
+        if (p[i] != 0xA5 || p[GUARD + n + i] != 0xA5)
+            return 0;
+    return 1;
+}
+
+static void unguard(void *q) { free((unsigned char *)q - GUARD); }
+
+static eg_spec *spec_for(uint32_t N, uint32_t K, uint64_t size, uint64_t vprime)
+{
+    char js[512], sizes[128] = "";
+    for (uint32_t n = 2; n <= N; n++)
+        snprintf(sizes + strlen(sizes), sizeof sizes - strlen(sizes), "%s%llu", n > 2 ? ", " : "",
+                 (unsigned long long)(size + 1000 * n));
+    snprintf(js, sizeof js,
+             "{\"engram_vocab_size\": [%s], \"max_ngram_size\": %u, \"n_embed_per_ngram\": %u,"
+             " \"n_head_per_ngram\": %u, \"layer_ids\": [2, 7], \"pad_id\": 3, \"seed\": 9,"
+             " \"kernel_size\": 4, \"hidden_size\": 16, \"hc_mult\": 2}",
+             sizes, N, 16 * K, K);
+    eg_config cfg;
+    eg_spec *sp = NULL;
+    if (eg_config_parse(js, strlen(js), "test", &cfg, NULL) || eg_spec_create(&cfg, vprime, 3, &sp, NULL))
+        return NULL;
+    return sp;
+}
+
+TEST(backend_table_cpu_and_unknown)
+{
+    const eg_backend *b = NULL;
+    eg_err err;
+    REQUIRE(!eg_backend_get("cpu", &b, &err) && b && !strcmp(b->name, "cpu"));
+    CHECK_EQ(eg_backend_get("tpu", &b, &err), EG_EINVAL);
+    /* without a device the CUDA backend says why, in one line */
+    if (eg_backend_get("cuda", &b, &err))
+        CHECK(err.code == EG_EUNSUPPORTED && strlen(err.msg) > 10 && !strchr(err.msg, '\n'));
+    /* the CPU table's unique and adam against their definitions */
+    REQUIRE(!eg_backend_get("cpu", &b, &err));
+    uint64_t rows[7] = {5, 1, 5, 9, 1, 1, 0}, u[7];
+    size_t nu;
+    REQUIRE(!b->unique(rows, 7, u, &nu, &err));
+    CHECK(nu == 4 && u[0] == 0 && u[1] == 1 && u[2] == 5 && u[3] == 9);
+    float val[4] = {1, 2, 3, 4}, m[4] = {0}, v[4] = {0}, g[4] = {0.5f, -1, 0, 2};
+    uint32_t steps[1] = {0};
+    eg_adam hp = {.lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
+    REQUIRE(!b->adam(val, m, v, steps, g, 1, 4, &hp, &err));
+    CHECK(steps[0] == 1);
+    /* step 1 of Adam moves every coordinate with a non-zero gradient by ~lr */
+    CHECK(fabs((double)val[0] - 0.9) < 1e-6 && fabs((double)val[1] - 2.1) < 1e-6 &&
+          val[2] == 3.0f && fabs((double)val[3] - 3.9) < 1e-6);
+}
+
+TEST(cuda_parity_hash)
+{
+    NEED_CUDA(cu);
+    const eg_backend *cpu;
+    REQUIRE(!eg_backend_get("cpu", &cpu, NULL));
+    static const uint32_t cfgs[][2] = {{2, 1}, {3, 8}, {4, 4}, {3, 3}};
+    uint64_t rs = 1;
+    for (int c = 0; c < 4; c++) {
+        eg_spec *sp = spec_for(cfgs[c][0], cfgs[c][1], c == 3 ? 5000000 : 700, 1000 + 777 * c);
+        REQUIRE(sp);
+        const size_t S = 3, T = 257, H = eg_spec_n_heads(sp), n = S * T * H;
+        uint32_t *ids = malloc(S * T * 4);
+        for (size_t i = 0; i < S * T; i++)
+            ids[i] = (uint32_t)(t_rand(&rs) % eg_spec_compressed_vocab(sp));
+        ids[5] = (uint32_t)eg_spec_compressed_vocab(sp) - 1;
+        for (uint32_t fl = 0; fl < 2; fl++)
+            for (uint32_t li = 0; li < 2; li++) {
+                uint32_t *a = guarded(n * 4), *b = guarded(n * 4);
+                eg_err err;
+                REQUIRE(!cpu->hash(sp, li, ids, S, T, fl, a, n, &err));
+                CHECK_MSG(!cu->hash(sp, li, ids, S, T, fl, b, n, &err), "%s", err.msg);
+                CHECK_MSG(!memcmp(a, b, n * 4), "config %d layer %u flags %u differs", c, li, fl);
+                CHECK(guards_ok(b, n * 4));
+                unguard(a);
+                unguard(b);
+            }
+        ids[7] = (uint32_t)eg_spec_compressed_vocab(sp);
+        uint32_t *o = malloc(n * 4);
+        CHECK_EQ(cu->hash(sp, 0, ids, S, T, 0, o, n, NULL), EG_ERANGE);
+        free(o);
+        free(ids);
+        eg_spec_free(sp);
+    }
+}
+
+TEST(cuda_parity_gather)
+{
+    NEED_CUDA(cu);
+    const eg_backend *cpu;
+    REQUIRE(!eg_backend_get("cpu", &cpu, NULL));
+    static const size_t rbs[] = {2, 64, 66, 128, 256};
+    uint64_t rs = 2;
+    for (int c = 0; c < 5; c++) {
+        const size_t rb = rbs[c], nr = 5000, n = 20000;
+        unsigned char *table = malloc(nr * rb);
+        for (size_t i = 0; i < nr * rb; i++)
+            table[i] = (unsigned char)t_rand(&rs);
+        uint64_t *rows = malloc(n * 8);
+        for (size_t i = 0; i < n; i++)
+            rows[i] = t_rand(&rs) % nr;
+        rows[0] = nr - 1;
+        void *a = guarded(n * rb), *b = guarded(n * rb);
+        eg_err err;
+        REQUIRE(!cpu->gather(table, nr, rb, rows, n, a, &err));
+        CHECK_MSG(!cu->gather(table, nr, rb, rows, n, b, &err), "%s", err.msg);
+        CHECK_MSG(!memcmp(a, b, n * rb), "row bytes %zu differ", rb);
+        CHECK(guards_ok(b, n * rb));
+        rows[n / 2] = nr;
+        CHECK_EQ(cu->gather(table, nr, rb, rows, n, b, &err), EG_ERANGE);
+        unguard(a);
+        unguard(b);
+        free(rows);
+        free(table);
+    }
+}
+
+TEST(cuda_parity_unique)
+{
+    NEED_CUDA(cu);
+    const eg_backend *cpu;
+    REQUIRE(!eg_backend_get("cpu", &cpu, NULL));
+    uint64_t rs = 3;
+    static const size_t ns[] = {0, 1, 1000, 300000};
+    for (int c = 0; c < 4; c++) {
+        const size_t n = ns[c];
+        uint64_t *rows = malloc((n + 1) * 8), *a = guarded((n + 1) * 8), *b = guarded((n + 1) * 8);
+        for (size_t i = 0; i < n; i++)
+            rows[i] = t_rand(&rs) % (c == 3 ? 50000 : 1ull << 40);
+        size_t na = 0, nb = 0;
+        REQUIRE(!cpu->unique(rows, n, a, &na, NULL));
+        CHECK(!cu->unique(rows, n, b, &nb, NULL));
+        CHECK(na == nb && !memcmp(a, b, na * 8));
+        CHECK(guards_ok(b, (n + 1) * 8));
+        free(rows);
+        unguard(a);
+        unguard(b);
+    }
+}
+
+TEST(cuda_parity_adam)
+{
+    NEED_CUDA(cu);
+    const eg_backend *cpu;
+    REQUIRE(!eg_backend_get("cpu", &cpu, NULL));
+    const size_t n = 300;
+    const uint32_t dim = 64;
+    float *va = malloc(n * dim * 4), *ma = calloc(n * dim, 4), *sa = calloc(n * dim, 4);
+    float *vb = malloc(n * dim * 4), *mb = calloc(n * dim, 4), *sb = calloc(n * dim, 4);
+    float *g = malloc(n * dim * 4);
+    uint32_t *ta = calloc(n, 4), *tb = calloc(n, 4);
+    uint64_t rs = 4;
+    for (size_t i = 0; i < n * dim; i++)
+        va[i] = vb[i] = (float)((double)(t_rand(&rs) >> 11) * 0x1p-53 - 0.5);
+    eg_adam hp = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .lr_mult = 5};
+    for (int step = 0; step < 5; step++) {
+        for (size_t i = 0; i < n * dim; i++)
+            g[i] = (float)((double)(t_rand(&rs) >> 11) * 0x1p-53 - 0.5);
+        REQUIRE(!cpu->adam(va, ma, sa, ta, g, n, dim, &hp, NULL));
+        REQUIRE(!cu->adam(vb, mb, sb, tb, g, n, dim, &hp, NULL));
+    }
+    CHECK_MSG(!memcmp(va, vb, n * dim * 4) && !memcmp(ma, mb, n * dim * 4) &&
+                  !memcmp(sa, sb, n * dim * 4) && !memcmp(ta, tb, n * 4),
+              "Adam on CUDA is not bit-identical to the CPU's");
+    free(va); free(ma); free(sa); free(vb); free(mb); free(sb); free(g); free(ta); free(tb);
+}
+
+static double relerr(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)a[i] - (double)b[i]) * ((double)a[i] - (double)b[i]);
+        den += (double)b[i] * (double)b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1e-300));
+}
+
+TEST(cuda_parity_layer)
+{
+    NEED_CUDA(cu);
+    const eg_backend *cpu;
+    REQUIRE(!eg_backend_get("cpu", &cpu, NULL));
+    static const uint32_t shapes[][6] = {{1, 1, 1, 8, 8, 3}, {2, 9, 2, 16, 24, 3}, {3, 33, 4, 32, 64, 3},
+                                         {1, 130, 4, 128, 256, 2}};
+    uint64_t rs = 5;
+    for (int c = 0; c < 4; c++) {
+        const size_t B = shapes[c][0], T = shapes[c][1], hc = shapes[c][2], d = shapes[c][3],
+                     De = shapes[c][4];
+        eg_layer_dims dm = {.B = B, .T = T, .hc = (uint32_t)hc, .d = (uint32_t)d, .De = (uint32_t)De,
+                            .kernel = 4, .dilation = shapes[c][5]};
+        const size_t wn[8] = {hc * d * De, hc * d, d * De, d, hc * d, hc * d, hc * d, hc * d * 4};
+        float *w[8], *ga[8], *gb[8];
+        for (int i = 0; i < 8; i++) {
+            w[i] = malloc(wn[i] * 4);
+            ga[i] = malloc(wn[i] * 4);
+            gb[i] = guarded(wn[i] * 4);
+            for (size_t k = 0; k < wn[i]; k++)
+                w[i][k] = (float)((i >= 4 && i <= 6 ? 1.0 : 0.0) +
+                                  ((double)(t_rand(&rs) >> 11) * 0x1p-53 - 0.5) * 0.4);
+        }
+        const size_t ne = B * T * De, nh = B * T * hc * d;
+        float *e = malloc(ne * 4), *h = malloc(nh * 4), *dout = malloc(nh * 4);
+        for (size_t k = 0; k < ne; k++)
+            e[k] = (float)((double)(t_rand(&rs) >> 11) * 0x1p-53 - 0.5);
+        for (size_t k = 0; k < nh; k++) {
+            h[k] = (float)((double)(t_rand(&rs) >> 11) * 0x1p-53 * 4 - 2);
+            dout[k] = (float)((double)(t_rand(&rs) >> 11) * 0x1p-53 - 0.5);
+        }
+        eg_layer_weights lw = {w[0], c % 2 ? w[1] : NULL, w[2], c % 2 ? w[3] : NULL, w[4], w[5], w[6], w[7]};
+        float *oa = malloc(nh * 4), *ob = guarded(nh * 4);
+        eg_err err;
+        REQUIRE(!cpu->layer_forward(&dm, &lw, e, h, oa, &err));
+        CHECK_MSG(!cu->layer_forward(&dm, &lw, e, h, ob, &err), "%s", err.msg);
+        CHECK_MSG(relerr(ob, oa, nh) < 1e-5, "shape %d forward: relative error %.3g", c, relerr(ob, oa, nh));
+        CHECK(guards_ok(ob, nh * 4));
+        float *dea = malloc(ne * 4), *deb = guarded(ne * 4), *dha = malloc(nh * 4), *dhb = guarded(nh * 4);
+        eg_layer_grads A = {dea, dha, ga[0], c % 2 ? ga[1] : NULL, ga[2], c % 2 ? ga[3] : NULL, ga[4], ga[5], ga[6], ga[7]};
+        eg_layer_grads Bg = {deb, dhb, gb[0], c % 2 ? gb[1] : NULL, gb[2], c % 2 ? gb[3] : NULL, gb[4], gb[5], gb[6], gb[7]};
+        REQUIRE(!cpu->layer_backward(&dm, &lw, e, h, dout, &A, &err));
+        CHECK_MSG(!cu->layer_backward(&dm, &lw, e, h, dout, &Bg, &err), "%s", err.msg);
+        CHECK_MSG(relerr(deb, dea, ne) < 1e-5 && relerr(dhb, dha, nh) < 1e-5, "shape %d: de %.3g dh %.3g", c,
+                  relerr(deb, dea, ne), relerr(dhb, dha, nh));
+        for (int i = 0; i < 8; i++)
+            if (i % 2 == 0 || c % 2) {
+                CHECK_MSG(relerr(gb[i], ga[i], wn[i]) < 1e-5, "shape %d grad %d: %.3g", c, i,
+                          relerr(gb[i], ga[i], wn[i]));
+                CHECK(guards_ok(gb[i], wn[i] * 4));
+            }
+        for (int i = 0; i < 8; i++) {
+            free(w[i]);
+            free(ga[i]);
+            unguard(gb[i]);
+        }
+        free(e); free(h); free(dout); free(oa); unguard(ob); free(dea); unguard(deb); free(dha); unguard(dhb);
+    }
+}
