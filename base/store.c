@@ -1089,6 +1089,17 @@ eg_status eg_store_opt_foreach(eg_store *s,
     return st;
 }
 
+void eg_store_map(const eg_store *s, const void **base, size_t *len)
+{
+    MDB_envinfo ei;
+    *base = NULL;
+    *len = 0;
+    if (s && !mdb_env_info(s->env, &ei)) {
+        *base = ei.me_mapaddr;
+        *len = s->info.file_bytes < ei.me_mapsize ? (size_t)s->info.file_bytes : ei.me_mapsize;
+    }
+}
+
 eg_status eg_store_gather_encoded(eg_store *s, uint32_t li, const uint64_t *rows, size_t n,
                                   void *dst, size_t cap, int n_threads, eg_err *err)
 {

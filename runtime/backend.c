@@ -105,8 +105,21 @@ static eg_status cpu_adam(float *vals, float *m, float *v, uint32_t *steps, cons
     return EG_OK;
 }
 
+static eg_status cpu_lookup(eg_runtime *rt, uint32_t li, int residency, const uint32_t *ids,
+                            size_t n_seq, size_t seq_len, uint64_t *rows, void *out, eg_err *err)
+{
+    (void)residency;
+    const size_t n = n_seq * seq_len * eg_spec_n_heads(eg_runtime_spec(rt));
+    eg_status st = eg_rt_hash(rt, li, ids, n_seq, seq_len, NULL, NULL, rows, n, err);
+    if (st)
+        return st;
+    eg_store *s = (eg_store *)(uintptr_t)eg_runtime_store(rt);
+    return eg_store_gather_encoded(s, li, rows, n, out, n * eg_store_get_info(s)->row_bytes, 0,
+                                   err);
+}
+
 static const eg_backend cpu_backend = {"cpu",       cpu_hash,     cpu_gather, cpu_unique,
-                                       cpu_forward, cpu_backward, cpu_adam};
+                                       cpu_forward, cpu_backward, cpu_adam,   cpu_lookup};
 
 eg_status eg_backend_get(const char *name, const eg_backend **out, eg_err *err)
 {

@@ -277,3 +277,53 @@ TEST(cuda_parity_layer)
         free(e); free(h); free(dout); free(oa); unguard(ob); free(dea); unguard(deb); free(dha); unguard(dhb);
     }
 }
+
+TEST(cuda_parity_lookup_device_and_host_resident)
+{
+    /* the same store read by the CPU and by the GPU with its table in
+     * device memory and in host memory: identical rows and bytes */
+    const eg_backend *cpu;
+    REQUIRE(!eg_backend_get("cpu", &cpu, NULL));
+    eg_spec *sp = spec_for(3, 4, 3000, 500);
+    REQUIRE(sp);
+    const char *path = t_tmp_path("backend.store");
+    uint32_t proj[700];
+    for (int i = 0; i < 700; i++)
+        proj[i] = (uint32_t)(i * 3 % 500);
+    eg_store_params p = {.spec = sp, .dtype = EG_BF16, .seed = 2, .init_std = 0.1,
+                         .projection = proj, .n_projection = 700};
+    eg_err err;
+    REQUIRE(!eg_store_build(path, &p, NULL, &err));
+    eg_runtime *rt = NULL;
+    REQUIRE(!eg_runtime_open(path, NULL, &rt, &err));
+    const size_t S = 2, T = 100, H = eg_spec_n_heads(sp), rb = eg_store_get_info(eg_runtime_store(rt))->row_bytes;
+    uint32_t ids[200];
+    uint64_t rs = 6;
+    for (int i = 0; i < 200; i++)
+        ids[i] = (uint32_t)(t_rand(&rs) % 700);
+    uint64_t *ra = malloc(S * T * H * 8), *rb2 = malloc(S * T * H * 8);
+    unsigned char *oa = malloc(S * T * H * rb), *ob = guarded(S * T * H * rb);
+    REQUIRE(!cpu->lookup(rt, 1, 0, ids, S, T, ra, oa, &err));
+    /* the CPU lookup is the runtime's hash and the store's rows */
+    uint64_t *rr = malloc(S * T * H * 8);
+    REQUIRE(!eg_rt_hash(rt, 1, ids, S, T, NULL, NULL, rr, S * T * H, &err));
+    CHECK(!memcmp(ra, rr, S * T * H * 8));
+    free(rr);
+    const eg_backend *cu = cuda_or_skip();
+    if (cu) {
+        for (int where = 0; where < 3; where++) {
+            CHECK_MSG(!cu->lookup(rt, 1, where, ids, S, T, rb2, ob, &err), "residency %d: %s", where, err.msg);
+            CHECK_MSG(!memcmp(ra, rb2, S * T * H * 8) && !memcmp(oa, ob, S * T * H * rb),
+                      "residency %d differs from the CPU", where);
+            CHECK(guards_ok(ob, S * T * H * rb));
+        }
+    }
+    free(ra);
+    free(rb2);
+    free(oa);
+    unguard(ob);
+    eg_runtime_close(rt);
+    eg_spec_free(sp);
+    if (!cu)
+        SKIP("no CUDA device: the CPU half of the case ran");
+}

@@ -158,6 +158,11 @@ eg_status eg_store_opt_foreach(eg_store *s,
 eg_status eg_store_gather_encoded(eg_store *s, uint32_t li, const uint64_t *rows, size_t n,
                                   void *dst, size_t cap, int n_threads, eg_err *err);
 
+/* The store's memory map (read-only; valid until eg_store_close): every
+ * pointer eg_store_row_ptr returns lies inside it. For registering the map
+ * with a device driver (the CUDA backend's host-resident tables). */
+void eg_store_map(const eg_store *s, const void **base, size_t *len);
+
 /* ---- verification ------------------------------------------------------------- */
 
 typedef struct eg_store_verify_report {

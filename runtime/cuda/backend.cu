@@ -310,9 +310,11 @@ done:
 } // namespace
 
 #include "layer.cuh"
+#include "table.cuh"
 
 namespace {
-const eg_backend cuda_backend = {"cuda", cu_hash, cu_gather, cu_unique, cu_forward, cu_backward, cu_adam};
+const eg_backend cuda_backend = {"cuda",      cu_hash,     cu_gather, cu_unique,
+                                 cu_forward,  cu_backward, cu_adam,   cu_lookup};
 }
 
 extern "C" __attribute__((visibility("default"))) const eg_backend *eg_cuda_backend(char *why,
