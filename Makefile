@@ -206,6 +206,17 @@ bench: all $(BENCH_BIN)
 	$(Q)$(PYTHON) scripts/bench_store.py --engram $(ENGRAM)
 	$(Q)mkdir -p build/bench && $(BUILD)/bench_runtime build/bench/demo-bf16.store
 
+# On a machine with a GPU: bandwidths, hash, gather, resident vs host-resident.
+$(BUILD)/bench_gpu: bench/gpu/bench_gpu.cu $(CUDA_LIB) $(LIB_SO)
+	$(if $(Q),@echo "  NVCC  $@")
+	$(Q)$(NVCC) $(NVCC_FLAGS) $< -o $@ -L$(BUILD) -lengram_cuda -lengram -Xlinker -rpath,'$$ORIGIN'
+
+.PHONY: bench-gpu
+bench-gpu: all $(BUILD)/bench_gpu $(BUILD)/bench_runtime
+	$(Q)mkdir -p build/bench && test -f build/bench/demo-bf16.store || \
+	  $(BUILD)/bench_runtime build/bench/demo-bf16.store 1024 512 >/dev/null
+	$(Q)$(BUILD)/bench_gpu build/bench/demo-bf16.store
+
 fuzz:
 	$(Q)scripts/fuzz.sh
 
