@@ -538,6 +538,7 @@ struct eg_store {
     eg_store_info info;
     char *config_json, *build_json;
     const uint32_t *proj;
+    uint32_t *proj_own; /* a copy when the map's value is not 4-aligned */
     size_t n_proj;
     const char **keys;
     uint32_t n_layers;
@@ -697,8 +698,17 @@ static eg_status open_vocab(eg_store *s, MDB_dbi vocab, eg_err *err)
         if (v.mv_size % 4)
             return eg_fail(err, EG_EFORMAT, "%s: the projection's length is not a multiple of 4",
                            s->path);
-        s->proj = v.mv_data; /* LMDB values of overflow pages are page-aligned + 16 */
         s->n_proj = v.mv_size / 4;
+        if ((uintptr_t)v.mv_data % 4) { /* small values sit unaligned in a leaf page */
+            uint32_t *own = malloc(v.mv_size ? v.mv_size : 1);
+            if (!own)
+                return eg_fail(err, EG_ENOMEM, "out of memory");
+            memcpy(own, v.mv_data, v.mv_size);
+            s->proj_own = own;
+            s->proj = own;
+        } else {
+            s->proj = v.mv_data; /* overflow pages: page-aligned + 16 */
+        }
         const uint64_t V = eg_spec_compressed_vocab(s->spec);
         for (size_t i = 0; i < s->n_proj; i++)
             if (s->proj[i] >= V)
@@ -874,6 +884,7 @@ void eg_store_close(eg_store *s)
     free(s->config_json);
     free(s->build_json);
     free(s->keys);
+    free(s->proj_own);
     free(s->base);
     free(s->blk);
     free(s->crc_state);

@@ -10,7 +10,7 @@ CLANG=${CLANG:-clang}
 CLANGXX=${CLANGXX:-clang++}
 OUT=build-fuzz
 mkdir -p "$OUT/obj"
-SAN="-fsanitize=fuzzer-no-link,address,undefined"
+SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined"
 FLAGS="-O1 -g -D_GNU_SOURCE -DEG_NO_CLONES -Wno-pass-failed -Iinclude -Ibase -Itests $(pkg-config --cflags icu-uc)"
 LIBS="-llmdb $(pkg-config --libs jansson icu-uc icu-i18n libzstd zlib oniguruma libcrypto 2>/dev/null || echo -ljansson -licuuc -licudata -licui18n -lzstd -lz -lonig -lcrypto) -lsentencepiece -fopenmp -lm"
 objs=()
@@ -30,7 +30,7 @@ for t in "${targets[@]}"; do
   def=$(echo "EG_LIBFUZZER_$t" | tr a-z A-Z)
   bin=$OUT/fuzz_$t
   echo "fuzz: building $bin"
-  $CLANGXX -fsanitize=fuzzer,address,undefined $FLAGS -x c -std=c11 -D"$def" \
+  $CLANGXX -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $FLAGS -x c -std=c11 -D"$def" \
     "tests/fuzz/${SRC[$t]}.c" -x none "${objs[@]}" $LIBS -o "$bin"
   corpus=tests/fuzz/corpus/$t
   work=$OUT/corpus-$t
