@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engram/engram.h"
@@ -516,4 +517,58 @@ TEST(rt_parity_with_pytorch)
     char *log = t_read_file(tpr("torch.log"), NULL);
     CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "%s", log ? log : "(no output)");
     free(log);
+}
+
+TEST(rt_checkpoint_kill9_trials)
+{
+    /* a child trains and checkpoints in a loop; killed at random moments
+     * (24 trials), the store always opens complete and verifies, and a
+     * runtime reopens it with its training state */
+    eg_spec *sp = spec_n(3, 300);
+    REQUIRE(sp);
+    const char *path = tpr("kill-ckpt.store");
+    REQUIRE(make_store(path, sp, EG_F32, NULL, 0, NULL));
+    uint64_t rs = (uint64_t)getpid();
+    int killed = 0;
+    for (int trial = 0; trial < 24; trial++) {
+        pid_t pid = fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            eg_runtime *rt = NULL;
+            if (eg_runtime_open(path, NULL, &rt, NULL))
+                _exit(3);
+            const size_t B = 2, T = 8;
+            layer_case c;
+            case_init(&c, B, T, 2, 16, (uint32_t)(eg_spec_n_heads(eg_runtime_spec(rt)) * 16), 7);
+            uint32_t ids[16];
+            uint64_t s2 = (uint64_t)trial;
+            for (int step = 0; step < 1000; step++) {
+                for (int i = 0; i < 16; i++)
+                    ids[i] = (uint32_t)(t_rand(&s2) % 300);
+                size_t nu;
+                free(train_step(rt, (uint32_t)(step & 1), ids, B, T, &c, &nu));
+                if (eg_rt_checkpoint(rt, NULL, NULL))
+                    _exit(4);
+            }
+            _exit(0);
+        }
+        struct timespec d = {0, (long)(20 + t_rand(&rs) % 400) * 1000000L};
+        nanosleep(&d, NULL);
+        kill(pid, SIGKILL);
+        int ws;
+        waitpid(pid, &ws, 0);
+        killed += WIFSIGNALED(ws);
+        CHECK_MSG(WIFSIGNALED(ws) || (WIFEXITED(ws) && WEXITSTATUS(ws) == 0), "trial %d: child status %d",
+                  trial, ws);
+        eg_err err;
+        eg_store_verify_report r;
+        CHECK_MSG(!eg_store_verify(path, &r, &err), "trial %d: %s", trial, err.msg);
+        eg_runtime *rt = NULL;
+        CHECK_MSG(!eg_runtime_open(path, NULL, &rt, &err), "trial %d: %s", trial, err.msg);
+        eg_runtime_close(rt);
+        if (t_failed_now())
+            break;
+    }
+    CHECK(killed >= 12);
+    eg_spec_free(sp);
 }
