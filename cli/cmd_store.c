@@ -19,14 +19,6 @@ static void put_le64(unsigned char *p, uint64_t v)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
-static uint64_t get_le64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 /* ---- shared ------------------------------------------------------------------ */
 
 typedef struct {
@@ -513,7 +505,6 @@ int cmd_export(int argc, char **argv)
 /* ---- import -------------------------------------------------------------------------- */
 
 typedef struct {
-    const unsigned char *data; /* the byte buffer after the header */
     const unsigned char *w[EG_MAX_LAYERS], *sc[EG_MAX_LAYERS];
     uint32_t dim;
     size_t rb;
@@ -538,32 +529,16 @@ static eg_status import_rows(void *vctx, uint32_t li, uint64_t row0, uint64_t n,
     return EG_OK;
 }
 
-/* The tensor `name` of the header: its dtype string, shape and byte range
- * (checked against the buffer). */
-static int st_tensor(json_t *hdr, const char *file, const char *name, uint64_t data_len,
-                     const char **dtype, uint64_t shape[2], uint64_t *begin, uint64_t *end)
+/* The 2-D tensor `name`: its dtype and shape. */
+static int st_tensor(const eg_safetensors *st, const char *file, const char *name,
+                     const eg_st_tensor **out)
 {
-    json_t *t = json_object_get(hdr, name);
+    const eg_st_tensor *t = eg_safetensors_find(st, name);
     if (!t)
         return cli_error("%s: no tensor '%s'", file, name);
-    json_t *d = json_object_get(t, "dtype"), *s = json_object_get(t, "shape"),
-           *o = json_object_get(t, "data_offsets");
-    if (!json_is_string(d) || !json_is_array(s) || json_array_size(s) != 2 || !json_is_array(o) ||
-        json_array_size(o) != 2)
-        return cli_error("%s: tensor '%s' has a malformed entry", file, name);
-    for (int i = 0; i < 2; i++) {
-        json_t *v = json_array_get(s, (size_t)i);
-        if (!json_is_integer(v) || json_integer_value(v) < 0)
-            return cli_error("%s: tensor '%s' has a bad shape", file, name);
-        shape[i] = (uint64_t)json_integer_value(v);
-    }
-    json_t *b = json_array_get(o, 0), *e = json_array_get(o, 1);
-    if (!json_is_integer(b) || !json_is_integer(e) || json_integer_value(b) < 0 ||
-        json_integer_value(e) < json_integer_value(b) || (uint64_t)json_integer_value(e) > data_len)
-        return cli_error("%s: tensor '%s' has data offsets outside the file", file, name);
-    *dtype = json_string_value(d);
-    *begin = (uint64_t)json_integer_value(b);
-    *end = (uint64_t)json_integer_value(e);
+    if (t->ndim != 2)
+        return cli_error("%s: tensor '%s' has %u dimensions, not 2", file, name, t->ndim);
+    *out = t;
     return 0;
 }
 
@@ -615,42 +590,15 @@ int cmd_import(int argc, char **argv)
         return cli_error("usage: engram import TABLES.safetensors -o STORE [--config CFG ...]");
     const char *file = argv[optind];
     eg_err err;
-    void *map = NULL;
-    size_t len = 0;
-    int fd = open(file, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
-        if (fd >= 0)
-            close(fd);
-        return cli_error("%s: cannot open: %s", file, fd < 0 ? strerror(errno) : "not a file");
-    }
-    len = (size_t)sb.st_size;
-    map = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
-    close(fd);
-    if (map == MAP_FAILED)
-        return cli_error("%s: cannot map: %s", file, strerror(errno));
-    const unsigned char *b = map;
-    json_t *hdr = NULL;
+    eg_safetensors *sf = NULL;
     cli_model m;
     memset(&m, 0, sizeof m);
     eg_spec *own_spec = NULL;
     char *rec = NULL;
     int rc = 0;
-    uint64_t hl = len >= 8 ? get_le64(b) : 0;
-    if (len < 8 || hl > len - 8 || hl < 2) {
-        rc = cli_error("%s: not a safetensors file (header length %llu, file %zu bytes)", file,
-                       (unsigned long long)hl, len);
-        goto done;
-    }
-    json_error_t je;
-    hdr = json_loadb((const char *)b + 8, (size_t)hl, 0, &je);
-    if (!json_is_object(hdr)) {
-        rc = cli_error("%s: the safetensors header is not a JSON object (%s at byte %d)", file,
-                       je.text, je.position + 8);
-        goto done;
-    }
-    json_t *meta = json_object_get(hdr, "__metadata__");
-    const char *mcfg = json_string_value(json_object_get(meta, "config"));
+    if (eg_safetensors_open(file, &sf, &err))
+        return cli_fail(&err);
+    const char *mcfg = eg_safetensors_meta(sf, "config");
     const eg_spec *spec;
     if (config) {
         if ((rc = cli_model_load_tok(&m, config, tok, proj, vprime)))
@@ -661,8 +609,8 @@ int cmd_import(int argc, char **argv)
             rc = cli_error("--tokenizer/--projection/--compressed-vocab need --config");
             goto done;
         }
-        const char *vs = json_string_value(json_object_get(meta, "compressed_vocab_size"));
-        const char *ps = json_string_value(json_object_get(meta, "pad_compressed"));
+        const char *vs = eg_safetensors_meta(sf, "compressed_vocab_size");
+        const char *ps = eg_safetensors_meta(sf, "pad_compressed");
         eg_config cfg;
         if (!mcfg || !vs || !ps) {
             rc = cli_error("%s: no engram config in the metadata: give --config CFG and the "
@@ -679,8 +627,8 @@ int cmd_import(int argc, char **argv)
     }
     /* metadata arrays, when present, must be the spec's */
     const char *keys3[3] = {"multipliers", "primes", "offsets"};
-    for (int k = 0; k < 3 && meta; k++) {
-        const char *txt = json_string_value(json_object_get(meta, keys3[k]));
+    for (int k = 0; k < 3; k++) {
+        const char *txt = eg_safetensors_meta(sf, keys3[k]);
         if (!txt)
             continue;
         json_t *want = json_array();
@@ -700,17 +648,17 @@ int cmd_import(int argc, char **argv)
             goto done;
         }
     }
-    import_src src = {.data = b + 8 + hl, .dim = eg_spec_head_dim(spec)};
-    const uint64_t data_len = len - 8 - hl;
+    import_src src = {.dim = eg_spec_head_dim(spec)};
     const char *dts0 = NULL;
     for (uint32_t li = 0; li < eg_spec_n_layers(spec); li++) {
         char name[64];
         const uint32_t lid = eg_spec_config(spec)->layer_ids[li];
         snprintf(name, sizeof name, "engram.%u.weight", lid);
-        const char *dts;
-        uint64_t shape[2], b0, b1;
-        if ((rc = st_tensor(hdr, file, name, data_len, &dts, shape, &b0, &b1)))
+        const eg_st_tensor *tw;
+        if ((rc = st_tensor(sf, file, name, &tw)))
             goto done;
+        const char *dts = tw->dtype;
+        const uint64_t *shape = tw->shape;
         eg_dtype dt;
         if (!strcmp(dts, "F32")) dt = EG_F32;
         else if (!strcmp(dts, "BF16")) dt = EG_BF16;
@@ -734,29 +682,24 @@ int cmd_import(int argc, char **argv)
                            (unsigned long long)rows, src.dim);
             goto done;
         }
-        if (b1 - b0 != rows * src.dim * st_elem(dt)) {
-            rc = cli_error("%s: tensor '%s' spans %llu bytes, its shape needs %llu", file, name,
-                           (unsigned long long)(b1 - b0),
-                           (unsigned long long)(rows * src.dim * st_elem(dt)));
-            goto done;
-        }
-        src.w[li] = src.data + b0;
+        src.w[li] = tw->data;
         if (dt == EG_FP8_E4M3) {
             snprintf(name, sizeof name, "engram.%u.scale", lid);
-            if ((rc = st_tensor(hdr, file, name, data_len, &dts, shape, &b0, &b1)))
+            const eg_st_tensor *ts;
+            if ((rc = st_tensor(sf, file, name, &ts)))
                 goto done;
-            if (strcmp(dts, "U8") || shape[0] != rows || shape[1] != src.dim / EG_FP8_GROUP ||
-                b1 - b0 != rows * (src.dim / EG_FP8_GROUP)) {
+            if (strcmp(ts->dtype, "U8") || ts->shape[0] != rows ||
+                ts->shape[1] != src.dim / EG_FP8_GROUP) {
                 rc = cli_error("%s: tensor '%s' must be U8 [%llu, %u]", file, name,
                                (unsigned long long)rows, src.dim / EG_FP8_GROUP);
                 goto done;
             }
-            src.sc[li] = src.data + b0;
+            src.sc[li] = ts->data;
         }
     }
     rec = build_record("import", config, tok, NULL, file);
-    const char *ss = json_string_value(json_object_get(meta, "init_seed"));
-    const char *sd = json_string_value(json_object_get(meta, "init_std"));
+    const char *ss = eg_safetensors_meta(sf, "init_seed");
+    const char *sd = eg_safetensors_meta(sf, "init_std");
     eg_store_params p = {.spec = spec,
                          .projection = m.proj,
                          .n_projection = m.n_proj,
@@ -769,8 +712,8 @@ int cmd_import(int argc, char **argv)
                          .rows_ctx = &src,
                          .build_json = rec};
     if (!config) {
-        const char *t = json_string_value(json_object_get(meta, "tokenizer_sha256"));
-        const char *q = json_string_value(json_object_get(meta, "projection_sha256"));
+        const char *t = eg_safetensors_meta(sf, "tokenizer_sha256");
+        const char *q = eg_safetensors_meta(sf, "projection_sha256");
         p.tokenizer_sha256 = t && strlen(t) == 64 ? t : NULL;
         p.projection_sha256 = q && strlen(q) == 64 ? q : NULL;
     }
@@ -782,10 +725,8 @@ int cmd_import(int argc, char **argv)
     print_build_summary(out, spec, src.dt, &bs, json);
 done:
     free(rec);
-    json_decref(hdr);
     eg_spec_free(own_spec);
     cli_model_free(&m);
-    if (map)
-        munmap(map, len);
+    eg_safetensors_close(sf);
     return rc;
 }

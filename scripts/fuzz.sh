@@ -2,7 +2,7 @@
 # Build the libFuzzer targets with clang and run each for FUZZ_SECONDS
 # (default 60). Crashes are written to tests/fuzz/corpus/<target>/crash-*;
 # keep them there: every file in a corpus folder is replayed by `make test`.
-# usage: scripts/fuzz.sh [TARGET ...]   (config tokenizer text reader shard store counts)
+# usage: scripts/fuzz.sh [TARGET ...]   (config tokenizer text reader shard store counts safetensors)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${FUZZ_SECONDS:-60}
@@ -23,9 +23,10 @@ o="$OUT/obj/spm_shim.o"
 [ "$o" -nt tokenizer/spm_shim.cc ] || $CLANGXX -std=c++17 $SAN $FLAGS -c tokenizer/spm_shim.cc -o "$o"
 objs+=("$o")
 declare -A SRC=([config]=fuzz_config [tokenizer]=fuzz_tokenizer [text]=fuzz_text
-                [reader]=fuzz_files [shard]=fuzz_files [store]=fuzz_store [counts]=fuzz_store)
+                [reader]=fuzz_files [shard]=fuzz_files [store]=fuzz_store [counts]=fuzz_store
+                [safetensors]=fuzz_store)
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config tokenizer text reader shard store counts)
+[ ${#targets[@]} -gt 0 ] || targets=(config tokenizer text reader shard store counts safetensors)
 for t in "${targets[@]}"; do
   def=$(echo "EG_LIBFUZZER_$t" | tr a-z A-Z)
   bin=$OUT/fuzz_$t

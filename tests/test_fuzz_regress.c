@@ -41,7 +41,8 @@ TEST(fuzz_corpus_tokenizer_text_reader_shard_store_counts_replay)
              {"tests/fuzz/corpus/reader", eg_fuzz_reader},
              {"tests/fuzz/corpus/shard", eg_fuzz_shard},
              {"tests/fuzz/corpus/store", eg_fuzz_store},
-             {"tests/fuzz/corpus/counts", eg_fuzz_counts}};
+             {"tests/fuzz/corpus/counts", eg_fuzz_counts},
+             {"tests/fuzz/corpus/safetensors", eg_fuzz_safetensors}};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         CHECK_MSG(replay(t[i].dir, t[i].fn) > 0, "no corpus in %s", t[i].dir);
 }

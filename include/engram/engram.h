@@ -9,6 +9,7 @@
 #include "eg_hash.h"
 #include "eg_prep.h"
 #include "eg_projection.h"
+#include "eg_safetensors.h"
 #include "eg_shard.h"
 #include "eg_spec.h"
 #include "eg_store.h"

@@ -10,4 +10,5 @@ int eg_fuzz_reader(const uint8_t *data, size_t size);
 int eg_fuzz_shard(const uint8_t *data, size_t size);
 int eg_fuzz_store(const uint8_t *data, size_t size);
 int eg_fuzz_counts(const uint8_t *data, size_t size);
+int eg_fuzz_safetensors(const uint8_t *data, size_t size);
 #endif

@@ -214,6 +214,37 @@ int eg_fuzz_counts(const uint8_t *data, size_t size)
     return 0;
 }
 
+/* safetensors: the header, every tensor's range, the metadata */
+int eg_fuzz_safetensors(const uint8_t *data, size_t size)
+{
+    const char *path = tmp_path(".safetensors");
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return 0;
+    if (size)
+        fwrite(data, 1, size, f);
+    fclose(f);
+    eg_safetensors *st = NULL;
+    if (eg_safetensors_open(path, &st, NULL) == EG_OK) {
+        volatile unsigned sum = 0;
+        for (size_t i = 0; i < eg_safetensors_count(st); i++) {
+            const eg_st_tensor *t = eg_safetensors_get(st, i);
+            if (t->nbytes)
+                sum += ((const unsigned char *)t->data)[0] +
+                       ((const unsigned char *)t->data)[t->nbytes - 1];
+            (void)eg_safetensors_find(st, t->name);
+        }
+        (void)eg_safetensors_meta(st, "config");
+        eg_safetensors_close(st);
+    }
+    unlink(path);
+    return 0;
+}
+
+#ifdef EG_LIBFUZZER_SAFETENSORS
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return eg_fuzz_safetensors(data, size); }
+#endif
 #ifdef EG_LIBFUZZER_STORE
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return eg_fuzz_store(data, size); }
