@@ -138,10 +138,10 @@ $(BUILD)/cuda/%.o: tests/cuda/%.cu include/engram/eg_contract.h
 	$(if $(Q),@echo "  NVCC  $<")
 	$(Q)$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
-$(CUDA_LIB): $(wildcard runtime/cuda/*.cu runtime/cuda/*.cuh) $(HDRS) $(LIB_SO)
+$(CUDA_LIB): $(wildcard runtime/cuda/*.cu runtime/cuda/*.cuh) runtime/eg_adam_rule.h $(HDRS) $(LIB_SO)
 	@mkdir -p $(dir $@)
 	$(if $(Q),@echo "  NVCC  $@")
-	$(Q)$(NVCC) $(NVCC_FLAGS) -Xcompiler -fPIC -shared -Iruntime/cuda runtime/cuda/backend.cu \
+	$(Q)$(NVCC) $(NVCC_FLAGS) -Xcompiler -fPIC -shared -Iruntime/cuda -Iruntime runtime/cuda/backend.cu \
 	  -o $@ -L$(BUILD) -lengram -lcublas -Xlinker -rpath,'$$ORIGIN'
 
 .PHONY: all check-deps test asan bench fuzz format clean demo

@@ -9,39 +9,16 @@
 #include "eg_internal.h"
 #include "engram/eg_backend.h"
 #include "engram/eg_hash.h"
-
-/* b^t by squaring: the same IEEE multiplications on every backend (pow()
- * of two math libraries may differ in the last bit). */
-static double powi(double b, uint32_t t)
-{
-    double r = 1.0;
-    while (t) {
-        if (t & 1)
-            r *= b;
-        b *= b;
-        t >>= 1;
-    }
-    return r;
-}
+#include "eg_adam_rule.h"
 
 void eg_adam_row(float *val, float *m, float *v, uint32_t step, const float *g, uint32_t dim,
                  const eg_adam *hp)
 {
     const double b1 = hp->beta1, b2 = hp->beta2;
     const double lr = (double)hp->lr * (hp->lr_mult > 0 ? (double)hp->lr_mult : 1.0);
-    const double c1 = 1.0 - powi(b1, step), c2 = 1.0 - powi(b2, step);
-    for (uint32_t k = 0; k < dim; k++) {
-        const double gk = (double)g[k];
-        const double mk = b1 * (double)m[k] + (1.0 - b1) * gk;
-        const double gg = gk * gk;
-        const double vk = b2 * (double)v[k] + (1.0 - b2) * gg;
-        m[k] = (float)mk;
-        v[k] = (float)vk;
-        const double mh = (double)m[k] / c1, vh = (double)v[k] / c2;
-        const double den = sqrt(vh) + (double)hp->eps;
-        const double upd = lr * mh / den;
-        val[k] = (float)((double)val[k] - upd);
-    }
+    const double c1 = 1.0 - eg_powi(b1, step), c2 = 1.0 - eg_powi(b2, step);
+    for (uint32_t k = 0; k < dim; k++)
+        eg_adam_value(&val[k], &m[k], &v[k], g[k], b1, b2, c1, c2, lr, hp->eps);
 }
 
 static eg_status cpu_hash(const eg_spec *spec, uint32_t li, const uint32_t *ids, size_t n_seq,

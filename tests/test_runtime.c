@@ -530,7 +530,7 @@ TEST(rt_checkpoint_kill9_trials)
     REQUIRE(make_store(path, sp, EG_F32, NULL, 0, NULL));
     uint64_t rs = (uint64_t)getpid();
     int killed = 0;
-    for (int trial = 0; trial < 24; trial++) {
+    for (int trial = 0; trial < 100 && killed < 24; trial++) {
         pid_t pid = fork();
         REQUIRE(pid >= 0);
         if (pid == 0) {
@@ -569,6 +569,6 @@ TEST(rt_checkpoint_kill9_trials)
         if (t_failed_now())
             break;
     }
-    CHECK(killed >= 12);
+    CHECK_MSG(killed >= 24, "only %d checkpoint loops were interrupted", killed);
     eg_spec_free(sp);
 }

@@ -623,7 +623,9 @@ TEST(cli_store_kill9_during_build)
     const double full = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
     uint64_t rs = (uint64_t)time(NULL);
     int killed = 0, finished = 0;
-    for (int trial = 0; trial < 24; trial++) {
+    /* until 24 builds were really interrupted (a build that finished first
+     * is checked the same way but does not count) */
+    for (int trial = 0; trial < 100 && killed < 24; trial++) {
         char seed[32];
         snprintf(seed, sizeof seed, "%d", 200 + trial);
         pid_t pid = fork();
@@ -636,7 +638,7 @@ TEST(cli_store_kill9_during_build)
                   (char *)NULL);
             _exit(127);
         }
-        const double delay = full * 1.1 * (double)(t_rand(&rs) % 1000) / 1000.0;
+        const double delay = full * 0.9 * (double)(t_rand(&rs) % 1000) / 1000.0;
         struct timespec d = {(time_t)delay, (long)((delay - (double)(time_t)delay) * 1e9)};
         nanosleep(&d, NULL);
         kill(pid, SIGKILL);
@@ -655,9 +657,7 @@ TEST(cli_store_kill9_during_build)
         if (t_failed_now())
             return;
     }
-    CHECK(killed >= 10); /* most trials really were interrupted */
-    /* leftover temporary files never open as a store of that name */
-    (void)finished;
+    CHECK_MSG(killed >= 24, "only %d of the builds were interrupted (%d finished)", killed, finished);
 }
 
 TEST(cli_store_export_import_round_trip)

@@ -18,26 +18,17 @@
 
 #include "engram/eg_backend.h"
 #include "engram/eg_contract.h"
+#include "eg_adam_rule.h"
+
+extern "C" eg_status eg_fail(eg_err *err, eg_status code, const char *fmt, ...); /* libengram */
 
 namespace {
-
-eg_status fail(eg_err *err, eg_status code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        err->code = code;
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 #define CU(call)                                                                              \
     do {                                                                                      \
         cudaError_t e_ = (call);                                                              \
         if (e_ != cudaSuccess) {                                                              \
-            st = fail(err, EG_EIO, "cuda: %s: %s", #call, cudaGetErrorString(e_));            \
+            st = eg_fail(err, EG_EIO, "cuda: %s: %s", #call, cudaGetErrorString(e_));            \
             goto done;                                                                        \
         }                                                                                     \
     } while (0)
@@ -46,7 +37,7 @@ eg_status fail(eg_err *err, eg_status code, const char *fmt, ...)
     do {                                                                                      \
         cublasStatus_t b_ = (call);                                                           \
         if (b_ != CUBLAS_STATUS_SUCCESS) {                                                    \
-            st = fail(err, EG_EIO, "cublas: %s: status %d", #call, (int)b_);                  \
+            st = eg_fail(err, EG_EIO, "cublas: %s: status %d", #call, (int)b_);                  \
             goto done;                                                                        \
         }                                                                                     \
     } while (0)
@@ -93,16 +84,16 @@ eg_status cu_hash(const eg_spec *spec, uint32_t li, const uint32_t *ids, size_t 
                   size_t seq_len, uint32_t flags, uint32_t *out, size_t out_cap, eg_err *err)
 {
     if (!spec || li >= eg_spec_n_layers(spec))
-        return fail(err, EG_EINVAL, "hash: no spec or layer index %u out of range", li);
+        return eg_fail(err, EG_EINVAL, "hash: no spec or layer index %u out of range", li);
     const uint32_t N = eg_spec_max_ngram(spec), K = eg_spec_heads_per_ngram(spec),
                    H = eg_spec_n_heads(spec);
     const size_t n = n_seq * seq_len;
     if (out_cap < n * H)
-        return fail(err, EG_ECAPACITY, "hash: out holds %zu, needs %zu", out_cap, n * H);
+        return eg_fail(err, EG_ECAPACITY, "hash: out holds %zu, needs %zu", out_cap, n * H);
     const uint64_t V = eg_spec_compressed_vocab(spec);
     for (size_t i = 0; i < n; i++)
         if (ids[i] >= V)
-            return fail(err, EG_ERANGE, "hash: id %u at %zu >= V' = %llu", ids[i], i,
+            return eg_fail(err, EG_ERANGE, "hash: id %u at %zu >= V' = %llu", ids[i], i,
                         (unsigned long long)V);
     const uint64_t *primes = eg_spec_primes(spec, li), *offs = eg_spec_offsets(spec, li);
     uint64_t lim = 0;
@@ -111,7 +102,7 @@ eg_status cu_hash(const eg_spec *spec, uint32_t li, const uint32_t *ids, size_t 
         lim = v > lim ? v : lim;
     }
     if (lim > 0xffffffffull)
-        return fail(err, EG_EUNSUPPORTED, "hash: results do not fit uint32");
+        return eg_fail(err, EG_EUNSUPPORTED, "hash: results do not fit uint32");
     eg_status st = EG_OK;
     cudaError_t me = cudaSuccess;
     uint32_t *d_ids = dev<uint32_t>(n, &me), *d_out = dev<uint32_t>(n * H, &me);
@@ -183,7 +174,7 @@ eg_status cu_gather(const void *table, uint64_t n_rows, size_t rb, const uint64_
         if (bad) {
             for (size_t i = 0; i < n; i++)
                 if (rows[i] >= n_rows) {
-                    st = fail(err, EG_ERANGE, "gather: row %llu at %zu >= %llu rows",
+                    st = eg_fail(err, EG_ERANGE, "gather: row %llu at %zu >= %llu rows",
                               (unsigned long long)rows[i], i, (unsigned long long)n_rows);
                     break;
                 }
@@ -217,7 +208,7 @@ eg_status cu_unique(const uint64_t *rows, size_t n, uint64_t *uniq, size_t *n_un
         goto done;
     }
     if (n > 0x7fffffff) {
-        st = fail(err, EG_EUNSUPPORTED, "unique: more than 2^31 rows");
+        st = eg_fail(err, EG_EUNSUPPORTED, "unique: more than 2^31 rows");
         goto done;
     }
     CU(cudaMemcpy(d_in, rows, n * 8, cudaMemcpyHostToDevice));
@@ -240,18 +231,6 @@ done:
 
 /* ---- Adam: the CPU's arithmetic, operation for operation --------------------------- */
 
-__device__ double powi_d(double b, uint32_t t)
-{
-    double r = 1.0;
-    while (t) {
-        if (t & 1)
-            r *= b;
-        b *= b;
-        t >>= 1;
-    }
-    return r;
-}
-
 __global__ void adam_kernel(float *vals, float *m, float *v, const uint32_t *steps,
                             const float *g, size_t n, uint32_t dim, eg_adam hp)
 {
@@ -261,17 +240,8 @@ __global__ void adam_kernel(float *vals, float *m, float *v, const uint32_t *ste
     const uint32_t step = steps[i / dim];
     const double b1 = hp.beta1, b2 = hp.beta2;
     const double lr = (double)hp.lr * (hp.lr_mult > 0 ? (double)hp.lr_mult : 1.0);
-    const double c1 = 1.0 - powi_d(b1, step), c2 = 1.0 - powi_d(b2, step);
-    const double gk = (double)g[i];
-    const double mk = b1 * (double)m[i] + (1.0 - b1) * gk;
-    const double gg = gk * gk;
-    const double vk = b2 * (double)v[i] + (1.0 - b2) * gg;
-    m[i] = (float)mk;
-    v[i] = (float)vk;
-    const double mh = (double)m[i] / c1, vh = (double)v[i] / c2;
-    const double den = sqrt(vh) + (double)hp.eps;
-    const double upd = lr * mh / den;
-    vals[i] = (float)((double)vals[i] - upd);
+    const double c1 = 1.0 - eg_powi(b1, step), c2 = 1.0 - eg_powi(b2, step);
+    eg_adam_value(&vals[i], &m[i], &v[i], g[i], b1, b2, c1, c2, lr, hp.eps);
 }
 
 eg_status cu_adam(float *vals, float *m, float *v, uint32_t *steps, const float *grads, size_t n,

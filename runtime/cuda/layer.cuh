@@ -179,9 +179,9 @@ lay lay_of(const eg_layer_dims *dm)
 eg_status check_layer(const eg_layer_dims *dm, const eg_layer_weights *w, eg_err *err)
 {
     if (!dm || !w || !w->w_k || !w->w_v || !w->norm_k || !w->norm_q || !w->norm_c || !w->conv)
-        return fail(err, EG_EINVAL, "layer: a required weight is NULL");
+        return eg_fail(err, EG_EINVAL, "layer: a required weight is NULL");
     if (!dm->hc || !dm->d || !dm->De || !dm->kernel || !dm->dilation)
-        return fail(err, EG_EINVAL, "layer: hc, d, De, kernel and dilation must be > 0");
+        return eg_fail(err, EG_EINVAL, "layer: hc, d, De, kernel and dilation must be > 0");
     return EG_OK;
 }
 
@@ -416,7 +416,7 @@ eg_status cu_backward(const eg_layer_dims *dm, const eg_layer_weights *w, const 
         return st;
     if (!g || !g->de || !g->dh || !g->dw_k || !g->dw_v || !g->dnorm_k || !g->dnorm_q ||
         !g->dnorm_c || !g->dconv || (w->b_k && !g->db_k) || (w->b_v && !g->db_v))
-        return fail(err, EG_EINVAL, "layer backward: a required gradient is NULL");
+        return eg_fail(err, EG_EINVAL, "layer backward: a required gradient is NULL");
     const lay L = lay_of(dm);
     const size_t BT = L.BT, hc = L.hc, d = L.d, De = L.De, CH = hc * d;
     cublasHandle_t hb = nullptr;

@@ -97,15 +97,15 @@ eg_cuda_table_open(eg_runtime *rt, uint32_t li, eg_cuda_residency where, size_t 
                    eg_cuda_table **out, eg_err *err)
 {
     if (!rt || !out)
-        return fail(err, EG_EINVAL, "eg_cuda_table_open: NULL argument");
+        return eg_fail(err, EG_EINVAL, "eg_cuda_table_open: NULL argument");
     *out = nullptr;
     eg_store *s = (eg_store *)eg_runtime_store(rt);
     const eg_spec *sp = eg_runtime_spec(rt);
     if (li >= eg_spec_n_layers(sp))
-        return fail(err, EG_ERANGE, "eg_cuda_table_open: layer index %u out of range", li);
+        return eg_fail(err, EG_ERANGE, "eg_cuda_table_open: layer index %u out of range", li);
     eg_cuda_table *t = (eg_cuda_table *)calloc(1, sizeof *t);
     if (!t)
-        return fail(err, EG_ENOMEM, "out of memory");
+        return eg_fail(err, EG_ENOMEM, "out of memory");
     const eg_store_info *in = eg_store_get_info(s);
     t->rt = rt;
     t->li = li;
@@ -123,7 +123,7 @@ eg_cuda_table_open(eg_runtime *rt, uint32_t li, eg_cuda_residency where, size_t 
     unsigned char *stage = nullptr;
     const size_t bytes = (size_t)t->rows * t->rb;
     if (!hb) {
-        st = fail(err, EG_ENOMEM, "out of memory");
+        st = eg_fail(err, EG_ENOMEM, "out of memory");
         goto done;
     }
     if (where == EG_CUDA_AUTO) {
@@ -148,7 +148,7 @@ eg_cuda_table_open(eg_runtime *rt, uint32_t li, eg_cuda_residency where, size_t 
             if ((st = eg_store_row_ptr(s, li, b * t->R, &p, err)))
                 goto done;
             if (!p) {
-                st = fail(err, EG_EUNSUPPORTED, "host residency needs a dense store (block %llu "
+                st = eg_fail(err, EG_EUNSUPPORTED, "host residency needs a dense store (block %llu "
                                                 "of layer %u is not stored)",
                           (unsigned long long)b, li);
                 goto done;
@@ -181,7 +181,7 @@ eg_cuda_table_open(eg_runtime *rt, uint32_t li, eg_cuda_residency where, size_t 
         const uint64_t chunk = 1 << 16;
         stage = (unsigned char *)malloc(chunk * t->rb);
         if (!stage) {
-            st = fail(err, EG_ENOMEM, "out of memory");
+            st = eg_fail(err, EG_ENOMEM, "out of memory");
             goto done;
         }
         for (uint64_t r = 0; r < t->rows; r += chunk) {
@@ -210,7 +210,7 @@ eg_cuda_hash(eg_cuda_table *t, const uint32_t *d_ids, size_t n_seq, size_t seq_l
              uint64_t *d_rows, void *stream, eg_err *err)
 {
     if (!t)
-        return fail(err, EG_EINVAL, "eg_cuda_hash: NULL table");
+        return eg_fail(err, EG_EINVAL, "eg_cuda_hash: NULL table");
     const size_t n = n_seq * seq_len;
     eg_status st = EG_OK;
     if (n) {
@@ -228,7 +228,7 @@ eg_cuda_gather(eg_cuda_table *t, const uint64_t *d_rows, size_t n, void *d_out, 
                eg_err *err)
 {
     if (!t)
-        return fail(err, EG_EINVAL, "eg_cuda_gather: NULL table");
+        return eg_fail(err, EG_EINVAL, "eg_cuda_gather: NULL table");
     eg_status st = EG_OK;
     int bad = 0;
     if (!n)
@@ -240,7 +240,7 @@ eg_cuda_gather(eg_cuda_table *t, const uint64_t *d_rows, size_t n, void *d_out, 
     CU(cudaMemcpyAsync(&bad, t->d_bad, sizeof bad, cudaMemcpyDeviceToHost, (cudaStream_t)stream));
     CU(cudaStreamSynchronize((cudaStream_t)stream));
     if (bad)
-        st = fail(err, EG_ERANGE, "eg_cuda_gather: a row is >= the layer's %llu rows",
+        st = eg_fail(err, EG_ERANGE, "eg_cuda_gather: a row is >= the layer's %llu rows",
                   (unsigned long long)t->rows);
 done:
     return st;
@@ -266,14 +266,14 @@ eg_status cu_lookup(eg_runtime *rt, uint32_t li, int residency, const uint32_t *
     uint64_t *d_rows = dev<uint64_t>(nr, &me);
     unsigned char *d_out = dev<unsigned char>(nr * t->rb, &me);
     if (!x) {
-        st = fail(err, EG_ENOMEM, "out of memory");
+        st = eg_fail(err, EG_ENOMEM, "out of memory");
         goto done;
     }
     CU(me);
     for (size_t i = 0; i < n; i++) {
         uint32_t id = ids[i];
         if (proj ? id >= np : id >= V) {
-            st = fail(err, EG_ERANGE, "lookup: id %u at %zu is out of range", id, i);
+            st = eg_fail(err, EG_ERANGE, "lookup: id %u at %zu is out of range", id, i);
             goto done;
         }
         x[i] = proj ? proj[id] : id;

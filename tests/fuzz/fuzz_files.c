@@ -9,28 +9,10 @@
 #include "engram/eg_prep.h"
 #include "fuzz.h"
 
-static const char *tmp_path(const char *suffix)
-{
-    static char path[256];
-    const char *dir = getenv("TMPDIR");
-    snprintf(path, sizeof path, "%s/eg-fuzz-%ld%s", dir && *dir ? dir : "/tmp", (long)getpid(),
-             suffix);
-    return path;
-}
-
-static int put(const char *path, const uint8_t *d, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
-    size_t w = n ? fwrite(d, 1, n, f) : 0;
-    return (fclose(f) == 0 && w == n) ? 0 : -1;
-}
-
 int eg_fuzz_reader(const uint8_t *data, size_t size)
 {
-    const char *p = tmp_path(".txt");
-    if (put(p, data, size))
+    const char *p = eg_fuzz_tmp_path(".txt");
+    if (eg_fuzz_put(p, data, size))
         return 0;
     for (int mode = 0; mode < 3; mode++)
         for (int strict = 0; strict < 2; strict++) {
@@ -62,7 +44,7 @@ int eg_fuzz_shard(const uint8_t *data, size_t size)
     data++;
     size--;
     char a[320], b[320], prefix[300];
-    snprintf(prefix, sizeof prefix, "%s", tmp_path(""));
+    snprintf(prefix, sizeof prefix, "%s", eg_fuzz_tmp_path(""));
     snprintf(a, sizeof a, "%s.idx", prefix);
     snprintf(b, sizeof b, "%s.bin", prefix);
     const char *open_path = prefix;
@@ -74,15 +56,15 @@ int eg_fuzz_shard(const uint8_t *data, size_t size)
         size -= 2;
         if (cut > size)
             cut = size;
-        if (put(a, data, cut) || put(b, data + cut, size - cut))
+        if (eg_fuzz_put(a, data, cut) || eg_fuzz_put(b, data + cut, size - cut))
             return 0;
     } else if (kind == 1) {
-        if (put(b, data, size))
+        if (eg_fuzz_put(b, data, size))
             return 0;
         open_path = b;
     } else {
         snprintf(a, sizeof a, "%s.u32", prefix);
-        if (put(a, data, size))
+        if (eg_fuzz_put(a, data, size))
             return 0;
         open_path = a;
     }

@@ -18,15 +18,6 @@
 #include "engram/engram.h"
 #include "fuzz.h"
 
-static const char *tmp_path(const char *suffix)
-{
-    static char path[256];
-    const char *dir = getenv("TMPDIR");
-    snprintf(path, sizeof path, "%s/eg-fuzz-%ld%s", dir && *dir ? dir : "/tmp", (long)getpid(),
-             suffix);
-    return path;
-}
-
 static unsigned char *base_store;
 static size_t base_len;
 
@@ -55,7 +46,7 @@ static int make_base(void)
     }
     eg_store_params p = {.spec = sp, .dtype = EG_FP8_E4M3, .seed = 1, .init_std = 0.1,
                          .projection = proj, .n_projection = 30, .keys = keys, .n_threads = 1};
-    const char *path = tmp_path(".base.store");
+    const char *path = eg_fuzz_tmp_path(".base.store");
     int rc = eg_store_build(path, &p, NULL, NULL) ? -1 : 0;
     eg_spec_free(sp);
     FILE *f = rc ? NULL : fopen(path, "rb");
@@ -145,12 +136,9 @@ int eg_fuzz_store(const uint8_t *data, size_t size)
 {
     if (make_base())
         return 0;
-    const char *path = tmp_path(".store");
-    FILE *f = fopen(path, "wb");
-    if (!f)
+    const char *path = eg_fuzz_tmp_path(".store");
+    if (eg_fuzz_put(path, base_store, base_len))
         return 0;
-    fwrite(base_store, 1, base_len, f);
-    fclose(f);
     apply_edits(path, data, size);
     eg_store_verify_report r;
     eg_store_verify(path, &r, NULL);
@@ -178,13 +166,9 @@ int eg_fuzz_store(const uint8_t *data, size_t size)
 /* counts files: the header, every record, and the inspection over a spec */
 int eg_fuzz_counts(const uint8_t *data, size_t size)
 {
-    const char *path = tmp_path(".counts");
-    FILE *f = fopen(path, "wb");
-    if (!f)
+    const char *path = eg_fuzz_tmp_path(".counts");
+    if (eg_fuzz_put(path, data, size))
         return 0;
-    if (size)
-        fwrite(data, 1, size, f);
-    fclose(f);
     eg_counts *c = NULL;
     if (eg_counts_open(path, &c, NULL) == EG_OK) {
         uint32_t ids[EG_COUNT_MAX_ORDER];
@@ -217,13 +201,9 @@ int eg_fuzz_counts(const uint8_t *data, size_t size)
 /* safetensors: the header, every tensor's range, the metadata */
 int eg_fuzz_safetensors(const uint8_t *data, size_t size)
 {
-    const char *path = tmp_path(".safetensors");
-    FILE *f = fopen(path, "wb");
-    if (!f)
+    const char *path = eg_fuzz_tmp_path(".safetensors");
+    if (eg_fuzz_put(path, data, size))
         return 0;
-    if (size)
-        fwrite(data, 1, size, f);
-    fclose(f);
     eg_safetensors *st = NULL;
     if (eg_safetensors_open(path, &st, NULL) == EG_OK) {
         volatile unsigned sum = 0;
