@@ -2,6 +2,7 @@
 #   make            library (static + shared) and the engram CLI, in build/
 #   make test       the test suite (ends with "N passed, N failed")
 #   make asan       the test suite under AddressSanitizer + UBSan (build-asan/)
+#   make tsan       the threaded parts under ThreadSanitizer (build-tsan/, clang + libomp)
 #   make bench      benchmarks, numbers against a peer in the same script
 #   make fuzz       libFuzzer targets (clang), short runs
 #   make format     clang-format the sources
@@ -144,7 +145,7 @@ $(CUDA_LIB): $(wildcard runtime/cuda/*.cu runtime/cuda/*.cuh) runtime/eg_adam_ru
 	$(Q)$(NVCC) $(NVCC_FLAGS) -Xcompiler -fPIC -shared -Iruntime/cuda -Iruntime runtime/cuda/backend.cu \
 	  -o $@ -L$(BUILD) -lengram -lcublas -Xlinker -rpath,'$$ORIGIN'
 
-.PHONY: all check-deps test asan bench fuzz format clean demo
+.PHONY: all check-deps test asan tsan bench fuzz format clean demo
 all: deps check-deps $(LIB_A) $(LIB_SO) $(ENGRAM) $(CUDA_OBJ)
 
 check-deps:
@@ -194,6 +195,18 @@ asan:
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all -DEG_NO_CLONES" \
 	  EXTRA_LDLIBS="-fsanitize=address,undefined" test
 
+# ThreadSanitizer over the threaded parts (counting, prep, the runtime, the
+# store build). Built with clang and LLVM's OpenMP runtime, whose Archer tool
+# tells TSan about OpenMP's barriers and tasks (libgomp cannot).
+ARCHER ?= $(firstword $(wildcard /usr/lib/llvm-*/lib/libarcher.so))
+.PHONY: tsan
+tsan:
+	$(Q)$(MAKE) --no-print-directory BUILD=build-tsan OPT=-O1 PY_TESTS=0 CUDA=0 CC=clang CXX=clang++ \
+	  EXTRA_CFLAGS="-fsanitize=thread -fno-omit-frame-pointer -DEG_NO_CLONES" \
+	  EXTRA_LDLIBS="-fsanitize=thread" all build-tsan/engram-tests
+	$(Q)OMP_TOOL_LIBRARIES=$(ARCHER) TSAN_OPTIONS="halt_on_error=1 ignore_noninstrumented_modules=1 suppressions=tests/tsan.supp" ENGRAM_BIN=build-tsan/engram \
+	  ENGRAM_PY_TESTS=0 build-tsan/engram-tests count prep rt_hash rt_gather rt_training layer_ store_build cli_count
+
 $(BUILD)/bench_%: $(BUILD)/obj/bench/bench_%.o $(LIB_A)
 	$(if $(Q),@echo "  LD    $@")
 	$(Q)$(CC) -o $@ $< $(LIB_A) $(LDLIBS_ALL) $(LDFLAGS)
@@ -228,6 +241,6 @@ format:
 	  runtime/*.[ch] prep/*.[ch] cli/*.[ch] tests/*.[ch] tests/fuzz/*.[ch] bench/*.c)
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz
 
 .SECONDARY:

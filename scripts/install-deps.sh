@@ -16,6 +16,7 @@ PKGS=(
   bible-kjv sentencepiece      # the main job's sample corpus (public domain) and spm_train
   gnuplot-nox                  # `engram inspect --plot`
   python3-torch                # the float64 reference of the layer in the parity test
+  clang libomp-dev             # libFuzzer (make fuzz) and ThreadSanitizer with OpenMP (make tsan)
 )
 
 missing=()
