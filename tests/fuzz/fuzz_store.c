@@ -39,7 +39,7 @@ static int make_base(void)
     for (int i = 0; i < 30; i++)
         proj[i] = (uint32_t)(i % 20);
     const char *keys[20];
-    char kb[20][8];
+    char kb[20][16];
     for (int i = 0; i < 20; i++) {
         snprintf(kb[i], sizeof kb[i], "k%d", i);
         keys[i] = kb[i];
