@@ -14,7 +14,7 @@
 void eg_adam_row(float *val, float *m, float *v, uint32_t step, const float *g, uint32_t dim,
                  const eg_adam *hp)
 {
-    const double b1 = hp->beta1, b2 = hp->beta2;
+    const double b1 = (double)hp->beta1, b2 = (double)hp->beta2;
     const double lr = (double)hp->lr * (hp->lr_mult > 0 ? (double)hp->lr_mult : 1.0);
     const double c1 = 1.0 - eg_powi(b1, step), c2 = 1.0 - eg_powi(b2, step);
     for (uint32_t k = 0; k < dim; k++)

@@ -231,7 +231,7 @@ static double loss(const layer_case *c)
     eg_layer_weights w = case_weights(c);
     if (eg_layer_forward(&c->dm, &w, c->e, c->h, out, 1, NULL)) {
         free(out);
-        return NAN;
+        return (double)NAN;
     }
     double l = 0;
     for (size_t k = 0; k < c->no; k++)
