@@ -149,7 +149,7 @@ TEST(dtype_f16_against_compiler_float16)
 static uint32_t nearest(double v, const double *table, uint32_t n, uint32_t mask_even)
 {
     uint32_t best = 0;
-    double bd = INFINITY;
+    double bd = (double)INFINITY;
     for (uint32_t c = 0; c < n; c++) {
         if (table[c] != table[c])
             continue;
@@ -172,8 +172,8 @@ TEST(dtype_bf16_against_brute_force)
             continue;
         const uint16_t got = eg_f32_to_bf16(f);
         const uint32_t hi = f2u(f) >> 16; /* the truncation and its neighbour above */
-        const double lo_v = eg_bf16_to_f32((uint16_t)hi);
-        double hi_v = eg_bf16_to_f32((uint16_t)(hi + 1));
+        const double lo_v = (double)eg_bf16_to_f32((uint16_t)hi);
+        double hi_v = (double)eg_bf16_to_f32((uint16_t)(hi + 1));
         if (isinf(hi_v)) /* IEEE: the step past the largest finite is 2^128 */
             hi_v = copysign(ldexp(1.0, 128), hi_v);
         double d0 = fabs((double)f - lo_v), d1 = fabs((double)f - hi_v);
@@ -196,7 +196,7 @@ TEST(dtype_e4m3_against_brute_force)
         const uint32_t e = (c >> 3) & 15, m = c & 7;
         double v = e ? ldexp(1.0 + m / 8.0, (int)e - 7) : ldexp(m / 8.0, -6);
         if (e == 15 && m == 7)
-            v = NAN;
+            v = (double)NAN;
         table[c] = c & 0x80 ? -v : v;
         if (v != v)
             CHECK(eg_e4m3_to_f32((uint8_t)c) != eg_e4m3_to_f32((uint8_t)c));
@@ -260,7 +260,7 @@ TEST(dtype_fp8_rows_ue8m0_groups)
                 const float x = v[g * 32 + i];
                 /* exactly the nearest e4m3 value of x / scale, times scale */
                 CHECK(eg_f32_to_e4m3((float)((double)x / scale)) == enc[g * 32 + i]);
-                CHECK(fabs(back[g * 32 + i] - x) <= fmax(fabs(x) / 16, ldexp(scale, -10)));
+                CHECK(fabs((double)back[g * 32 + i] - (double)x) <= fmax(fabs((double)x) / 16, ldexp(scale, -10)));
             }
         }
         if (t_failed_now())
@@ -437,7 +437,7 @@ static long find_bytes(const char *path, const void *needle, size_t n)
 static int flip_byte(const char *path, long at)
 {
     int fd = open(path, O_RDWR);
-    unsigned char c;
+    unsigned char c = 0;
     int ok = fd >= 0 && pread(fd, &c, 1, at) == 1;
     c ^= 0x40;
     ok = ok && pwrite(fd, &c, 1, at) == 1;

@@ -310,7 +310,7 @@ TEST(tokenizer_bad_inputs)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *path = t_tmp_path(cases[i].name);
         REQUIRE(t_write_file(path, cases[i].text, strlen(cases[i].text)) == 0);
-        eg_tokenizer *t = (eg_tokenizer *)(void *)&cases; /* must be reset to NULL */
+        eg_tokenizer *t = (eg_tokenizer *)(uintptr_t)&cases; /* must be reset to NULL */
         eg_err err = {0};
         eg_status st = eg_tokenizer_open(path, &t, &err);
         CHECK_MSG(st == cases[i].code, "case %zu: status %d (%s)", i, st, err.msg);
