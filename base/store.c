@@ -1001,26 +1001,18 @@ eg_status eg_store_read_rows(eg_store *s, uint32_t li, uint64_t row0, uint64_t n
         return eg_fail(err, EG_ECAPACITY, "eg_store_read_rows: %llu rows need %llu values, the "
                                           "buffer holds %zu",
                        (unsigned long long)n, (unsigned long long)(n * dim), cap);
-    unsigned char *enc = NULL;
+    /* one row at a time through the stored encoding: absent blocks give the
+     * initializer's values exactly as a dense store holds them */
+    unsigned char *enc = malloc(s->info.row_bytes);
+    if (!enc)
+        return eg_fail(err, EG_ENOMEM, "out of memory");
     for (uint64_t i = 0; i < n; i++) {
-        const void *p;
-        eg_status st = eg_store_row_ptr(s, li, row0 + i, &p, err);
+        eg_status st = eg_store_read_encoded(s, li, row0 + i, 1, enc, s->info.row_bytes, err);
         if (st) {
             free(enc);
             return st;
         }
-        float *o = out + i * dim;
-        if (p) {
-            eg_row_decode(s->info.dtype, dim, p, o);
-            continue;
-        }
-        /* not stored (sparse): the initializer's row, through the dtype */
-        if (!enc && !(enc = malloc(s->info.row_bytes)))
-            return eg_fail(err, EG_ENOMEM, "out of memory");
-        eg_init_row(s->info.seed, eg_spec_config(s->spec)->layer_ids[li], row0 + i, dim,
-                    s->info.init_std, o);
-        eg_row_encode(s->info.dtype, dim, o, enc);
-        eg_row_decode(s->info.dtype, dim, enc, o);
+        eg_row_decode(s->info.dtype, dim, enc, out + i * dim);
     }
     free(enc);
     return EG_OK;
