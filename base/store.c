@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -217,6 +219,42 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Remove what killed builds of `path` left: `path.tmp.PID` files that no live
+ * build holds (each build keeps an flock on its temporary file until it is
+ * renamed) and that were not written in the last minute. Best effort. */
+static void sweep_stale_tmp(const char *path)
+{
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *sl = strrchr(dir, '/');
+    const char *base = sl ? sl + 1 : path;
+    if (sl)
+        sl[sl == dir ? 1 : 0] = 0;
+    DIR *d = opendir(sl ? dir : ".");
+    if (!d)
+        return;
+    const size_t bl = strlen(base);
+    const time_t now = time(NULL);
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        const char *n = de->d_name;
+        if (strncmp(n, base, bl) || strncmp(n + bl, ".tmp.", 5) || !n[bl + 5] ||
+            strspn(n + bl + 5, "0123456789") != strlen(n + bl + 5))
+            continue;
+        char full[8400];
+        snprintf(full, sizeof full, "%s/%s", sl ? dir : ".", n);
+        int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+            continue;
+        struct stat sb;
+        if (!flock(fd, LOCK_EX | LOCK_NB) && !fstat(fd, &sb) && S_ISREG(sb.st_mode) &&
+            sb.st_mtime + 60 < now)
+            unlink(full);
+        close(fd);
+    }
+    closedir(d);
+}
+
 eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_build_stats *stats,
                          eg_err *err)
 {
@@ -272,6 +310,8 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     unlink(tmp);
+    sweep_stale_tmp(path);
+    int lock_fd = -1; /* held until the rename: tells sweep_stale_tmp this build is alive */
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
     MDB_dbi meta, vocab, rowsdb, optdb = 0;
@@ -295,6 +335,8 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
             st = lmdb_fail(err, rc, tmp, "creating the store");
             goto fail;
         }
+        if (lock_fd < 0 && (lock_fd = open(tmp, O_RDONLY | O_CLOEXEC)) >= 0)
+            (void)flock(lock_fd, LOCK_EX | LOCK_NB);
         int fd = -1;
         if (mdb_env_get_fd(env, &fd) || fd < 0)
             continue;
@@ -310,6 +352,9 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
             break;
         mdb_env_close(env); /* no fallocate here: the pwrite path */
         env = NULL;
+        if (lock_fd >= 0)
+            close(lock_fd);
+        lock_fd = -1;
         unlink(tmp);
     }
     if ((rc = mdb_txn_begin(env, NULL, 0, &txn)) ||
@@ -502,6 +547,8 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
             close(dfd);
         }
     }
+    if (lock_fd >= 0)
+        close(lock_fd);
     if (stats) {
         struct stat sb;
         memset(stats, 0, sizeof *stats);
@@ -520,6 +567,8 @@ fail:
     if (env)
         mdb_env_close(env);
     unlink(tmp);
+    if (lock_fd >= 0)
+        close(lock_fd);
     free(keys);
     free(pl.nblocks);
     return st;
@@ -842,6 +891,18 @@ static eg_status store_open(const char *path, unsigned flags, eg_store_verify_re
         st = rc == MDB_INVALID ? eg_fail(err, EG_EFORMAT, "%s: not an engram store (not an LMDB file)", path)
                                : lmdb_fail(err, rc, path, "opening the store");
         goto fail;
+    }
+    {   /* pages past the end of a truncated file would be SIGBUS in the map */
+        MDB_envinfo ei;
+        MDB_stat es;
+        if (!mdb_env_info(s->env, &ei) && !mdb_env_stat(s->env, &es) &&
+            ((uint64_t)ei.me_last_pgno + 1) * es.ms_psize > (uint64_t)sb.st_size) {
+            st = eg_fail(err, EG_EFORMAT,
+                         "%s: truncated store: the file has %llu bytes, its pages reach to %llu",
+                         path, (unsigned long long)sb.st_size,
+                         ((unsigned long long)ei.me_last_pgno + 1) * es.ms_psize);
+            goto fail;
+        }
     }
     if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->txn))) {
         st = lmdb_fail(err, rc, path, "opening the store");

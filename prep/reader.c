@@ -19,7 +19,8 @@
 #include "../base/eg_internal.h"
 #include "engram/eg_prep.h"
 
-#define RAW_CAP (1u << 20)
+#define RAW_CAP_DEFAULT ((size_t)1 << 20)
+#define RAW_CAP_MIN ((size_t)16)
 #define DEFAULT_MAX_DOC ((size_t)64 << 20)
 
 typedef enum { SRC_PLAIN, SRC_GZIP, SRC_ZSTD } src_kind;
@@ -33,6 +34,7 @@ struct eg_reader {
     src_kind kind;
     const char *name;
     unsigned char *raw;
+    size_t raw_cap; /* bytes per read and per refill of the text */
     size_t raw_len, raw_pos;
     int raw_eof;
     z_stream zs;
@@ -162,7 +164,10 @@ eg_status eg_reader_open(const char *const *paths, size_t n_paths, const eg_read
     if (!r->o.max_doc_bytes)
         r->o.max_doc_bytes = DEFAULT_MAX_DOC;
     r->fd = -1;
-    r->raw = malloc(RAW_CAP);
+    r->raw_cap = r->o.read_bytes ? r->o.read_bytes : RAW_CAP_DEFAULT;
+    if (r->raw_cap < RAW_CAP_MIN)
+        r->raw_cap = RAW_CAP_MIN;
+    r->raw = malloc(r->raw_cap);
     size_t cap = 0;
     eg_status st = r->raw ? EG_OK : eg_fail(err, EG_ENOMEM, "out of memory");
     for (size_t i = 0; i < n_paths && !st; i++)
@@ -199,7 +204,7 @@ static eg_status raw_fill(eg_reader *r, eg_err *err)
         return EG_OK;
     ssize_t n;
     do
-        n = read(r->fd, r->raw, RAW_CAP);
+        n = read(r->fd, r->raw, r->raw_cap);
     while (n < 0 && errno == EINTR);
     if (n < 0)
         return eg_fail(err, EG_EIO, "%s: read error: %s", r->name, strerror(errno));
@@ -233,7 +238,7 @@ static eg_status open_source(eg_reader *r, const char *path, eg_err *err)
         return st;
     /* a magic needs up to 4 bytes: top up a short first read */
     while (!r->raw_eof && r->raw_len < 4) {
-        ssize_t n = read(r->fd, r->raw + r->raw_len, RAW_CAP - r->raw_len);
+        ssize_t n = read(r->fd, r->raw + r->raw_len, r->raw_cap - r->raw_len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
@@ -266,12 +271,12 @@ static eg_status fill(eg_reader *r, eg_err *err)
 {
     if (r->pos > 0 && r->pos == r->text.len) {
         r->text.len = r->pos = 0;
-    } else if (r->pos > (1u << 20) && r->pos * 2 > r->text.len) {
+    } else if (r->pos > r->raw_cap && r->pos * 2 > r->text.len) {
         memmove(r->text.p, r->text.p + r->pos, r->text.len - r->pos);
         r->text.len -= r->pos;
         r->pos = 0;
     }
-    if (eg_buf_reserve(&r->text, RAW_CAP + 1))
+    if (eg_buf_reserve(&r->text, r->raw_cap + 1))
         return eg_fail(err, EG_ENOMEM, "out of memory");
     size_t before = r->text.len;
     while (r->text.len == before && !r->src_eof) {

@@ -345,6 +345,55 @@ TEST(reader_modes_compression_and_bad_input)
     CHECK(s == EG_EIO && strstr(err.msg, "/nonexistent/corpus.txt"));
 }
 
+/* The read size is a memory knob only: documents, flags and error offsets are
+ * the same for any size, in every mode and compression. */
+TEST(reader_read_size_does_not_change_documents)
+{
+    char text[6000];
+    size_t tl = 0;
+    for (int i = 0; tl < sizeof text - 200; i++)
+        tl += (size_t)snprintf(text + tl, sizeof text - tl, "{\"text\": \"line %d %.*s\"}\n%s", i,
+                               i % 97, "abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz"
+                               "0123456789abcdefghijklmnopqrstuvwxyz0123456789",
+                               i % 13 ? "" : "\n");
+    const char *plain = t_tmp_path("rs.txt");
+    REQUIRE(t_write_file(plain, text, tl) == 0);
+    char gzp[512], zsp[512];
+    snprintf(gzp, sizeof gzp, "%s", t_tmp_path("rs.txt.gz"));
+    snprintf(zsp, sizeof zsp, "%s", t_tmp_path("rs.txt.zst"));
+    gzFile g = gzopen(gzp, "wb");
+    REQUIRE(g);
+    gzwrite(g, text, (unsigned)tl);
+    gzclose(g);
+    size_t zc = ZSTD_compressBound(tl);
+    char *z = malloc(zc);
+    REQUIRE(z);
+    zc = ZSTD_compress(z, zc, text, tl, 3);
+    REQUIRE(!ZSTD_isError(zc) && t_write_file(zsp, z, zc) == 0);
+    free(z);
+    const char *paths[3] = {plain, gzp, zsp};
+    static char want[16384], got[16384];
+    for (int mode = 0; mode < 3; mode++)
+        for (int i = 0; i < 3; i++) {
+            eg_reader_opts o = {0};
+            o.mode = (eg_doc_mode)mode;
+            o.field = "text";
+            o.max_doc_bytes = 700;
+            eg_reader_stats st;
+            eg_err err;
+            eg_status s0, s1;
+            size_t n0 = read_all(paths + i, 1, &o, want, sizeof want, &st, &err, &s0);
+            CHECK_MSG(s0 == EG_OK, "%s: %s", paths[i], err.msg);
+            const size_t sizes[] = {1, 16, 17, 100, 4096};
+            for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+                o.read_bytes = sizes[k];
+                size_t n1 = read_all(paths + i, 1, &o, got, sizeof got, &st, &err, &s1);
+                CHECK_MSG(s1 == s0 && n1 == n0 && !memcmp(want, got, n0),
+                          "mode %d, %s, read size %zu: documents differ", mode, paths[i], sizes[k]);
+            }
+        }
+}
+
 TEST(reader_jsonl_records)
 {
     const char *p = t_tmp_path("d.jsonl");

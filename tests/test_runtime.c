@@ -2,14 +2,22 @@
  * barriers against the batch hash, gather, the layer's gradients against
  * finite differences, a short training loop with a checkpoint, bad input.
  * (Parity with PyTorch: tests/python/test_layer_torch.py, run from here.) */
+#include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "engram/engram.h"
 #include "engram/eg_runtime.h"
@@ -313,6 +321,17 @@ TEST(layer_gradients_against_finite_differences)
 
 /* One step on layer li for the batch ids: hash, gather, forward, backward,
  * reduce, Adam. Returns the unique rows touched (caller frees). */
+
+/* In a child forked from this (OpenMP-using) process, libgomp's thread pool
+ * is gone and the first parallel region would wait for it forever: the child
+ * runs single-threaded (see docs/RUNTIME.md, "fork"). */
+static void forked_child_single_thread(void)
+{
+#ifdef _OPENMP
+    omp_set_num_threads(1);
+#endif
+}
+
 static uint64_t *train_step(eg_runtime *rt, uint32_t li, const uint32_t *ids, size_t B, size_t T,
                             layer_case *c, size_t *n_uniq)
 {
@@ -478,6 +497,7 @@ TEST(rt_training_loop_checkpoint_and_reopen)
     pid_t pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
+        forked_child_single_thread();
         signal(SIGXFSZ, SIG_IGN);
         struct rlimit rl = {64 << 10, 64 << 10};
         setrlimit(RLIMIT_FSIZE, &rl);
@@ -529,11 +549,12 @@ TEST(rt_checkpoint_kill9_trials)
     const char *path = tpr("kill-ckpt.store");
     REQUIRE(make_store(path, sp, EG_F32, NULL, 0, NULL));
     uint64_t rs = (uint64_t)getpid();
-    int killed = 0;
+    int killed = 0, trained = 0;
     for (int trial = 0; trial < 100 && killed < 24; trial++) {
         pid_t pid = fork();
         REQUIRE(pid >= 0);
         if (pid == 0) {
+            forked_child_single_thread();
             eg_runtime *rt = NULL;
             if (eg_runtime_open(path, NULL, &rt, NULL))
                 _exit(3);
@@ -565,10 +586,253 @@ TEST(rt_checkpoint_kill9_trials)
         CHECK_MSG(!eg_store_verify(path, &r, &err), "trial %d: %s", trial, err.msg);
         eg_runtime *rt = NULL;
         CHECK_MSG(!eg_runtime_open(path, NULL, &rt, &err), "trial %d: %s", trial, err.msg);
+        trained += rt && eg_rt_trained_rows(rt) > 0;
         eg_runtime_close(rt);
         if (t_failed_now())
             break;
     }
     CHECK_MSG(killed >= 24, "only %d checkpoint loops were interrupted", killed);
+    /* the loops really checkpointed before they were killed */
+    CHECK_MSG(trained * 2 >= killed, "only %d of %d trials left a trained generation", trained,
+              killed);
+    eg_spec_free(sp);
+}
+
+/* ---- readers during checkpoints; read-only and full filesystems ------------------ */
+
+typedef struct {
+    eg_store *s;
+    uint32_t dim;
+    int64_t step;   /* the step every trained row must share; -1 before the first */
+    size_t rows, bad_step, bad_value;
+} gen_check;
+
+static eg_status gen_row(void *ctx, uint32_t li, uint64_t row, uint32_t step, const float *vals)
+{
+    gen_check *g = ctx;
+    if (g->step < 0)
+        g->step = step;
+    g->bad_step += (int64_t)step != g->step;
+    float stored[64];
+    if (g->dim > 64 || eg_store_read_rows(g->s, li, row, 1, stored, g->dim, NULL))
+        g->bad_value++;
+    else
+        g->bad_value += memcmp(stored, vals, g->dim * sizeof(float)) != 0;
+    g->rows++;
+    return EG_OK;
+}
+
+TEST(rt_concurrent_readers_see_whole_generations)
+{
+    /* a writer trains the same rows every step and checkpoints after each;
+     * readers open the store by path meanwhile: every generation they see is
+     * whole (every trained row at the same step, rows database = optimizer's
+     * exact values, verify passes) and generations never go backwards */
+    eg_spec *sp = spec_n(3, 300);
+    REQUIRE(sp);
+    const char *path = tpr("conc.store");
+    REQUIRE(make_store(path, sp, EG_F32, NULL, 0, NULL));
+    enum { STEPS = 40 };
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        forked_child_single_thread();
+        eg_runtime *rt = NULL;
+        if (eg_runtime_open(path, NULL, &rt, NULL))
+            _exit(3);
+        const size_t B = 2, T = 8;
+        layer_case c;
+        case_init(&c, B, T, 2, 16, (uint32_t)(eg_spec_n_heads(eg_runtime_spec(rt)) * 16), 7);
+        uint32_t ids[16];
+        uint64_t s2 = 99;
+        for (int i = 0; i < 16; i++)
+            ids[i] = (uint32_t)(t_rand(&s2) % 300);
+        for (int step = 0; step < STEPS; step++) {
+            size_t nu;
+            uint64_t *u = train_step(rt, 0, ids, B, T, &c, &nu);
+            if (!u)
+                _exit(4);
+            free(u);
+            if (eg_rt_checkpoint(rt, NULL, NULL))
+                _exit(5);
+        }
+        eg_runtime_close(rt);
+        _exit(0);
+    }
+    int64_t last = -1;
+    int opens = 0, gens = 0, done = 0;
+    while (!done) {
+        int ws;
+        done = waitpid(pid, &ws, WNOHANG) == pid;
+        if (done)
+            CHECK_MSG(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "writer status %d", ws);
+        eg_err err;
+        gen_check g = {.step = -1};
+        CHECK_MSG(!eg_store_open(path, 0, &g.s, &err), "open %d: %s", opens, err.msg);
+        if (!g.s)
+            break;
+        g.dim = eg_store_get_info(g.s)->dim;
+        CHECK_MSG(!eg_store_opt_foreach(g.s, gen_row, &g, &err), "%s", err.msg);
+        CHECK_MSG(!g.bad_step && !g.bad_value, "open %d: %zu rows at another step, %zu rows "
+                  "differing from the optimizer's values (of %zu)", opens, g.bad_step,
+                  g.bad_value, g.rows);
+        CHECK_MSG(g.step >= last, "generation went back: step %lld after %lld",
+                  (long long)g.step, (long long)last);
+        gens += g.step > last;
+        last = g.step > last ? g.step : last;
+        /* the generation this handle holds verifies, and a runtime opens it */
+        eg_store_close(g.s);
+        eg_runtime *rt = NULL;
+        CHECK_MSG(!eg_runtime_open(path, NULL, &rt, &err), "%s", err.msg);
+        eg_runtime_close(rt);
+        opens++;
+        if (t_failed_now())
+            break;
+    }
+    if (!done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    CHECK_EQ(last, STEPS); /* the final generation: every row at the last step */
+    CHECK_MSG(gens >= 3, "the readers saw only %d generations in %d opens", gens, opens);
+    CHECK(!eg_store_verify(path, NULL, NULL));
+    eg_spec_free(sp);
+}
+
+/* In a private mount namespace (root only; skipped elsewhere): a store on a
+ * small tmpfs that fills up, then the same filesystem remounted read-only.
+ * Reading works read-only; a build or checkpoint into the full or read-only
+ * filesystem fails with one line naming the path, and the previous store,
+ * the runtime's state and the directory are as they were. */
+#define FS_CHECK(cond, ...)                                                                  \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            FILE *lf_ = fopen(log, "a");                                                     \
+            if (lf_) {                                                                       \
+                fprintf(lf_, "line %d: ", __LINE__);                                         \
+                fprintf(lf_, __VA_ARGS__);                                                   \
+                fputc('\n', lf_);                                                            \
+                fclose(lf_);                                                                 \
+            }                                                                                \
+            bad++;                                                                           \
+        }                                                                                    \
+    } while (0)
+
+static int count_entries(const char *dir)
+{
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "test $(ls -A '%s' | wc -l) -eq 1", dir);
+    return system(cmd) == 0 ? 1 : 0;
+}
+
+static int fs_child(const char *dir, const char *src, const char *log)
+{
+    int bad = 0;
+    if (unshare(CLONE_NEWNS) || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
+        return 77;
+    if (mount("tmpfs", dir, "tmpfs", 0, "size=3m"))
+        return 77;
+    forked_child_single_thread();
+    char path[700];
+    snprintf(path, sizeof path, "%s/t.store", dir);
+    size_t n = 0;
+    char *bytes = t_read_file(src, &n);
+    FS_CHECK(bytes && !t_write_file(path, bytes, n), "copying the store onto the tmpfs");
+    free(bytes);
+    eg_err err;
+    eg_runtime *rt = NULL;
+    FS_CHECK(!eg_runtime_open(path, NULL, &rt, &err), "open: %s", err.msg);
+    if (!rt)
+        return 1;
+    const size_t B = 2, T = 8;
+    layer_case c;
+    case_init(&c, B, T, 2, 16, (uint32_t)(eg_spec_n_heads(eg_runtime_spec(rt)) * 16), 7);
+    uint32_t ids[16];
+    for (int i = 0; i < 16; i++)
+        ids[i] = (uint32_t)(i * 37 % 300);
+    size_t nu = 0;
+    uint64_t *u = train_step(rt, 0, ids, B, T, &c, &nu);
+    FS_CHECK(u && nu, "training step");
+    float before[16], after[16];
+    FS_CHECK(u && !eg_rt_gather(rt, 0, u, 1, EG_F32, before, sizeof before, &err), "gather");
+    /* fill the tmpfs: the next generation has no room */
+    char filler[700];
+    snprintf(filler, sizeof filler, "%s/filler", dir);
+    FILE *f = fopen(filler, "w");
+    static char chunk[4096];
+    while (f && fwrite(chunk, 1, sizeof chunk, f) == sizeof chunk && !fflush(f))
+        ;
+    if (f)
+        fclose(f);
+    eg_status s = eg_rt_checkpoint(rt, NULL, &err);
+    FS_CHECK(s == EG_EIO && strstr(err.msg, "t.store") && strstr(err.msg, "space") &&
+                 !strchr(err.msg, '\n'),
+             "checkpoint into a full tmpfs: status %d, '%s'", s, err.msg);
+    FS_CHECK(!eg_store_verify(path, NULL, &err), "verify after a full disk: %s", err.msg);
+    FS_CHECK(!eg_rt_gather(rt, 0, u, 1, EG_F32, after, sizeof after, &err) &&
+                 !memcmp(before, after, sizeof after),
+             "the runtime's trained rows changed after a failed checkpoint");
+    unlink(filler);
+    FS_CHECK(count_entries(dir), "files left in the full tmpfs");
+    /* read-only */
+    FS_CHECK(!mount(NULL, dir, NULL, MS_REMOUNT | MS_RDONLY, NULL), "remount read-only");
+    eg_store *st = NULL;
+    FS_CHECK(!eg_store_open(path, 0, &st, &err), "open on a read-only fs: %s", err.msg);
+    eg_store_close(st);
+    FS_CHECK(!eg_store_verify(path, NULL, &err), "verify on a read-only fs: %s", err.msg);
+    eg_runtime *ro = NULL;
+    FS_CHECK(!eg_runtime_open(path, NULL, &ro, &err), "runtime on a read-only fs: %s", err.msg);
+    eg_runtime_close(ro);
+    s = eg_rt_checkpoint(rt, NULL, &err);
+    FS_CHECK(s == EG_EIO && strstr(err.msg, "t.store") && strstr(err.msg, "Read-only") &&
+                 !strchr(err.msg, '\n'),
+             "checkpoint into a read-only fs: status %d, '%s'", s, err.msg);
+    FS_CHECK(!eg_rt_gather(rt, 0, u, 1, EG_F32, after, sizeof after, &err) &&
+                 !memcmp(before, after, sizeof after),
+             "the runtime's trained rows changed after a failed checkpoint");
+    /* the CLI: one line naming the path, exit 1 */
+    char args[1400];
+    snprintf(args, sizeof args, "verify %s", path);
+    FS_CHECK(t_cli("%s", args) == 0, "engram verify on a read-only fs: %s", t_cli_stderr());
+    const char *cfg = getenv("ENGRAM_FS_CFG");
+    FS_CHECK(t_cli("build -c %s -V 300 -o %s -q", cfg, path) == 1 &&
+                 strstr(t_cli_stderr(), "t.store") && strstr(t_cli_stderr(), "Read-only"),
+             "engram build into a read-only fs: '%s'", t_cli_stderr());
+    FS_CHECK(count_entries(dir), "files left in the read-only tmpfs");
+    free(u);
+    case_free(&c);
+    eg_runtime_close(rt);
+    umount(dir);
+    return bad ? 1 : 0;
+}
+
+TEST(rt_read_only_and_full_filesystems)
+{
+    if (geteuid() != 0)
+        SKIP("needs root for a private mount namespace with a tmpfs");
+    eg_spec *sp = spec_n(3, 300);
+    REQUIRE(sp);
+    const char *src = tpr("fs-src.store");
+    REQUIRE(make_store(src, sp, EG_F32, NULL, 0, NULL));
+    const char *dir = tpr("fsmnt"), *log = tpr("fs.log"), *cfg = tpr("fs.json");
+    const char *js = "{\"engram_vocab_size\": [1009, 1500], \"max_ngram_size\": 3,"
+                     " \"n_embed_per_ngram\": 32, \"n_head_per_ngram\": 2, \"layer_ids\": [3, 9],"
+                     " \"pad_id\": 1, \"seed\": 5, \"kernel_size\": 4, \"hidden_size\": 16,"
+                     " \"hc_mult\": 2}";
+    REQUIRE(!t_write_file(cfg, js, strlen(js)));
+    setenv("ENGRAM_FS_CFG", cfg, 1);
+    REQUIRE(!mkdir(dir, 0755) || errno == EEXIST);
+    unlink(log);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0)
+        _exit(fs_child(dir, src, log));
+    int ws;
+    waitpid(pid, &ws, 0);
+    if (WIFEXITED(ws) && WEXITSTATUS(ws) == 77)
+        SKIP("cannot make a private mount namespace with a tmpfs here");
+    char *l = t_read_file(log, NULL);
+    CHECK_MSG(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "status %d: %s", ws, l ? l : "(no log)");
+    free(l);
     eg_spec_free(sp);
 }

@@ -9,7 +9,9 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -538,6 +540,62 @@ TEST(store_bad_files)
     primes[0] ^= 2; /* another odd number: rows still add up differently -> open refuses */
     REQUIRE(poke_meta(path, "primes", primes, sizeof primes));
     CHECK_EQ(eg_store_open(path, 0, &s, &err), EG_EFORMAT);
+    /* truncated (an interrupted copy): refused before any page is mapped
+     * (reading past the end of a map is SIGBUS), at every cut */
+    REQUIRE(!eg_store_build(path, &p, NULL, &err));
+    size_t n = 0;
+    unsigned char *whole = t_read_file(path, &n);
+    REQUIRE(whole && n > 3 * 4096);
+    const char *cut = tp("cut.store");
+    const size_t cuts[] = {n - 1, n - 4096, n / 2, 2 * 4096 + 100, 4096, 100};
+    for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) {
+        REQUIRE(!t_write_file(cut, whole, cuts[i]));
+        eg_status st = eg_store_open(cut, 0, &s, &err);
+        CHECK_MSG(st == EG_EFORMAT && strstr(err.msg, "cut.store"), "cut at %zu: %d %s", cuts[i],
+                  st, err.msg);
+        CHECK_EQ(eg_store_verify(cut, NULL, &err), EG_EFORMAT);
+    }
+    REQUIRE(!t_write_file(cut, whole, n - 1));
+    CHECK_EQ(t_cli("verify %s", cut), 1);
+    CHECK_MSG(strstr(t_cli_stderr(), "truncated store"), "%s", t_cli_stderr());
+    free(whole);
+    eg_spec_free(sp);
+}
+
+/* A build removes the temporary files of killed builds of the same store
+ * (unlocked and older than a minute), and nothing else. */
+TEST(store_build_sweeps_stale_temporary_files)
+{
+    eg_spec *sp = small_spec();
+    REQUIRE(sp);
+    const char *path = tp("sweep.store");
+    char dead[700], live[700], fresh[700], other[700];
+    snprintf(dead, sizeof dead, "%s.tmp.4000001", path);
+    snprintf(live, sizeof live, "%s.tmp.4000002", path);
+    snprintf(fresh, sizeof fresh, "%s.tmp.4000003", path);
+    snprintf(other, sizeof other, "%s.tmp.notes", path);
+    const char *all[4] = {dead, live, fresh, other};
+    struct timeval old[2];
+    gettimeofday(&old[0], NULL);
+    old[0].tv_sec -= 7200;
+    old[1] = old[0];
+    for (int i = 0; i < 4; i++) {
+        REQUIRE(!t_write_file(all[i], "x", 1));
+        if (i != 2)
+            REQUIRE(!utimes(all[i], old));
+    }
+    int held = open(live, O_RDONLY); /* a build still running */
+    REQUIRE(held >= 0 && !flock(held, LOCK_EX));
+    eg_store_params p = {.spec = sp, .dtype = EG_F32, .seed = 1, .init_std = 0.02};
+    eg_err err;
+    REQUIRE(!eg_store_build(path, &p, NULL, &err));
+    CHECK(!t_file_exists(dead));
+    CHECK(t_file_exists(live));
+    CHECK(t_file_exists(fresh));
+    CHECK(t_file_exists(other));
+    close(held);
+    for (int i = 1; i < 4; i++)
+        unlink(all[i]);
     eg_spec_free(sp);
 }
 

@@ -32,6 +32,9 @@ typedef struct eg_reader_opts {
     const char *field;    /* EG_DOC_JSONL: the text field (borrowed) */
     int strict;           /* invalid UTF-8, malformed records, missing fields are errors */
     size_t max_doc_bytes; /* longer documents are cut at line boundaries; 0 = 64 MiB */
+    size_t read_bytes;    /* bytes per read(2) and per refill of decompressed text; 0 = 1 MiB
+                           * (values under 16 count as 16). Memory held: about 3x this
+                           * plus the longest document. */
 } eg_reader_opts;
 
 /* Statistics so far (eg_reader_stats). */

@@ -21,6 +21,8 @@ int eg_fuzz_reader(const uint8_t *data, size_t size)
             o.field = "text";
             o.strict = strict;
             o.max_doc_bytes = 1024;
+            /* small reads, so documents and compressed frames straddle refills */
+            o.read_bytes = 64 + (size & 255);
             eg_reader *r = NULL;
             if (eg_reader_open(&p, 1, &o, &r, NULL) != EG_OK)
                 continue;
