@@ -132,7 +132,7 @@ TESTS := $(BUILD)/engram-tests
 NVCC_FLAGS ?= -std=c++17 -O2 -Iinclude --fmad=false \
               -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[sm_90,compute_90]
 CUDA_LIB := $(BUILD)/libengram_cuda.so
-CUDA_OBJ := $(if $(filter 1,$(CUDA)),$(BUILD)/cuda/contract_check.o $(CUDA_LIB),)
+CUDA_OBJ := $(if $(filter 1,$(CUDA)),$(BUILD)/cuda/contract_check.o $(CUDA_LIB) $(BUILD)/bench_gpu,)
 
 $(BUILD)/cuda/%.o: tests/cuda/%.cu include/engram/eg_contract.h
 	@mkdir -p $(dir $@)
@@ -222,7 +222,7 @@ bench: all $(BENCH_BIN)
 # On a machine with a GPU: bandwidths, hash, gather, resident vs host-resident.
 $(BUILD)/bench_gpu: bench/gpu/bench_gpu.cu $(CUDA_LIB) $(LIB_SO)
 	$(if $(Q),@echo "  NVCC  $@")
-	$(Q)$(NVCC) $(NVCC_FLAGS) $< -o $@ -L$(BUILD) -lengram_cuda -lengram -Xlinker -rpath,'$$ORIGIN'
+	$(Q)$(NVCC) $(NVCC_FLAGS) $< -o $@ -L$(BUILD) -lengram_cuda -lengram -lcublas -Xlinker -rpath,'$$ORIGIN'
 
 .PHONY: bench-gpu
 bench-gpu: all $(BUILD)/bench_gpu $(BUILD)/bench_runtime

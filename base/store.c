@@ -321,7 +321,7 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
      * as a SIGBUS later. Where fallocate is not supported, LMDB's ordinary
      * write path (pwrite at commit, ENOSPC as an error) is used. */
     int rc = 0;
-    for (int writemap = 1; writemap >= 0; writemap--) {
+    for (int writemap = getenv("EG_NO_WRITEMAP") ? 0 : 1; writemap >= 0; writemap--) {
         rc = mdb_env_create(&env);
         if (!rc)
             rc = mdb_env_set_maxdbs(env, 4);

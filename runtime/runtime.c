@@ -549,6 +549,29 @@ eg_status eg_rt_adam_step(eg_runtime *rt, uint32_t li, const uint64_t *uniq, con
     return EG_OK;
 }
 
+eg_status eg_rt_set_rows(eg_runtime *rt, uint32_t li, const uint64_t *rows, const float *vals,
+                         size_t n, eg_err *err)
+{
+    if (!rt || (n && (!rows || !vals)))
+        return eg_fail(err, EG_EINVAL, "eg_rt_set_rows: NULL argument");
+    if (li >= rt->L)
+        return eg_fail(err, EG_ERANGE, "eg_rt_set_rows: layer index %u >= %u", li, rt->L);
+    const size_t dim = rt->dim;
+    const uint64_t lr_rows = eg_spec_layer_rows(rt->spec, li);
+    for (size_t i = 0; i < n; i++)
+        if (rows[i] >= lr_rows)
+            return eg_fail(err, EG_ERANGE, "eg_rt_set_rows: row %llu at %zu >= layer %u's %llu rows",
+                           (unsigned long long)rows[i], i, li, (unsigned long long)lr_rows);
+    overlay *o = &rt->ov[li];
+    for (size_t i = 0; i < n; i++) {
+        long sl = ov_find(o, rows[i]);
+        if (sl < 0 && (sl = ov_insert(o, rows[i], vals + i * dim, (uint32_t)dim, 0)) < 0)
+            return eg_fail(err, EG_ENOMEM, "out of memory");
+        memcpy(o->vals + (size_t)sl * 3 * dim, vals + i * dim, dim * sizeof(float));
+    }
+    return EG_OK;
+}
+
 /* ---- checkpoints ----------------------------------------------------------------- */
 
 static eg_status ckpt_rows(void *ctx, uint32_t li, uint64_t row0, uint64_t n, void *dst,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the libFuzzer targets with clang and run each for FUZZ_SECONDS
-# (default 60). Crashes are written to tests/fuzz/corpus/<target>/crash-*;
+# (default 60), or until FUZZ_RUNS executions when that is set. Crashes are written to tests/fuzz/corpus/<target>/crash-*;
 # keep them there: every file in a corpus folder is replayed by `make test`.
 # usage: scripts/fuzz.sh [TARGET ...]   (config tokenizer text reader shard store counts safetensors)
 set -euo pipefail
@@ -36,7 +36,9 @@ for t in "${targets[@]}"; do
   corpus=tests/fuzz/corpus/$t
   work=$OUT/corpus-$t
   mkdir -p "$work"
-  echo "fuzz: running $t for ${SECONDS_EACH}s"
-  "$bin" -max_total_time="$SECONDS_EACH" -max_len=8192 -artifact_prefix="$corpus/crash-" \
+  echo "fuzz: running $t for ${FUZZ_RUNS:+$FUZZ_RUNS executions}${FUZZ_RUNS:-${SECONDS_EACH}s}"
+  limit=(-max_total_time="$SECONDS_EACH")
+  [ -z "${FUZZ_RUNS:-}" ] || limit=(-runs="$FUZZ_RUNS")
+  "$bin" "${limit[@]}" -max_len=8192 -artifact_prefix="$corpus/crash-" \
     -print_final_stats=1 "$work" "$corpus" 2>&1 | grep -E "stat::number_of_executed_units|ERROR|SUMMARY|Done" || true
 done

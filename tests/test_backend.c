@@ -278,7 +278,7 @@ TEST(cuda_parity_layer)
     }
 }
 
-TEST(cuda_parity_lookup_device_and_host_resident)
+TEST(cuda_parity_lookup_device_host_and_cached)
 {
     /* the same store read by the CPU and by the GPU with its table in
      * device memory and in host memory: identical rows and bytes */
@@ -311,12 +311,17 @@ TEST(cuda_parity_lookup_device_and_host_resident)
     free(rr);
     const eg_backend *cu = cuda_or_skip();
     if (cu) {
-        for (int where = 0; where < 3; where++) {
+        /* 3: cached (a device cache of 1/16 of the rows, batches of 256 staged
+         * one ahead, the last batch marked dirty and written back) */
+        for (int where = 0; where < 4; where++) {
             CHECK_MSG(!cu->lookup(rt, 1, where, ids, S, T, rb2, ob, &err), "residency %d: %s", where, err.msg);
             CHECK_MSG(!memcmp(ra, rb2, S * T * H * 8) && !memcmp(oa, ob, S * T * H * rb),
                       "residency %d differs from the CPU", where);
             CHECK(guards_ok(ob, S * T * H * rb));
         }
+        /* the write-back gave the runtime the rows it had */
+        REQUIRE(!cpu->lookup(rt, 1, 0, ids, S, T, rb2, ob, &err));
+        CHECK(!memcmp(oa, ob, S * T * H * rb));
     }
     free(ra);
     free(rb2);
@@ -326,4 +331,140 @@ TEST(cuda_parity_lookup_device_and_host_resident)
     eg_spec_free(sp);
     if (!cu)
         SKIP("no CUDA device: the CPU half of the case ran");
+}
+
+/* ---- the device row cache's directory, with the device emulated in host memory ---- */
+
+#include "engram/eg_rowcache.h"
+
+TEST(rowcache_pipelined_training_equals_the_table)
+{
+    /* batches of Zipf-like rows through a cache smaller than the rows they
+     * touch, pipelined as eg_rowcache.h describes; every batch "trains" its
+     * rows (slot or host table for direct rows). Every gathered row equals a
+     * reference table that got the same changes, and after the final
+     * write-back the host table equals the reference. */
+    enum { ROWS = 5000, DIM = 4, BATCH = 300, BATCHES = 200 };
+    const uint32_t ways_list[3] = {1, 4, 8};
+    for (int wi = 0; wi < 3; wi++) {
+        const uint32_t W = ways_list[wi];
+        eg_rowcache *c = NULL;
+        eg_err err;
+        REQUIRE(!eg_rowcache_create(1500, W, &c, &err));
+        const uint64_t S = eg_rowcache_slots(c);
+        CHECK_EQ(S, 1500 / W * W);
+        float *T = malloc(ROWS * DIM * 4), *R = malloc(ROWS * DIM * 4), *C = malloc(S * DIM * 4);
+        REQUIRE(T && R && C);
+        for (int i = 0; i < ROWS * DIM; i++)
+            T[i] = R[i] = (float)i;
+        static uint64_t rows[2][BATCH], slots[2][BATCH], lr[BATCH], ls[BATCH], wr[BATCH],
+            ws[BATCH];
+        uint64_t rs = 42 + W;
+        size_t hits = 0, loads = 0, direct = 0, wbs = 0, bad = 0;
+        for (int b = 0; b <= BATCHES; b++) {
+            const int cur = b & 1, prev = cur ^ 1;
+            eg_rowcache_plan_stats st = {0};
+            if (b < BATCHES) {
+                for (int i = 0; i < BATCH; i++) { /* skewed: small ids much more often */
+                    const double u = (double)(t_rand(&rs) % 1000000) / 1e6;
+                    rows[cur][i] = (uint64_t)(ROWS * u * u * u * u * u * u);
+                }
+                REQUIRE(!eg_rowcache_plan(c, rows[cur], BATCH, slots[cur], lr, ls, BATCH, wr, ws,
+                                          BATCH, &st, &err));
+            }
+            if (b > 0) { /* batch b-1's step: +1 to each distinct row, once */
+                uint64_t seen[BATCH];
+                size_t ns = 0;
+                for (int i = 0; i < BATCH; i++) {
+                    const uint64_t r = rows[prev][i], sl = slots[prev][i];
+                    int dup = 0;
+                    for (size_t k = 0; k < ns; k++)
+                        dup |= seen[k] == r;
+                    if (dup)
+                        continue;
+                    seen[ns++] = r;
+                    float *dst = sl == EG_ROWCACHE_DIRECT ? T + r * DIM : C + sl * DIM;
+                    for (int k = 0; k < DIM; k++) {
+                        dst[k] += 1.0f + (float)b;
+                        R[r * DIM + k] += 1.0f + (float)b;
+                    }
+                }
+                REQUIRE(!eg_rowcache_mark_dirty(c, slots[prev], BATCH, &err));
+            }
+            if (b == BATCHES)
+                break;
+            /* the copies of batch b: write-backs, then loads */
+            for (size_t j = 0; j < st.writebacks; j++)
+                memcpy(T + wr[j] * DIM, C + ws[j] * DIM, DIM * 4);
+            for (size_t j = 0; j < st.loads; j++)
+                memcpy(C + ls[j] * DIM, T + lr[j] * DIM, DIM * 4);
+            /* gather batch b */
+            for (int i = 0; i < BATCH; i++) {
+                const uint64_t r = rows[cur][i], sl = slots[cur][i];
+                const float *src = sl == EG_ROWCACHE_DIRECT ? T + r * DIM : C + sl * DIM;
+                bad += memcmp(src, R + r * DIM, DIM * 4) != 0;
+                bad += sl != EG_ROWCACHE_DIRECT && eg_rowcache_slot_row(c, sl) != r;
+            }
+            hits += st.hits;
+            loads += st.loads;
+            direct += st.direct;
+            wbs += st.writebacks;
+        }
+        /* the checkpoint: every dirty row back to the table */
+        uint64_t dr[64], dsl[64];
+        size_t got;
+        while ((got = eg_rowcache_take_dirty(c, dr, dsl, 64)) > 0)
+            for (size_t j = 0; j < got; j++)
+                memcpy(T + dr[j] * DIM, C + dsl[j] * DIM, DIM * 4);
+        CHECK_MSG(!bad, "ways %u: %zu gathered rows differ from the reference", W, bad);
+        CHECK_MSG(!memcmp(T, R, ROWS * DIM * 4), "ways %u: the table after write-back differs", W);
+        CHECK_EQ(eg_rowcache_take_dirty(c, dr, dsl, 64), 0);
+        /* the cache did its job: hits, evictions with write-backs */
+        CHECK_MSG(hits > loads && wbs > 0, "ways %u: %zu hits, %zu loads, %zu write-backs", W,
+                  hits, loads, wbs);
+        if (W == 8)
+            CHECK_MSG(direct < (size_t)BATCH * BATCHES / 100, "8 ways: %zu direct", direct);
+        free(T);
+        free(R);
+        free(C);
+        eg_rowcache_free(c);
+    }
+}
+
+TEST(rowcache_pins_and_bad_arguments)
+{
+    eg_rowcache *c = NULL;
+    eg_err err;
+    CHECK_EQ(eg_rowcache_create(3, 4, &c, &err), EG_EINVAL);
+    CHECK_EQ(eg_rowcache_create(8, 0, &c, &err), EG_EINVAL);
+    CHECK_EQ(eg_rowcache_create(8, 65, &c, &err), EG_EINVAL);
+    REQUIRE(!eg_rowcache_create(2, 2, &c, &err)); /* one set of two ways */
+    uint64_t rows[3] = {10, 11, 12}, slots[3], lr[3], ls[3], wr[3], ws[3];
+    eg_rowcache_plan_stats st;
+    /* a set asked for more rows than ways in one batch: the extra one is direct */
+    REQUIRE(!eg_rowcache_plan(c, rows, 3, slots, lr, ls, 3, wr, ws, 3, &st, &err));
+    CHECK(st.loads == 2 && st.direct == 1 && slots[2] == EG_ROWCACHE_DIRECT);
+    /* the next batch may not evict the previous batch's rows either */
+    uint64_t r2[1] = {13}, s2[1];
+    REQUIRE(!eg_rowcache_plan(c, r2, 1, s2, lr, ls, 1, wr, ws, 1, &st, &err));
+    CHECK(st.direct == 1 && s2[0] == EG_ROWCACHE_DIRECT);
+    /* two batches later it may: the least recently used way, written back if dirty */
+    uint64_t r3[1] = {11}, s3[1];
+    REQUIRE(!eg_rowcache_plan(c, r3, 1, s3, lr, ls, 1, wr, ws, 1, &st, &err)); /* hit; 10 older */
+    CHECK(st.hits == 1 && st.loads == 0);
+    REQUIRE(!eg_rowcache_mark_dirty(c, slots, 3, &err));
+    REQUIRE(!eg_rowcache_plan(c, r2, 1, s2, lr, ls, 1, wr, ws, 1, &st, &err));
+    CHECK(st.loads == 1 && lr[0] == 13 && ls[0] == slots[0]);
+    CHECK(st.writebacks == 1 && wr[0] == 10 && ws[0] == slots[0]);
+    /* errors: capacity (nothing changes), a reserved row id, a slot out of range */
+    uint64_t big[3] = {20, 21, 22};
+    CHECK_EQ(eg_rowcache_plan(c, big, 3, slots, lr, ls, 1, wr, ws, 3, &st, &err), EG_ECAPACITY);
+    CHECK(strstr(err.msg, "need 2 entries"));
+    big[1] = UINT64_MAX;
+    CHECK_EQ(eg_rowcache_plan(c, big, 3, slots, lr, ls, 3, wr, ws, 3, &st, &err), EG_EINVAL);
+    uint64_t oob = 2;
+    CHECK_EQ(eg_rowcache_mark_dirty(c, &oob, 1, &err), EG_ERANGE);
+    CHECK_EQ(eg_rowcache_slot_row(c, 5), EG_ROWCACHE_DIRECT);
+    eg_rowcache_free(c);
+    eg_rowcache_free(NULL);
 }

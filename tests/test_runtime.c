@@ -836,3 +836,37 @@ TEST(rt_read_only_and_full_filesystems)
     free(l);
     eg_spec_free(sp);
 }
+
+TEST(rt_set_rows_reach_gather_and_checkpoint)
+{
+    eg_spec *sp = spec_n(3, 300);
+    REQUIRE(sp);
+    const char *path = tpr("set.store");
+    REQUIRE(make_store(path, sp, EG_BF16, NULL, 0, NULL));
+    eg_runtime *rt = NULL;
+    eg_err err;
+    REQUIRE(!eg_runtime_open(path, NULL, &rt, &err));
+    const uint32_t dim = eg_runtime_dim(rt);
+    REQUIRE(dim == 16);
+    uint64_t rows[3] = {7, 900, 7}; /* a repeat: the later one wins */
+    float v[3][16], got[2][16];
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k < 16; k++)
+            v[i][k] = (float)(i * 100 + k) + 0.25f;
+    REQUIRE(!eg_rt_set_rows(rt, 1, rows, &v[0][0], 3, &err));
+    REQUIRE(!eg_rt_gather(rt, 1, rows, 2, EG_F32, got, sizeof got, &err));
+    CHECK(!memcmp(got[0], v[2], sizeof got[0]) && !memcmp(got[1], v[1], sizeof got[1]));
+    CHECK_EQ(eg_rt_trained_rows(rt), 2);
+    REQUIRE(!eg_rt_checkpoint(rt, NULL, &err));
+    eg_runtime *re = NULL;
+    REQUIRE(!eg_runtime_open(path, NULL, &re, &err));
+    float again[2][16];
+    REQUIRE(!eg_rt_gather(re, 1, rows, 2, EG_F32, again, sizeof again, &err));
+    CHECK(!memcmp(again, got, sizeof got)); /* exact: the optimizer database keeps binary32 */
+    uint64_t bad = eg_spec_layer_rows(sp, 1);
+    CHECK_EQ(eg_rt_set_rows(rt, 1, &bad, v[0], 1, &err), EG_ERANGE);
+    CHECK_EQ(eg_rt_set_rows(rt, 2, rows, v[0], 1, &err), EG_ERANGE);
+    eg_runtime_close(re);
+    eg_runtime_close(rt);
+    eg_spec_free(sp);
+}

@@ -2,9 +2,15 @@
 // and host-to-device bandwidth first, then hash throughput as a fraction of
 // memory bandwidth, gather GB/s from HBM for 64-, 128- and 256-byte rows, and
 // hash + gather with the table resident in HBM vs host-resident (read over
-// the bus), same batches in the same run.
+// the bus), same batches in the same run; then the layer step (hash, gather,
+// the layer's two projections as bf16 GEMMs) with the table resident vs
+// offloaded to host memory behind a device row cache smaller than the table,
+// staged one batch ahead (eg_cuda_cache_stage) while the GPU computes.
 // usage: bench_gpu STORE   (a dense store, e.g. build/bench/demo-bf16.store)
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,7 +171,142 @@ int main(int argc, char **argv)
     }
     printf("hash + gather of %zu tokens: resident %.3f ms, host-resident %.3f ms (%.2fx)\n", n,
            tt[0] * 1e3, tt[1] * 1e3, tt[1] / tt[0]);
-    printf("(the layer forward and the GPU row cache are not part of this step yet)\n");
+    /* 4. the layer step, resident vs offloaded behind the cache: Zipfian ids
+     * (text is skewed), NB batches of SB sequences of T tokens; the step's
+     * compute is the two projections W_K e and W_V e ([tokens, De] x [De,
+     * hidden * hc], bf16 in, f32 accumulate), the bulk of the layer */
+    {
+        const size_t SB = 8, nb_tok = SB * T, nb_rows = nb_tok * H, NB = 12;
+        const uint32_t dim = eg_runtime_dim(rt), De = H * dim, D = 1024 * 4;
+        const uint64_t lrows = eg_spec_layer_rows(sp, 0);
+        uint32_t *zids = (uint32_t *)malloc(NB * nb_tok * 4);
+        uint64_t *h_rows = (uint64_t *)malloc(nb_rows * 8);
+        double *cdf = (double *)malloc(V * sizeof *cdf), acc = 0;
+        for (uint64_t v = 0; v < V; v++)
+            cdf[v] = (acc += 1.0 / pow((double)v + 1, 1.1));
+        for (size_t i = 0; i < NB * nb_tok; i++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            const double u = (double)(s >> 11) / 9007199254740992.0 * acc;
+            uint64_t lo = 0, hi = V - 1;
+            while (lo < hi) {
+                const uint64_t mid = (lo + hi) / 2;
+                if (cdf[mid] < u)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            zids[i] = (uint32_t)lo;
+        }
+        free(cdf);
+        /* compressed ids on both paths: the device hash, and eg_hash_batch on
+         * the host for the cache's directory */
+        uint32_t *h_r32 = (uint32_t *)malloc(nb_rows * 4);
+        auto host_rows = [&](size_t bi) -> eg_status {
+            eg_status hs2 = eg_hash_batch(sp, 0, zids + bi * nb_tok, SB, T, EG_HASH_OFFSETS, 0,
+                                          h_r32, nb_rows, &err);
+            for (size_t i = 0; !hs2 && i < nb_rows; i++)
+                h_rows[i] = h_r32[i];
+            return hs2;
+        };
+        uint32_t *d_zids;
+        uint64_t *d_slots, *d_r2;
+        __nv_bfloat16 *d_w, *d_e;
+        float *d_y;
+        CK(cudaMalloc(&d_zids, NB * nb_tok * 4));
+        CK(cudaMalloc(&d_slots, 2 * nb_rows * 8));
+        CK(cudaMalloc(&d_r2, nb_rows * 8));
+        CK(cudaMalloc(&d_w, (size_t)De * D * 2));
+        CK(cudaMalloc(&d_e, nb_rows * dim * 2));
+        CK(cudaMalloc(&d_y, nb_tok * (size_t)D * 4 * 2));
+        CK(cudaMemcpy(d_zids, zids, NB * nb_tok * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemset(d_w, 0, (size_t)De * D * 2));
+        cublasHandle_t cb;
+        if (cublasCreate(&cb) != CUBLAS_STATUS_SUCCESS) {
+            fprintf(stderr, "bench_gpu: cublasCreate failed\n");
+            return 1;
+        }
+        cudaStream_t side;
+        CK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+        const float one = 1, zero = 0;
+        auto project = [&](void) {
+            for (int g = 0; g < 2; g++) /* y[tokens][D] = e[tokens][De] W[De][D] */
+                cublasGemmEx(cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)D, (int)nb_tok, (int)De, &one,
+                             d_w, CUDA_R_16BF, (int)D, d_e, CUDA_R_16BF, (int)De, &zero,
+                             d_y + (size_t)g * nb_tok * D, CUDA_R_32F, (int)D,
+                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        };
+        const uint64_t cache_rows = lrows / 8;
+        eg_cuda_table *ct = NULL;
+        if (eg_runtime_dim(rt) * 2 % 4 ||
+            eg_cuda_table_open_cached(rt, 0, cache_rows, 8, EG_BF16, nb_rows, &ct, &err)) {
+            fprintf(stderr, "cached table: %s\n", err.msg);
+            return 1;
+        }
+        double step[2] = {0, 0};
+        size_t hits = 0, loads = 0, direct = 0;
+        for (int rep = 0; rep < 2; rep++) /* the first pass warms up (and fills the cache) */
+            for (int w = 0; w < 2; w++) {
+                cudaDeviceSynchronize();
+                cudaEventRecord(e0);
+                if (w == 0) {
+                    for (size_t bi = 0; bi < NB; bi++) {
+                        eg_cuda_hash(dev_t, d_zids + bi * nb_tok, SB, T, d_r2, NULL, &err);
+                        eg_cuda_gather(dev_t, d_r2, nb_rows, d_e, NULL, &err);
+                        project();
+                    }
+                } else {
+                    eg_rowcache_plan_stats ps;
+                    eg_status es = EG_OK;
+                    /* rows of batch 0 on the host, staged */
+                    es = host_rows(0);
+                    if (!es)
+                        es = eg_cuda_cache_stage(ct, h_rows, nb_rows, d_slots, side, &ps, &err);
+                    for (size_t bi = 0; bi < NB && !es; bi++) {
+                        uint64_t *cur = d_slots + (bi & 1) * nb_rows;
+                        es = eg_cuda_gather_slots(ct, cur, nb_rows, d_e, NULL, &err);
+                        project(); /* queued: the GPU computes batch bi ... */
+                        if (!es && bi + 1 < NB) { /* ... while the host stages bi + 1 */
+                            es = host_rows(bi + 1);
+                            if (!es)
+                                es = eg_cuda_cache_stage(ct, h_rows, nb_rows,
+                                                         d_slots + ((bi + 1) & 1) * nb_rows, side,
+                                                         &ps, &err);
+                            if (rep == 1) {
+                                hits += ps.hits;
+                                loads += ps.loads;
+                                direct += ps.direct;
+                            }
+                        }
+                    }
+                    if (es) {
+                        fprintf(stderr, "offloaded step: %s\n", err.msg);
+                        return 1;
+                    }
+                }
+                cudaEventRecord(e1);
+                cudaEventSynchronize(e1);
+                step[w] = time_ms(e0, e1) * 1e-3 / NB;
+            }
+        printf("layer step (hash, gather, projections) of %zu tokens, table of %llu rows: "
+               "resident %.3f ms, offloaded behind a cache of %llu rows %.3f ms (%+.1f%%; bar: "
+               "+3%%)\n", nb_tok, (unsigned long long)lrows, step[0] * 1e3,
+               (unsigned long long)cache_rows, step[1] * 1e3, 100 * (step[1] / step[0] - 1));
+        printf("  cache: %.1f%% of positions hit, %.1f%% loaded, %.2f%% direct\n",
+               100.0 * hits / ((NB - 1) * nb_rows), 100.0 * loads / ((NB - 1) * nb_rows),
+               100.0 * direct / ((NB - 1) * nb_rows));
+        eg_cuda_table_close(ct);
+        cublasDestroy(cb);
+        cudaStreamDestroy(side);
+        cudaFree(d_zids);
+        cudaFree(d_slots);
+        cudaFree(d_r2);
+        cudaFree(d_w);
+        cudaFree(d_e);
+        cudaFree(d_y);
+        free(zids);
+        free(h_rows);
+        free(h_r32);
+    }
     eg_cuda_table_close(dev_t);
     eg_cuda_table_close(host_t);
     eg_runtime_close(rt);

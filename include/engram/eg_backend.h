@@ -43,7 +43,7 @@ typedef struct eg_backend {
                       size_t n, uint32_t dim, const eg_adam *hp, eg_err *err);
     /* hash raw ids [n_seq][seq_len] of a runtime's store and gather the rows
      * in the stored encoding, with the layer's table placed as `residency`
-     * (0 device, 1 host, 2 auto; the CPU ignores it): rows [n*H], out
+     * (0 device, 1 host, 2 auto, 3 cached; the CPU ignores it): rows [n*H], out
      * [n*H][row_bytes] */
     eg_status (*lookup)(eg_runtime *rt, uint32_t li, int residency, const uint32_t *ids,
                         size_t n_seq, size_t seq_len, uint64_t *rows, void *out, eg_err *err);

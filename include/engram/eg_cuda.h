@@ -15,6 +15,9 @@
  * gathered on a side stream while batch i computes (eg_cuda_gather on a
  * stream of the caller's choosing into a second buffer).
  *
+ *   EG_CUDA_CACHED  rows stay in host memory with the runtime; a device cache
+ *                   of hot rows (set associative, LRU) is filled ahead of
+ *                   each batch (eg_cuda_table_open_cached, below).
  * Streams are cudaStream_t passed as void * (NULL: the default stream).
  * The table borrows the store of `rt`: close the table before the runtime.
  * Rows trained in the runtime since open are not seen (open after a
@@ -25,12 +28,19 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "eg_base.h"
+#include "eg_dtype.h"
+#include "eg_rowcache.h"
 #include "eg_runtime.h"
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-typedef enum { EG_CUDA_DEVICE = 0, EG_CUDA_HOST = 1, EG_CUDA_AUTO = 2 } eg_cuda_residency;
+typedef enum {
+    EG_CUDA_DEVICE = 0,
+    EG_CUDA_HOST = 1,
+    EG_CUDA_AUTO = 2,
+    EG_CUDA_CACHED = 3 /* eg_cuda_table_open_cached */
+} eg_cuda_residency;
 
 typedef struct eg_cuda_table eg_cuda_table;
 
@@ -50,6 +60,45 @@ eg_status eg_cuda_hash(eg_cuda_table *t, const uint32_t *d_ids, size_t n_seq, si
  * EG_ERANGE (after the stream synchronizes). */
 eg_status eg_cuda_gather(eg_cuda_table *t, const uint64_t *d_rows, size_t n, void *d_out,
                          void *stream, eg_err *err);
+
+/* ---- cached tables: rows in host memory, hot rows in a device cache --------------- */
+
+/* A table whose rows stay with the runtime in host memory (the store's map
+ * and the rows set or trained since open) and whose hot rows live in a
+ * device cache of cache_rows rows (`ways`-way set associative, LRU; the
+ * directory is eg_rowcache.h's, on the host), decoded to `dtype` (EG_F32 or
+ * EG_BF16). Batches of at most max_batch positions. */
+eg_status eg_cuda_table_open_cached(eg_runtime *rt, uint32_t li, uint64_t cache_rows,
+                                    uint32_t ways, eg_dtype dtype, size_t max_batch,
+                                    eg_cuda_table **out, eg_err *err);
+
+/* Stage a batch: rows (host memory, n <= max_batch) -> d_slots (device, n
+ * uint64) for eg_cuda_gather_slots. On the host: plans the batch, writes
+ * dirty evicted rows back into the runtime (eg_rt_set_rows; waits for
+ * their copy), gathers the rows to load and those served directly into a
+ * pinned buffer (eg_rt_gather); then queues the copies on `stream` and
+ * returns. Call it for batch i+1 while batch i computes (two batches may be
+ * staged ahead of their gathers; a third waits for the oldest gather), and
+ * order the gather after `stream` (an event, or the same stream). */
+eg_status eg_cuda_cache_stage(eg_cuda_table *t, const uint64_t *rows, size_t n, uint64_t *d_slots,
+                              void *stream, eg_rowcache_plan_stats *stats, eg_err *err);
+
+/* d_out[i] = the cached or staged row of slot d_slots[i] (dtype of the
+ * cache); batches are gathered in the order they were staged. Asynchronous
+ * on `stream` (after the batch's copies). */
+eg_status eg_cuda_gather_slots(eg_cuda_table *t, const uint64_t *d_slots, size_t n, void *d_out,
+                               void *stream, eg_err *err);
+
+/* The cache's rows on the device (slot s at s * row bytes), for kernels that
+ * change cached rows in place; mark the slots they changed (host memory;
+ * direct positions are ignored: their rows are not cached). */
+void *eg_cuda_cache_rows(eg_cuda_table *t);
+eg_status eg_cuda_cache_mark_dirty(eg_cuda_table *t, const uint64_t *slots, size_t n,
+                                   eg_err *err);
+
+/* Copy every dirty cached row into the runtime (eg_rt_set_rows), e.g. before
+ * eg_rt_checkpoint; waits for the device. */
+eg_status eg_cuda_cache_writeback(eg_cuda_table *t, eg_err *err);
 
 #ifdef __cplusplus
 }

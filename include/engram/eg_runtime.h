@@ -142,6 +142,13 @@ typedef struct eg_adam {
 eg_status eg_rt_adam_step(eg_runtime *rt, uint32_t li, const uint64_t *uniq, const float *grads,
                           size_t n, const eg_adam *hp, eg_err *err);
 
+/* Set rows' values (n rows of dim binary32 values; a later row of the same
+ * id wins), keeping their optimizer state (m, v and step count; zero for a
+ * row not trained yet). For rows changed elsewhere, e.g. in a device cache
+ * (eg_cuda_cache_writeback); the next checkpoint writes them. */
+eg_status eg_rt_set_rows(eg_runtime *rt, uint32_t li, const uint64_t *rows, const float *vals,
+                         size_t n, eg_err *err);
+
 /* Write a new generation of the store (every row's current value in the
  * store's dtype, plus the binary32 values and Adam state of the trained
  * rows) to `path` (NULL: the store's own path), atomically: the old file

@@ -281,6 +281,7 @@ done:
 
 #include "layer.cuh"
 #include "table.cuh"
+#include "cache.cuh"
 
 namespace {
 const eg_backend cuda_backend = {"cuda",      cu_hash,     cu_gather, cu_unique,

@@ -4,8 +4,11 @@
 // refused), found through a per-block address table on the device.
 #include "engram/eg_cuda.h"
 
+struct eg_cuda_cache; // cache.cuh
+
 struct eg_cuda_table {
     eg_runtime *rt;
+    eg_cuda_cache *cc;            // CACHED: the device cache and its directory
     uint32_t li, N, K, H, R;
     size_t rb;
     uint64_t rows, nblocks;
@@ -21,6 +24,7 @@ struct eg_cuda_table {
 };
 
 namespace {
+void cache_free(eg_cuda_cache *c); // cache.cuh
 
 __global__ void hash64_kernel(const uint32_t *ids, size_t n_seq, size_t T, uint32_t N, uint32_t K,
                               uint32_t H, const int64_t *mult, const uint64_t *primes,
@@ -83,6 +87,7 @@ extern "C" __attribute__((visibility("default"))) void eg_cuda_table_close(eg_cu
         cudaFreeHost(t->h_pinned);
     if (t->h_registered)
         cudaHostUnregister((void *)t->h_registered);
+    cache_free(t->cc);
     free(t);
 }
 
@@ -229,6 +234,9 @@ eg_cuda_gather(eg_cuda_table *t, const uint64_t *d_rows, size_t n, void *d_out, 
 {
     if (!t)
         return eg_fail(err, EG_EINVAL, "eg_cuda_gather: NULL table");
+    if (t->cc)
+        return eg_fail(err, EG_EINVAL, "eg_cuda_gather: a cached table (eg_cuda_cache_stage, "
+                                       "eg_cuda_gather_slots)");
     eg_status st = EG_OK;
     int bad = 0;
     if (!n)
@@ -253,7 +261,18 @@ eg_status cu_lookup(eg_runtime *rt, uint32_t li, int residency, const uint32_t *
                     size_t seq_len, uint64_t *rows, void *out, eg_err *err)
 {
     eg_cuda_table *t = nullptr;
-    eg_status st = eg_cuda_table_open(rt, li, (eg_cuda_residency)residency, 0, &t, err);
+    const eg_store_info *in = eg_store_get_info(eg_runtime_store(rt));
+    const size_t chunk = 256; // CACHED: batches this small make a cache of 1/16 evict
+    eg_status st;
+    if (residency == EG_CUDA_CACHED) {
+        if (in->dtype != EG_F32 && in->dtype != EG_BF16)
+            return eg_fail(err, EG_EUNSUPPORTED, "lookup: a cached table holds f32 or bf16 rows");
+        const uint64_t lr = eg_spec_layer_rows(eg_runtime_spec(rt), li);
+        st = eg_cuda_table_open_cached(rt, li, lr / 16 > 64 ? lr / 16 : 64, 8, in->dtype, chunk,
+                                       &t, err);
+    } else {
+        st = eg_cuda_table_open(rt, li, (eg_cuda_residency)residency, 0, &t, err);
+    }
     if (st)
         return st;
     const size_t n = n_seq * seq_len, nr = n * t->H;
@@ -279,10 +298,46 @@ eg_status cu_lookup(eg_runtime *rt, uint32_t li, int residency, const uint32_t *
         x[i] = proj ? proj[id] : id;
     }
     CU(cudaMemcpy(d_ids, x, n * 4, cudaMemcpyHostToDevice));
-    if ((st = eg_cuda_hash(t, d_ids, n_seq, seq_len, d_rows, nullptr, err)) ||
-        (st = eg_cuda_gather(t, d_rows, nr, d_out, nullptr, err)))
+    if ((st = eg_cuda_hash(t, d_ids, n_seq, seq_len, d_rows, nullptr, err)))
         goto done;
-    CU(cudaMemcpy(rows, d_rows, nr * 8, cudaMemcpyDeviceToHost));
+    if (t->cc) { // rows to the host, staged and gathered in batches
+        CU(cudaMemcpy(rows, d_rows, nr * 8, cudaMemcpyDeviceToHost));
+        uint64_t *h_sl = (uint64_t *)malloc(chunk * 8);
+        if (!h_sl) {
+            st = eg_fail(err, EG_ENOMEM, "out of memory");
+            goto done;
+        }
+        // stage batch b+1 before gathering batch b, as a training loop does
+        size_t a = 0, staged = 0;
+        for (; staged < nr && staged < chunk && !st; staged += chunk)
+            st = eg_cuda_cache_stage(t, rows, nr < chunk ? nr : chunk, d_rows, nullptr, nullptr, err);
+        while (!st && a < nr) {
+            const size_t k = nr - a < chunk ? nr - a : chunk;
+            uint64_t *slots_a = d_rows + a; // the slots replace the rows, batch by batch
+            if (staged < nr) {
+                const size_t k2 = nr - staged < chunk ? nr - staged : chunk;
+                st = eg_cuda_cache_stage(t, rows + staged, k2, d_rows + staged, nullptr, nullptr,
+                                         err);
+                staged += k2;
+            }
+            if (!st)
+                st = eg_cuda_gather_slots(t, slots_a, k, d_out + a * t->rb, nullptr, err);
+            if (!st && a + k >= nr) { // the last batch: mark it dirty and write it back
+                cudaMemcpy(h_sl, slots_a, k * 8, cudaMemcpyDeviceToHost);
+                st = eg_cuda_cache_mark_dirty(t, h_sl, k, err);
+                if (!st)
+                    st = eg_cuda_cache_writeback(t, err);
+            }
+            a += k;
+        }
+        free(h_sl);
+        if (st)
+            goto done;
+    } else {
+        if ((st = eg_cuda_gather(t, d_rows, nr, d_out, nullptr, err)))
+            goto done;
+        CU(cudaMemcpy(rows, d_rows, nr * 8, cudaMemcpyDeviceToHost));
+    }
     CU(cudaMemcpy(out, d_out, nr * t->rb, cudaMemcpyDeviceToHost));
 done:
     free(x);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engram/engram.h"
@@ -84,6 +85,7 @@ static void apply_edits(const char *path, const uint8_t *d, size_t n)
         return;
     }
     size_t i = 0;
+    long cut = -1;
     while (i + 4 <= n) {
         const uint8_t op = d[i], kl = d[i + 1];
         if (i + 2 + kl + 2 > n)
@@ -94,6 +96,10 @@ static void apply_edits(const char *path, const uint8_t *d, size_t n)
         const size_t avail = n - (i + 4 + kl), vn = vl < avail ? vl : avail;
         i += 4 + kl + vn;
         MDB_val k = {kl, (void *)(uintptr_t)key}, v = {vn, (void *)(uintptr_t)val};
+        if (op == 0xFF && kl >= 3) { /* after the edits, cut the file at key[0..2] bytes */
+            cut = (long)(key[0] | key[1] << 8 | key[2] << 16);
+            continue;
+        }
         switch (op % 6) {
         case 0: mdb_put(txn, meta, &k, &v, 0); break;
         case 1: mdb_del(txn, meta, &k, NULL); break;
@@ -130,6 +136,9 @@ static void apply_edits(const char *path, const uint8_t *d, size_t n)
     }
     mdb_txn_commit(txn);
     mdb_env_close(env);
+    struct stat sb;
+    if (cut >= 0 && !stat(path, &sb) && cut < sb.st_size && truncate(path, cut))
+        return;
 }
 
 int eg_fuzz_store(const uint8_t *data, size_t size)
