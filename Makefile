@@ -112,7 +112,7 @@ LIB_CXX := $(wildcard tokenizer/*.cc)
 CLI_SRC := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/*.c) $(wildcard tests/fuzz/*.c)
 BENCH_SRC := $(wildcard bench/*.c)
-HDRS := $(wildcard include/engram/*.h base/*.h cli/*.h tests/*.h tests/fuzz/*.h runtime/*.h \
+HDRS := $(wildcard include/engram/*.h base/*.h cli/*.h tests/*.h tests/fuzz/*.h runtime/*.h tables/*.h \
           tokenizer/*.h)
 
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(LIB_CXX:%.cc=$(BUILD)/obj/%.o)

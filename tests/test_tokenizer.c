@@ -303,6 +303,8 @@ TEST(tokenizer_bad_inputs)
         {"wp.json", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": 0}}}", "model type 'WordPiece' is not supported", EG_EUNSUPPORTED},
         {"dec.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"decoder\": {\"type\": \"CTC\"}}", "decoder type 'CTC' is not supported", EG_EUNSUPPORTED},
         {"badid.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -4}, \"merges\": []}}", "not a valid id", EG_EFORMAT},
+        {"sparse.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 4000000000}, \"merges\": []}}", "far beyond the 2 vocabulary entries", EG_EFORMAT},
+        {"sparseadd.json", "{\"added_tokens\": [{\"id\": 3999999999, \"content\": \"<x>\"}], \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}", "far beyond", EG_EFORMAT},
         {"surrogate.json", "{\"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {\"\\ud800\": 0}}}", "not a valid tokenizer.json", EG_EFORMAT},
         {"junk.model", "\x01\x02garbage that is no protobuf\xff\xff\xff", "neither a tokenizer.json nor a SentencePiece model", EG_EFORMAT},
         {"empty.model", "", "empty file", EG_EFORMAT},

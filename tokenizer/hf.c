@@ -163,6 +163,15 @@ eg_status eg_tok_load_hf(eg_tokenizer *tok, const char *data, size_t len, const 
         st = eg_fail(err, EG_EFORMAT, "%s: empty vocabulary", path);
         goto done;
     }
+    /* ids index dense tables: a file naming id 4e9 among a handful of
+     * entries would make us allocate and walk gigabytes */
+    const size_t entries = json_object_size(vocab) + json_array_size(added);
+    if ((uint64_t)max_id >= (uint64_t)entries * 4 + 65536) {
+        st = eg_fail(err, EG_EFORMAT,
+                     "%s: id %lld is far beyond the %zu vocabulary entries (ids must be dense)",
+                     path, (long long)max_id, entries);
+        goto done;
+    }
     if ((st = eg_tok_alloc(tok, (size_t)max_id + 1, err)))
         goto done;
     for (size_t i = 0; i < tok->n; i++)

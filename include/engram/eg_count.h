@@ -56,6 +56,10 @@ typedef struct eg_count_opts {
     size_t top_k;        /* keep the top_k most frequent n-grams of each order */
     void (*progress)(uint64_t tokens_done, uint64_t tokens_total, void *ctx);
     void *progress_ctx;
+    int wide_keys; /* exact counting keys n-grams in one 64-bit word when N x
+                    * bits(V') <= 60 (16-byte table entries), else in two
+                    * (24 bytes); non-zero: always two (tests, benchmarks).
+                    * The output is the same. */
 } eg_count_opts;
 
 #define EG_FOF_BUCKETS 24 /* frequency of frequencies: counts 1..8, then powers of 2 */
@@ -72,6 +76,7 @@ typedef struct eg_count_stats {
     uint64_t fof[EG_COUNT_MAX_ORDER + 1][EG_FOF_BUCKETS];
     uint64_t spills;
     size_t table_bytes, buffer_bytes;
+    uint32_t key_words; /* exact counting: 64-bit words per key (1 or 2) */
     double seconds_count; /* reading and counting (and spilling) */
     double seconds_merge; /* the final sort, merge and write */
     eg_ngram_top *top[EG_COUNT_MAX_ORDER + 1]; /* top_k each, most frequent first */

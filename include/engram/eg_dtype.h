@@ -71,6 +71,9 @@ void eg_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out
  * zeros. */
 void eg_init_row(uint64_t seed, uint32_t layer_id, uint64_t row, uint32_t dim, double std,
                  float *out);
+/* n consecutive rows row0 .. row0+n-1 into out[n][dim] (faster than n calls). */
+void eg_init_rows(uint64_t seed, uint32_t layer_id, uint64_t row0, uint64_t n, uint32_t dim,
+                  double std, float *out);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,1473 @@
+/* count_core.h - exact n-gram counting within a memory budget (see eg_count.h),
+ * compiled twice: count64.c with KW 1 (keys of one 64-bit word: order << 60
+ * | ids, when N x bits <= 60; 16-byte table entries) and count.c with KW 2
+ * (two words: order << 124 | ids; 24-byte entries), which also holds the
+ * public entry points and the approximate counters. Same output either way. */
+#ifndef KW
+#error "define KW (1 or 2) before including count_core.h"
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zstd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../base/eg_internal.h"
+#include "engram/eg_count.h"
+#include "engram/eg_shard.h"
+
+__extension__ typedef unsigned __int128 u128;
+
+/* A counted n-gram: key = order << ORDER_SHIFT | ids packed oldest first.
+ * A zero top word marks an empty slot (the order, >= 2, lives in its top
+ * bits). With KW 1 the key is `lo` alone and hi reads as 0. */
+#if KW == 1
+typedef struct {
+    uint64_t lo, count;
+} entry;
+#define ORDER_SHIFT 60
+#define E_HI(e) ((uint64_t)0)
+#define E_SET_HI(e, v) ((void)(v))
+#define E_USED(e) ((e).lo != 0)
+#define KHI(a, i) ((uint64_t)0)
+#else
+typedef struct {
+    uint64_t hi, lo, count;
+} entry;
+#define ORDER_SHIFT 124
+#define E_HI(e) ((e).hi)
+#define E_SET_HI(e, v) ((e).hi = (v))
+#define E_USED(e) ((e).hi != 0)
+#define KHI(a, i) ((a)[i])
+#endif
+
+static inline u128 key_of(const entry *e) { return (u128)E_HI(*e) << 64 | e->lo; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static inline uint64_t mix_key(uint64_t hi, uint64_t lo)
+{
+    uint64_t h = lo * 0x9E3779B97F4A7C15ull ^ (hi + 0x632BE59BD9B4E019ull) * 0xC2B2AE3D27D4EB4Full;
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 32;
+    return h;
+}
+
+
+#if KW == 2
+uint64_t eg_fof_bucket_min(unsigned b) { return b < 8 ? b + 1 : 1ull << (b - 4); }
+#endif
+
+static unsigned fof_bucket(uint64_t c)
+{
+    if (c <= 8)
+        return (unsigned)c - 1;
+    unsigned lg = 63u - (unsigned)__builtin_clzll(c); /* c >= 16 -> lg >= 4 */
+    unsigned b = lg + 4;
+    return b < EG_FOF_BUCKETS ? b : EG_FOF_BUCKETS - 1;
+}
+
+/* ---- the counting state ----------------------------------------------------- */
+
+/* A partition's table: `cap` slots in use of the `maxcap` it may grow to
+ * (tables start small, so a small input touches little memory). */
+typedef struct {
+    entry *slot;
+    size_t cap, maxcap, used;
+} ptable;
+
+#define PT_START 1024
+
+/* Double the table (rehash); 0, or -1 when memory for the move runs out. */
+static int pt_grow(ptable *t)
+{
+    size_t ncap = t->cap * 2 < t->maxcap ? t->cap * 2 : t->maxcap;
+    entry *old = malloc(t->used * sizeof *old + 1);
+    if (!old)
+        return -1;
+    size_t k = 0;
+    for (size_t i = 0; i < t->cap; i++)
+        if (E_USED(t->slot[i]))
+            old[k++] = t->slot[i];
+    memset(t->slot, 0, ncap * sizeof *t->slot);
+    t->cap = ncap;
+    for (size_t i = 0; i < k; i++) {
+        size_t s = (size_t)(((u128)(uint32_t)mix_key(E_HI(old[i]), old[i].lo) * ncap) >> 32);
+        while (E_USED(t->slot[s]))
+            if (++s == ncap)
+                s = 0;
+        t->slot[s] = old[i];
+    }
+    free(old);
+    return 0;
+}
+
+typedef struct counter_ {
+    const eg_count_opts *o;
+    eg_err *err;
+    unsigned bits;   /* per id */
+    uint64_t idmask;
+    int nt;
+    /* key buffers */
+    uint64_t *khi, *klo, *shi, *slo; /* keys and their scattered copy */
+    uint64_t *kh, *sh;               /* the keys' hashes, and scattered (exact counting) */
+    size_t kn, kcap;
+    uint32_t *xb; /* the token block (see flush_block) */
+    uint8_t *db;
+    size_t xn, B;
+    /* partitions */
+    size_t P;
+    unsigned pshift;
+    ptable *part;
+    entry *table_mem;
+    size_t table_mem_bytes;
+    size_t *hist; /* nt * P */
+    size_t *start; /* P + 1 */
+    size_t *done;  /* per partition: keys already inserted from this batch */
+    /* runs */
+    char **runs;
+    size_t n_runs, runs_cap;
+    uint64_t spills;
+    char tmp_prefix[1024];
+    /* where full key buffers go: the tables (exact) or the sketches (approx) */
+    eg_status (*sink)(struct counter_ *c);
+    void *sketch;
+} counter;
+
+static inline size_t part_of(const counter *c, uint64_t h) { return (size_t)(h >> c->pshift); }
+
+/* Insert partition p's keys [from, to) of the scattered batch; stops early
+ * (returns the position) when the table is 90% full. */
+static size_t insert_part(counter *c, size_t p, size_t from, size_t to)
+{
+    ptable *t = &c->part[p];
+    enum { AHEAD = 12 }; /* prefetch the slots of keys this far ahead: the
+                          * inserts are bound by memory latency, not work */
+    for (size_t i = from; i < to; i++) {
+        if (t->used * 10 >= t->cap * 7 && t->cap < t->maxcap && pt_grow(t))
+            return i; /* no memory to grow: spill instead */
+        if (i + AHEAD < to) {
+            const uint64_t ha = c->sh[i + AHEAD];
+            __builtin_prefetch(&t->slot[(size_t)(((u128)(uint32_t)ha * t->cap) >> 32)], 1);
+        }
+        const size_t limit = t->cap - t->cap / 10;
+        const uint64_t hi = KHI(c->shi, i), lo = c->slo[i];
+        const uint64_t h = c->sh[i];
+        size_t s = (size_t)(((u128)(uint32_t)h * t->cap) >> 32);
+        for (;;) {
+            entry *e = &t->slot[s];
+            if (E_HI(*e) == hi && e->lo == lo) {
+                e->count++;
+                break;
+            }
+            if (!E_USED(*e)) {
+                if (t->used >= limit)
+                    return i;
+                E_SET_HI(*e, hi);
+                e->lo = lo;
+                e->count = 1;
+                t->used++;
+                break;
+            }
+            if (++s == t->cap)
+                s = 0;
+        }
+    }
+    return to;
+}
+
+static inline int entry_lt(const entry *a, const entry *b)
+{
+    return key_of(a) < key_of(b);
+}
+
+/* Introsort-free quicksort with an inlined comparison (median of three,
+ * insertion sort for short ranges); recursion on the smaller side. */
+static void sort_entries(entry *a, size_t n)
+{
+    while (n > 24) {
+        entry *m = a + n / 2, *z = a + n - 1;
+        if (entry_lt(m, a)) {
+            entry t = *m; *m = *a; *a = t;
+        }
+        if (entry_lt(z, m)) {
+            entry t = *z; *z = *m; *m = t;
+            if (entry_lt(m, a)) {
+                t = *m; *m = *a; *a = t;
+            }
+        }
+        const entry piv = *m;
+        size_t i = 0, j = n - 1;
+        for (;;) {
+            while (entry_lt(&a[i], &piv))
+                i++;
+            while (entry_lt(&piv, &a[j]))
+                j--;
+            if (i >= j)
+                break;
+            entry t = a[i];
+            a[i] = a[j];
+            a[j] = t;
+            i++;
+            j--;
+        }
+        /* [0, j] <= piv <= [j+1, n) */
+        size_t left = j + 1;
+        if (left < n - left) {
+            sort_entries(a, left);
+            a += left;
+            n -= left;
+        } else {
+            sort_entries(a + left, n - left);
+            n = left;
+        }
+    }
+    for (size_t i = 1; i < n; i++) {
+        entry v = a[i];
+        size_t k = i;
+        while (k && entry_lt(&v, &a[k - 1])) {
+            a[k] = a[k - 1];
+            k--;
+        }
+        a[k] = v;
+    }
+}
+
+#if KW == 1
+/* LSD radix sort of one-word keys, 11 bits a pass, skipping the digits in
+ * which every key agrees; tmp holds n entries. */
+static void radix_sort_entries(entry *a, entry *tmp, size_t n)
+{
+    enum { RB = 11, R = 1 << RB, D = (64 + RB - 1) / RB };
+    if (n < 64) {
+        sort_entries(a, n);
+        return;
+    }
+    size_t (*cnt)[R] = calloc(D, sizeof *cnt);
+    if (!cnt) {
+        sort_entries(a, n);
+        return;
+    }
+    uint64_t any = 0, all = ~0ull;
+    for (size_t i = 0; i < n; i++) {
+        const uint64_t k = a[i].lo;
+        any |= k;
+        all &= k;
+        for (unsigned d = 0; d < D; d++)
+            cnt[d][(k >> (RB * d)) & (R - 1)]++;
+    }
+    entry *src = a, *dst = tmp;
+    for (unsigned d = 0; d < D; d++) {
+        if ((((any ^ all) >> (RB * d)) & (R - 1)) == 0)
+            continue; /* every key has the same digit here */
+        size_t off = 0;
+        for (unsigned v = 0; v < R; v++) {
+            const size_t c = cnt[d][v];
+            cnt[d][v] = off;
+            off += c;
+        }
+        for (size_t i = 0; i < n; i++)
+            dst[cnt[d][(src[i].lo >> (RB * d)) & (R - 1)]++] = src[i];
+        entry *x = src;
+        src = dst;
+        dst = x;
+    }
+    if (src != a)
+        memcpy(a, src, n * sizeof *a);
+    free(cnt);
+}
+#endif
+
+/* Compact each partition's entries to its front and sort them. */
+static void sort_partitions(counter *c)
+{
+    const long long P = (long long)c->P;
+#if KW == 1
+    size_t most = 0; /* the radix sort's buffer, per thread: the fullest partition */
+    for (size_t p = 0; p < c->P; p++)
+        most = c->part[p].used > most ? c->part[p].used : most;
+#endif
+#ifdef _OPENMP
+#pragma omp parallel num_threads(c->nt)
+#endif
+    {
+#if KW == 1
+        entry *tmp = malloc(most * sizeof *tmp + 1);
+#endif
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (long long p = 0; p < P; p++) {
+            ptable *t = &c->part[p];
+            size_t w = 0;
+            for (size_t i = 0; i < t->cap; i++)
+                if (E_USED(t->slot[i]))
+                    t->slot[w++] = t->slot[i];
+#if KW == 1
+            if (tmp)
+                radix_sort_entries(t->slot, tmp, w);
+            else
+#endif
+                sort_entries(t->slot, w);
+            t->used = w;
+        }
+#if KW == 1
+        free(tmp);
+#endif
+    }
+}
+
+/* ---- sorted sources and the k-way merge ------------------------------------- */
+
+typedef struct {
+    /* in memory */
+    const entry *arr;
+    size_t n, i;
+    /* or a run file */
+    FILE *f;
+    ZSTD_DStream *zd;
+    unsigned char *in;
+    size_t in_len, in_pos;
+    entry *buf;
+    size_t buf_n, buf_i;
+    int eof;
+    entry cur;
+} source;
+
+#define RUN_BUF 4096
+
+static int source_next(source *s)
+{
+    if (s->arr) {
+        if (s->i >= s->n)
+            return 0;
+        if ((s->i & 7) == 0) /* 256 streams outrun the hardware prefetchers */
+            __builtin_prefetch(&s->arr[s->i + 32]);
+        s->cur = s->arr[s->i++];
+        return 1;
+    }
+    while (s->buf_i >= s->buf_n) {
+        if (s->eof)
+            return 0;
+        ZSTD_outBuffer ob = {s->buf, RUN_BUF * sizeof(entry), 0};
+        while (ob.pos < ob.size && !s->eof) {
+            if (s->in_pos == s->in_len) {
+                s->in_len = fread(s->in, 1, ZSTD_DStreamInSize(), s->f);
+                s->in_pos = 0;
+                if (s->in_len == 0) {
+                    s->eof = 1;
+                    break;
+                }
+            }
+            ZSTD_inBuffer ib = {s->in, s->in_len, s->in_pos};
+            size_t r = ZSTD_decompressStream(s->zd, &ob, &ib);
+            s->in_pos = ib.pos;
+            if (ZSTD_isError(r)) {
+                s->eof = 1;
+                return -1;
+            }
+        }
+        if (ob.pos % sizeof(entry))
+            return -1;
+        s->buf_n = ob.pos / sizeof(entry);
+        s->buf_i = 0;
+    }
+    s->cur = s->buf[s->buf_i++];
+    return 1;
+}
+
+static void source_close(source *s)
+{
+    if (s->f)
+        fclose(s->f);
+    if (s->zd)
+        ZSTD_freeDStream(s->zd);
+    free(s->in);
+    free(s->buf);
+}
+
+/* A loser tree over the sources: tree[0] is the current winner, tree[1..k)
+ * the loser of each match; key[] caches each leaf's current key, UINT64_MAX
+ * in both words once the source is done (real keys have an order <= 8 in the
+ * top bits). One comparison per level when the winner advances. */
+typedef struct {
+    source *src;
+    size_t k; /* leaves: a power of two >= the number of sources */
+    uint32_t *tree;
+    uint64_t (*key)[2];
+    void *heap; /* the one allocation (tree and keys) */
+} merger;
+
+static inline int leaf_less(const merger *m, uint32_t a, uint32_t b)
+{
+    const uint64_t *x = m->key[a], *y = m->key[b];
+    return x[0] != y[0] ? x[0] < y[0] : x[1] != y[1] ? x[1] < y[1] : a < b;
+}
+
+static void leaf_set(merger *m, uint32_t i, int live)
+{
+    m->key[i][0] = live ? E_HI(m->src[i].cur) : UINT64_MAX;
+    m->key[i][1] = live ? m->src[i].cur.lo : UINT64_MAX;
+}
+
+static uint32_t lt_build(merger *m, size_t node)
+{
+    if (node >= m->k)
+        return (uint32_t)(node - m->k);
+    uint32_t a = lt_build(m, 2 * node), b = lt_build(m, 2 * node + 1);
+    if (leaf_less(m, b, a)) {
+        m->tree[node] = a;
+        return b;
+    }
+    m->tree[node] = b;
+    return a;
+}
+
+/* Start the merge: every source positioned on its first entry. */
+static int merger_init(merger *m, source *src, size_t n)
+{
+    m->src = src;
+    m->k = 1;
+    while (m->k < n)
+        m->k *= 2;
+    m->heap = malloc(m->k * (sizeof *m->tree + sizeof *m->key));
+    if (!m->heap)
+        return -1;
+    m->key = m->heap;
+    m->tree = (uint32_t *)(m->key + m->k);
+    for (size_t i = 0; i < m->k; i++) {
+        int r = i < n ? source_next(&src[i]) : 0;
+        if (r < 0)
+            return -1;
+        leaf_set(m, (uint32_t)i, r);
+    }
+    m->tree[0] = lt_build(m, 1);
+    return 0;
+}
+
+/* The next n-gram with its summed count; 0 at the end, -1 on a bad run. */
+static int merger_next(merger *m, entry *out)
+{
+    uint32_t w = m->tree[0];
+    if (m->key[w][0] == UINT64_MAX && m->key[w][1] == UINT64_MAX)
+        return 0;
+    *out = m->src[w].cur;
+    out->count = 0;
+    while (m->key[w][0] == E_HI(*out) && m->key[w][1] == out->lo) {
+        source *s = &m->src[w];
+        out->count += s->cur.count;
+        int r = source_next(s);
+        if (r < 0)
+            return -1;
+        leaf_set(m, w, r);
+        for (size_t t = (w + m->k) / 2; t; t /= 2)
+            if (leaf_less(m, m->tree[t], w)) {
+                uint32_t l = m->tree[t];
+                m->tree[t] = w;
+                w = l;
+            }
+        m->tree[0] = w;
+    }
+    return 1;
+}
+
+/* ---- spilling ------------------------------------------------------------------ */
+
+static eg_status spill(counter *c)
+{
+    sort_partitions(c);
+    char path[1100];
+    snprintf(path, sizeof path, "%s.run%zu.zst", c->tmp_prefix, c->n_runs);
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return eg_fail(c->err, EG_EIO, "%s: cannot create a spill run: %s", path,
+                       strerror(errno));
+    if (c->n_runs == c->runs_cap) {
+        c->runs_cap = c->runs_cap ? 2 * c->runs_cap : 8;
+        char **r = realloc(c->runs, c->runs_cap * sizeof *r);
+        if (!r) {
+            fclose(f);
+            unlink(path);
+            return eg_fail(c->err, EG_ENOMEM, "out of memory");
+        }
+        c->runs = r;
+    }
+    c->runs[c->n_runs++] = strdup(path);
+    source *src = calloc(c->P, sizeof *src);
+    merger m = {0};
+    ZSTD_CCtx *cc = ZSTD_createCCtx();
+    size_t outcap = ZSTD_CStreamOutSize();
+    unsigned char *out = malloc(outcap);
+    entry *blk = malloc(RUN_BUF * sizeof *blk);
+    eg_status st = EG_OK;
+    if (!src || !cc || !out || !blk || !c->runs[c->n_runs - 1]) {
+        st = eg_fail(c->err, EG_ENOMEM, "out of memory");
+        goto done;
+    }
+    ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, 1);
+    for (size_t p = 0; p < c->P; p++) {
+        src[p].arr = c->part[p].slot;
+        src[p].n = c->part[p].used;
+    }
+    if (merger_init(&m, src, c->P)) {
+        st = eg_fail(c->err, EG_ENOMEM, "out of memory");
+        goto done;
+    }
+    size_t nb = 0;
+    entry e;
+    int r;
+    for (;;) {
+        r = merger_next(&m, &e);
+        if (r > 0)
+            blk[nb++] = e;
+        if (nb == RUN_BUF || (r == 0 && nb)) {
+            ZSTD_inBuffer ib = {blk, nb * sizeof *blk, 0};
+            while (ib.pos < ib.size) {
+                ZSTD_outBuffer ob = {out, outcap, 0};
+                size_t zr = ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_continue);
+                if (ZSTD_isError(zr) || fwrite(out, 1, ob.pos, f) != ob.pos) {
+                    st = eg_fail(c->err, EG_EIO, "%s: writing a spill run failed", path);
+                    goto done;
+                }
+            }
+            nb = 0;
+        }
+        if (r == 0)
+            break;
+    }
+    for (;;) {
+        ZSTD_inBuffer ib = {NULL, 0, 0};
+        ZSTD_outBuffer ob = {out, outcap, 0};
+        size_t left = ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_end);
+        if (ZSTD_isError(left) || fwrite(out, 1, ob.pos, f) != ob.pos) {
+            st = eg_fail(c->err, EG_EIO, "%s: writing a spill run failed", path);
+            goto done;
+        }
+        if (left == 0)
+            break;
+    }
+    for (size_t p = 0; p < c->P; p++) {
+        memset(c->part[p].slot, 0, c->part[p].cap * sizeof(entry));
+        c->part[p].used = 0; /* keeps its grown size: it will fill again */
+    }
+    c->spills++;
+done:
+    if (fclose(f) && !st)
+        st = eg_fail(c->err, EG_EIO, "%s: writing a spill run failed", path);
+    free(m.heap);
+    free(src);
+    ZSTD_freeCCtx(cc);
+    free(out);
+    free(blk);
+    return st;
+}
+
+/* ---- counting a batch of keys --------------------------------------------------- */
+
+static eg_status flush_keys(counter *c)
+{
+    const size_t n = c->kn, P = c->P;
+    const int nt = c->nt;
+    if (!n)
+        return EG_OK;
+    memset(c->hist, 0, (size_t)nt * P * sizeof *c->hist);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        const int t = 0, T = 1;
+#endif
+        size_t a = n * (size_t)t / (size_t)T, b = n * (size_t)(t + 1) / (size_t)T;
+        size_t *h = c->hist + (size_t)t * P;
+        for (size_t i = a; i < b; i++)
+            h[part_of(c, c->kh[i] = mix_key(KHI(c->khi, i), c->klo[i]))]++;
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp single
+#endif
+        {
+            size_t off = 0;
+            for (size_t p = 0; p < P; p++) {
+                c->start[p] = off;
+                for (int tt = 0; tt < T; tt++) {
+                    size_t v = c->hist[(size_t)tt * P + p];
+                    c->hist[(size_t)tt * P + p] = off;
+                    off += v;
+                }
+            }
+            c->start[P] = off;
+        }
+        for (size_t i = a; i < b; i++) {
+            size_t p = part_of(c, c->kh[i]);
+            size_t dst = h[p]++;
+            c->sh[dst] = c->kh[i];
+#if KW == 2
+            c->shi[dst] = c->khi[i];
+#endif
+            c->slo[dst] = c->klo[i];
+        }
+    }
+    for (size_t p = 0; p < P; p++)
+        c->done[p] = c->start[p];
+    for (;;) {
+        int full = 0;
+        const long long PP = (long long)P;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt) reduction(| : full)
+#endif
+        for (long long p = 0; p < PP; p++) {
+            c->done[p] = insert_part(c, (size_t)p, c->done[p], c->start[p + 1]);
+            full |= c->done[p] < c->start[p + 1];
+        }
+        if (!full)
+            break;
+        eg_status st = spill(c);
+        if (st)
+            return st;
+    }
+    c->kn = 0;
+    return EG_OK;
+}
+
+/* ---- reading the input ---------------------------------------------------------- */
+
+/* The token block: projected ids with the N-1 previous tokens of the stream
+ * in front (xb), and per position how far back its own sequence reaches, at
+ * most N-1 (db); several sequences share a block. flush_block generates the
+ * keys of every position in parallel, N-1 per position in fixed slots, and
+ * hands them to the sink. */
+static eg_status flush_block(counter *c)
+{
+    const uint32_t N = c->o->max_ngram, H = N - 1;
+    const unsigned b = c->bits;
+    const uint32_t pad = (uint32_t)c->o->pad;
+    const long long n = (long long)c->xn;
+    const uint32_t *x = c->xb + H;
+    const uint8_t *d = c->db;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(c->nt) if (n > 65536)
+#endif
+    for (long long i = 0; i < n; i++) {
+        u128 v = x[i];
+        const size_t o = (size_t)i * H;
+        for (uint32_t k = 1; k <= H; k++) {
+            /* order k+1: ids x[i-k..i], oldest first = most significant */
+            const uint32_t id = k <= d[i] ? x[i - (long long)k] : pad;
+            v |= (u128)id << (b * k);
+            const u128 key = (u128)(k + 1) << ORDER_SHIFT | v;
+#if KW == 2
+            c->khi[o + k - 1] = (uint64_t)(key >> 64);
+#endif
+            c->klo[o + k - 1] = (uint64_t)key;
+        }
+    }
+    c->kn = (size_t)n * H;
+    eg_status st = c->sink(c);
+    /* the last H tokens of the stream become the next block's history */
+    memmove(c->xb, c->xb + c->xn, H * sizeof *c->xb);
+    c->xn = 0;
+    return st;
+}
+
+static eg_status count_segment(counter *c, const eg_shard *s, const char *path, uint64_t a,
+                               uint64_t b, uint64_t *done_tokens, uint64_t total)
+{
+    const eg_count_opts *o = c->o;
+    const uint32_t H = o->max_ngram - 1;
+    uint64_t in_seq = 0; /* position within this sequence */
+    for (uint64_t pos = a; pos < b;) {
+        size_t n = (size_t)(b - pos < c->B - c->xn ? b - pos : c->B - c->xn);
+        uint32_t *x = c->xb + H + c->xn;
+        eg_status st = eg_shard_read(s, pos, n, x, c->err);
+        if (st)
+            return st;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t id = x[i];
+            if (o->proj) {
+                if (id >= o->n_proj)
+                    return eg_fail(c->err, EG_ERANGE,
+                                   "%s: token %llu is id %u, outside the projection's %zu ids",
+                                   path, (unsigned long long)(pos + i), id, o->n_proj);
+                id = o->proj[id];
+            }
+            if (id >= o->vprime)
+                return eg_fail(c->err, EG_ERANGE, "%s: token %llu: compressed id %u >= V' = %llu",
+                               path, (unsigned long long)(pos + i), id,
+                               (unsigned long long)o->vprime);
+            x[i] = id;
+            c->db[c->xn + i] = (uint8_t)(in_seq + i < H ? in_seq + i : H);
+        }
+        c->xn += n;
+        in_seq += n;
+        pos += n;
+        if (c->xn == c->B && (st = flush_block(c)))
+            return st;
+        *done_tokens += n;
+        if (o->progress)
+            o->progress(*done_tokens, total, o->progress_ctx);
+    }
+    return EG_OK;
+}
+
+static void counter_free(counter *c)
+{
+    for (size_t i = 0; i < c->n_runs; i++) {
+        unlink(c->runs[i]);
+        free(c->runs[i]);
+    }
+    free(c->runs);
+    free(c->xb);
+    free(c->db);
+    free(c->khi);
+    free(c->kh);
+    free(c->sh);
+    free(c->klo);
+    free(c->shi);
+    free(c->slo);
+    eg_big_free(c->table_mem, c->table_mem_bytes);
+    free(c->part);
+    free(c->hist);
+    free(c->start);
+    free(c->done);
+}
+
+/* ---- the counts file -------------------------------------------------------------- */
+
+static size_t header_bytes(uint32_t N) { return 8 + 4 + 4 + 8 + 8 + 8 + (size_t)(N - 1) * 16; }
+
+static int top_worse(const eg_ngram_top *a, const eg_ngram_top *b)
+{
+    /* "worse" = lower count, or equal count and larger ids (kept last) */
+    if (a->count != b->count)
+        return a->count < b->count;
+    return memcmp(a->ids, b->ids, sizeof a->ids) > 0;
+}
+
+static void top_offer(eg_count_stats *st, uint32_t n, size_t k, const eg_ngram_top *t)
+{
+    if (!k || !st->top[n])
+        return;
+    eg_ngram_top *h = st->top[n]; /* a min-heap of the k best, worst at the root */
+    size_t m = st->n_top[n];
+    if (m < k) {
+        size_t i = m;
+        h[i] = *t;
+        while (i && top_worse(&h[i], &h[(i - 1) / 2])) {
+            eg_ngram_top tmp = h[i];
+            h[i] = h[(i - 1) / 2];
+            h[(i - 1) / 2] = tmp;
+            i = (i - 1) / 2;
+        }
+        st->n_top[n] = m + 1;
+        return;
+    }
+    if (!top_worse(&h[0], t))
+        return;
+    h[0] = *t;
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, s = i;
+        if (l < m && top_worse(&h[l], &h[s]))
+            s = l;
+        if (l + 1 < m && top_worse(&h[l + 1], &h[s]))
+            s = l + 1;
+        if (s == i)
+            break;
+        eg_ngram_top tmp = h[i];
+        h[i] = h[s];
+        h[s] = tmp;
+        i = s;
+    }
+}
+
+static int cmp_top(const void *a, const void *b)
+{
+    const eg_ngram_top *x = a, *y = b;
+    return top_worse(x, y) ? 1 : top_worse(y, x) ? -1 : 0;
+}
+
+#if KW == 2
+void eg_count_stats_free(eg_count_stats *st)
+{
+    if (!st)
+        return;
+    for (int n = 0; n <= EG_COUNT_MAX_ORDER; n++) {
+        free(st->top[n]);
+        st->top[n] = NULL;
+        st->n_top[n] = 0;
+    }
+}
+#endif
+
+/* Encode one merged n-gram as a counts-file record at `out` (returns its
+ * size) and account for it in the statistics. */
+static size_t emit_record(const counter *c, const entry *e, eg_count_stats *st,
+                          unsigned char *out)
+{
+    const u128 key = key_of(e);
+    const uint32_t n = (uint32_t)(key >> ORDER_SHIFT);
+    eg_ngram_top t;
+    memset(&t, 0, sizeof t);
+    u128 v = key;
+    for (uint32_t k = n; k-- > 0;) {
+        t.ids[k] = (uint32_t)(v & c->idmask);
+        v >>= c->bits;
+    }
+    t.count = e->count;
+    for (uint32_t k = 0; k < n; k++)
+        eg_put_le32(out + 4 * k, t.ids[k]);
+    eg_put_le64(out + 4 * n, e->count);
+    st->distinct[n]++;
+    st->total[n] += e->count;
+    st->singletons[n] += e->count == 1;
+    st->fof[n][fof_bucket(e->count)]++;
+    top_offer(st, n, c->o->top_k, &t);
+    return 4 * (size_t)n + 8;
+}
+
+static size_t lower_bound(const entry *a, size_t n, uint64_t hi, uint64_t lo)
+{
+    size_t l = 0, r = n;
+    while (l < r) {
+        size_t m = l + (r - l) / 2;
+        if (E_HI(a[m]) < hi || (E_HI(a[m]) == hi && a[m].lo < lo))
+            l = m + 1;
+        else
+            r = m;
+    }
+    return l;
+}
+
+static eg_status write_header(counter *c, int fd, const eg_count_stats *st, const char *path)
+{
+    const uint32_t N = c->o->max_ngram;
+    unsigned char hdr[8 + 4 + 4 + 8 + 8 + 8 + 16 * EG_COUNT_MAX_ORDER];
+    memset(hdr, 0, sizeof hdr);
+    memcpy(hdr, "EGCOUNT1", 8);
+    eg_put_le32(hdr + 8, 1);
+    eg_put_le32(hdr + 12, N);
+    eg_put_le64(hdr + 16, c->o->vprime);
+    eg_put_le64(hdr + 24, (uint64_t)c->o->pad);
+    eg_put_le64(hdr + 32, st->tokens);
+    for (uint32_t n = 2; n <= N; n++) {
+        eg_put_le64(hdr + 40 + 16 * (n - 2), st->distinct[n]);
+        eg_put_le64(hdr + 48 + 16 * (n - 2), st->total[n]);
+    }
+    size_t len = header_bytes(N);
+    if (pwrite(fd, hdr, len, 0) != (ssize_t)len)
+        return eg_fail(c->err, EG_EIO, "%s: write failed: %s", path, strerror(errno));
+    return EG_OK;
+}
+
+/* Without spills every n-gram lives in exactly one partition, so the output
+ * is split by key range across threads: each merges its range of every
+ * (sorted) partition and writes it with pwrite at an offset known in advance. */
+static eg_status write_counts_parallel(counter *c, eg_count_stats *st)
+{
+    const eg_count_opts *o = c->o;
+    const uint32_t N = o->max_ngram;
+    const int T = c->nt;
+    const size_t P = c->P;
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", o->output, (long)getpid());
+    /* splitters from the largest partition (partitions are hash-random) */
+    size_t big = 0;
+    for (size_t p = 1; p < P; p++)
+        if (c->part[p].used > c->part[big].used)
+            big = p;
+    entry split[64];
+    for (int t = 1; t < T; t++)
+        split[t] = c->part[big].slot[c->part[big].used * (size_t)t / (size_t)T];
+    /* every thread's sub-range of every partition, and its bytes */
+    size_t *lo = malloc((size_t)T * P * sizeof *lo), *hi = malloc((size_t)T * P * sizeof *hi);
+    uint64_t *bytes = calloc((size_t)T + 1, sizeof *bytes);
+    eg_count_stats *ts = calloc((size_t)T, sizeof *ts);
+    eg_status ret = EG_OK;
+    int fd = -1;
+    if (!lo || !hi || !bytes || !ts) {
+        ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (int t = 0; t < T; t++)
+        for (size_t p = 0; p < P; p++) {
+            const entry *a = c->part[p].slot;
+            const size_t n = c->part[p].used;
+            size_t x = t == 0 ? 0 : lower_bound(a, n, E_HI(split[t]), split[t].lo);
+            size_t y = t == T - 1 ? n : lower_bound(a, n, E_HI(split[t + 1]), split[t + 1].lo);
+            lo[(size_t)t * P + p] = x;
+            hi[(size_t)t * P + p] = y < x ? x : y;
+            for (uint32_t k = 2; k <= N; k++) {
+                const u128 o0 = (u128)k << ORDER_SHIFT, o1 = (u128)(k + 1) << ORDER_SHIFT;
+                size_t b0 = lower_bound(a, n, (uint64_t)(o0 >> 64), (uint64_t)o0);
+                size_t b1 = lower_bound(a, n, (uint64_t)(o1 >> 64), (uint64_t)o1);
+                size_t from = b0 > x ? b0 : x, to = b1 < y ? b1 : y;
+                if (to > from)
+                    bytes[t + 1] += (uint64_t)(to - from) * (4ull * k + 8);
+            }
+        }
+    bytes[0] = header_bytes(N);
+    for (int t = 1; t <= T; t++)
+        bytes[t] += bytes[t - 1]; /* bytes[t]: where thread t starts */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        ret = eg_fail(c->err, EG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+        goto done;
+    }
+    for (int t = 0; t < T && o->top_k; t++)
+        for (uint32_t n = 2; n <= N; n++)
+            if (!(ts[t].top[n] = calloc(o->top_k, sizeof *ts[t].top[n])))
+                ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+    if (ret)
+        goto done;
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(T) reduction(| : failed)
+#endif
+    for (int t = 0; t < T; t++) {
+        source *src = calloc(P, sizeof *src);
+        merger m = {0};
+        unsigned char *buf = malloc(1 << 16);
+        uint64_t at = bytes[t];
+        size_t wn = 0;
+        entry e;
+        if (!src || !buf) {
+            failed = 1;
+        } else {
+            for (size_t p = 0; p < P; p++) {
+                src[p].arr = c->part[p].slot + lo[(size_t)t * P + p];
+                src[p].n = hi[(size_t)t * P + p] - lo[(size_t)t * P + p];
+            }
+            if (merger_init(&m, src, P))
+                failed = 1;
+            while (!failed && merger_next(&m, &e) > 0) {
+                if (wn + 4 * EG_COUNT_MAX_ORDER + 8 > (1 << 16)) {
+                    failed |= pwrite(fd, buf, wn, (off_t)at) != (ssize_t)wn;
+                    at += wn;
+                    wn = 0;
+                }
+                wn += emit_record(c, &e, &ts[t], buf + wn);
+            }
+            if (!failed && wn)
+                failed |= pwrite(fd, buf, wn, (off_t)at) != (ssize_t)wn;
+        }
+        free(m.heap);
+        free(src);
+        free(buf);
+    }
+    if (failed) {
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
+        goto done;
+    }
+    for (int t = 0; t < T; t++)
+        for (uint32_t n = 2; n <= N; n++) {
+            st->distinct[n] += ts[t].distinct[n];
+            st->total[n] += ts[t].total[n];
+            st->singletons[n] += ts[t].singletons[n];
+            for (unsigned b = 0; b < EG_FOF_BUCKETS; b++)
+                st->fof[n][b] += ts[t].fof[n][b];
+        }
+    for (uint32_t n = 2; n <= N && o->top_k; n++) {
+        if (!(st->top[n] = calloc(o->top_k, sizeof *st->top[n]))) {
+            ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+            goto done;
+        }
+        for (int t = 0; t < T; t++)
+            for (size_t i = 0; i < ts[t].n_top[n]; i++)
+                top_offer(st, n, o->top_k, &ts[t].top[n][i]);
+        qsort(st->top[n], st->n_top[n], sizeof *st->top[n], cmp_top);
+    }
+    if ((ret = write_header(c, fd, st, tmp)))
+        goto done;
+    if (fsync(fd))
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+done:
+    if (fd >= 0 && close(fd) && !ret)
+        ret = eg_fail(c->err, EG_EIO, "%s: close failed", tmp);
+    if (!ret && rename(tmp, o->output))
+        ret = eg_fail(c->err, EG_EIO, "%s: cannot rename into place: %s", o->output,
+                      strerror(errno));
+    if (ret && fd >= 0)
+        unlink(tmp);
+    for (int t = 0; ts && t < T; t++)
+        eg_count_stats_free(&ts[t]);
+    free(ts);
+    free(lo);
+    free(hi);
+    free(bytes);
+    return ret;
+}
+
+static eg_status write_counts(counter *c, eg_count_stats *st)
+{
+    const eg_count_opts *o = c->o;
+    const uint32_t N = o->max_ngram;
+    sort_partitions(c);
+    if (c->n_runs == 0 && c->nt > 1 && c->nt <= 64)
+        return write_counts_parallel(c, st);
+    size_t ns = c->P + c->n_runs;
+    source *src = calloc(ns, sizeof *src);
+    merger m = {0};
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", o->output, (long)getpid());
+    FILE *f = NULL;
+    eg_status ret = EG_OK;
+    if (!src) {
+        ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t p = 0; p < c->P; p++) {
+        src[p].arr = c->part[p].slot;
+        src[p].n = c->part[p].used;
+    }
+    for (size_t r = 0; r < c->n_runs; r++) {
+        source *s = &src[c->P + r];
+        s->f = fopen(c->runs[r], "rb");
+        s->zd = ZSTD_createDStream();
+        s->in = malloc(ZSTD_DStreamInSize());
+        s->buf = malloc(RUN_BUF * sizeof(entry));
+        if (!s->f || !s->zd || !s->in || !s->buf) {
+            ret = eg_fail(c->err, EG_EIO, "%s: cannot reopen a spill run", c->runs[r]);
+            goto done;
+        }
+        ZSTD_initDStream(s->zd);
+    }
+    if (merger_init(&m, src, ns)) {
+        ret = eg_fail(c->err, EG_EFORMAT, "a spill run is unreadable");
+        goto done;
+    }
+    f = fopen(tmp, "wb");
+    if (!f) {
+        ret = eg_fail(c->err, EG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+        goto done;
+    }
+    unsigned char zero[8 + 4 + 4 + 8 + 8 + 8 + 16 * EG_COUNT_MAX_ORDER] = {0};
+    if (fwrite(zero, 1, header_bytes(N), f) != header_bytes(N)) { /* placeholder */
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
+        goto done;
+    }
+    for (uint32_t n = 2; n <= N; n++)
+        if (o->top_k && !(st->top[n] = calloc(o->top_k, sizeof *st->top[n]))) {
+            ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+            goto done;
+        }
+    entry e;
+    int r;
+    static _Thread_local unsigned char wbuf[1 << 16];
+    size_t wn = 0;
+    while ((r = merger_next(&m, &e)) > 0) {
+        if (wn + 4 * EG_COUNT_MAX_ORDER + 8 > sizeof wbuf) {
+            if (fwrite(wbuf, 1, wn, f) != wn) {
+                ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+                goto done;
+            }
+            wn = 0;
+        }
+        wn += emit_record(c, &e, st, wbuf + wn);
+    }
+    if (r < 0) {
+        ret = eg_fail(c->err, EG_EFORMAT, "a spill run is corrupt");
+        goto done;
+    }
+    if (wn && fwrite(wbuf, 1, wn, f) != wn) {
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+        goto done;
+    }
+    for (uint32_t n = 2; n <= N; n++)
+        if (st->top[n])
+            qsort(st->top[n], st->n_top[n], sizeof *st->top[n], cmp_top);
+    if (fflush(f))
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+    else if (!(ret = write_header(c, fileno(f), st, tmp)) && fsync(fileno(f)))
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+done:
+    if (f && fclose(f) && !ret)
+        ret = eg_fail(c->err, EG_EIO, "%s: close failed", tmp);
+    if (!ret && rename(tmp, o->output))
+        ret = eg_fail(c->err, EG_EIO, "%s: cannot rename into place: %s", o->output,
+                      strerror(errno));
+    if (ret)
+        unlink(tmp);
+    for (size_t i = 0; src && i < ns; i++)
+        source_close(&src[i]);
+    free(src);
+    free(m.heap);
+    return ret;
+}
+
+/* ---- the driver ---------------------------------------------------------------------- */
+
+static eg_status check_opts(const eg_count_opts *o, eg_err *err)
+{
+    if (!o || !o->shards || !o->n_shards)
+        return eg_fail(err, EG_EINVAL, "count: no input shards");
+    if (o->max_ngram < 2 || o->max_ngram > EG_COUNT_MAX_ORDER)
+        return eg_fail(err, EG_EINVAL, "count: orders 2..N with N in 2..%d (got %u)",
+                       EG_COUNT_MAX_ORDER, o->max_ngram);
+    if (o->vprime == 0 || o->vprime > (1ull << 32))
+        return eg_fail(err, EG_EINVAL, "count: V' must be in 1..2^32");
+    if (o->pad < 0 || (uint64_t)o->pad >= o->vprime)
+        return eg_fail(err, EG_ERANGE, "count: the compressed pad id %lld is outside V' = %llu",
+                       (long long)o->pad, (unsigned long long)o->vprime);
+    if (o->pad_mode == EG_PAD_SEQLEN && !o->seq_len)
+        return eg_fail(err, EG_EINVAL, "count: --seq-len needs T >= 1");
+    return EG_OK;
+}
+
+static unsigned id_bits(uint64_t vprime)
+{
+    unsigned b = 1;
+    while (b < 32 && (1ull << b) < vprime)
+        b++;
+    return b;
+}
+
+/* Run the input through `each_segment` (shared by exact and approximate). */
+typedef eg_status (*segment_fn)(void *ctx, const eg_shard *s, const char *path, uint64_t a,
+                                uint64_t b, uint64_t *done, uint64_t total);
+
+static eg_status for_each_segment(const eg_count_opts *o, segment_fn fn, void *ctx,
+                                  uint64_t *tokens, eg_err *err)
+{
+    /* totals first, for progress and early format errors */
+    uint64_t total = 0, done = 0;
+    for (size_t i = 0; i < o->n_shards; i++) {
+        eg_shard *s = NULL;
+        eg_status st = eg_shard_open(o->shards[i], &s, err);
+        if (st)
+            return st;
+        total += eg_shard_n_tokens(s);
+        eg_shard_close(s);
+    }
+    for (size_t i = 0; i < o->n_shards; i++) {
+        eg_shard *s = NULL;
+        eg_status st = eg_shard_open(o->shards[i], &s, err);
+        if (st)
+            return st;
+        const uint64_t n = eg_shard_n_tokens(s);
+        if (o->pad_mode == EG_PAD_DOCS) {
+            for (uint64_t d = 0; d < eg_shard_n_docs(s) && !st; d++) {
+                uint64_t first, len;
+                if ((st = eg_shard_doc(s, d, &first, &len)) == EG_OK && len)
+                    st = fn(ctx, s, o->shards[i], first, first + len, &done, total);
+            }
+        } else {
+            for (uint64_t a = 0; a < n && !st; a += o->seq_len)
+                st = fn(ctx, s, o->shards[i], a, a + o->seq_len < n ? a + o->seq_len : n, &done,
+                        total);
+        }
+        eg_shard_close(s);
+        if (st)
+            return st;
+    }
+    *tokens = done;
+    return EG_OK;
+}
+
+static eg_status exact_segment(void *vctx, const eg_shard *s, const char *path, uint64_t a,
+                               uint64_t b, uint64_t *done, uint64_t total)
+{
+    return count_segment(vctx, s, path, a, b, done, total);
+}
+
+/* The token block of a counter: kcap keys are N-1 per position. */
+static int alloc_block(counter *c)
+{
+    const uint32_t H = c->o->max_ngram - 1;
+    c->B = c->kcap / H;
+    c->xb = calloc(c->B + H, sizeof *c->xb);
+    c->db = malloc(c->B);
+    return c->xb && c->db ? 0 : -1;
+}
+
+/* What exact and approximate counting share before they start. */
+static eg_status counter_begin(counter *c, const eg_count_opts *o, eg_count_stats *st,
+                               eg_status (*sink)(counter *), eg_err *err)
+{
+    if (!st)
+        return eg_fail(err, EG_EINVAL, "count: NULL statistics");
+    memset(st, 0, sizeof *st);
+    memset(c, 0, sizeof *c);
+    eg_status ret = check_opts(o, err);
+    if (ret)
+        return ret;
+    c->o = o;
+    c->err = err;
+    c->sink = sink;
+    c->bits = id_bits(o->vprime);
+    c->idmask = (1ull << c->bits) - 1;
+    if (o->max_ngram * c->bits > 124)
+        return eg_fail(err, EG_EUNSUPPORTED,
+                       "count: %u-grams of %u-bit ids do not fit a 124-bit key", o->max_ngram,
+                       c->bits);
+    return EG_OK;
+}
+
+eg_status eg_count_run_k64(const eg_count_opts *o, eg_count_stats *st, eg_err *err);
+#if KW == 1
+eg_status eg_count_run_k64(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
+#else
+eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
+#endif
+{
+#if KW == 2
+    /* one-word keys when every n-gram fits 60 bits (and the caller allows it) */
+    if (o && o->max_ngram >= 2 && o->max_ngram <= EG_COUNT_MAX_ORDER && o->vprime &&
+        o->vprime <= (1ull << 32) && o->max_ngram * id_bits(o->vprime) <= 60 && !o->wide_keys)
+        return eg_count_run_k64(o, st, err);
+#endif
+    counter c;
+    eg_status ret = counter_begin(&c, o, st, flush_keys, err);
+    if (ret)
+        return ret;
+    if (!o->output)
+        return eg_fail(err, EG_EINVAL, "count: no output path");
+#ifdef _OPENMP
+    c.nt = o->n_threads > 0 ? o->n_threads : omp_get_max_threads();
+#else
+    c.nt = 1;
+#endif
+    /* the budget: a quarter for two key buffers, the rest for the tables */
+    const size_t mem = o->memory ? o->memory : ((size_t)1 << 30);
+    if (mem < ((size_t)1 << 20))
+        return eg_fail(err, EG_ENOMEM,
+                       "count: a budget of %zu bytes is too small to make progress (at least "
+                       "1 MiB)",
+                       mem);
+    enum { KEY_BYTES = 16 * KW + 16 }; /* per key: the key and its hash, and their scattered copy */
+    c.kcap = mem / 4 / KEY_BYTES;
+    if (c.kcap > ((size_t)8 << 20))
+        c.kcap = (size_t)8 << 20;
+    if (c.kcap < 4 * (size_t)o->max_ngram)
+        return eg_fail(err, EG_ENOMEM, "count: a budget of %zu bytes cannot hold a block", mem);
+    const size_t table_bytes = mem - c.kcap * KEY_BYTES - mem / 16;
+    c.P = 256;
+    while (c.P > (size_t)(2 * c.nt) && table_bytes / sizeof(entry) / c.P < 4096)
+        c.P /= 2;
+    size_t per = table_bytes / sizeof(entry) / c.P;
+    if (per < 64)
+        return eg_fail(err, EG_ENOMEM,
+                       "count: a budget of %zu bytes is too small to make progress (at least "
+                       "1 MiB)",
+                       mem);
+    c.pshift = 64 - (unsigned)__builtin_ctzll(c.P);
+    c.klo = malloc(c.kcap * 8);
+    c.slo = malloc(c.kcap * 8);
+    c.kh = malloc(c.kcap * 8);
+    c.sh = malloc(c.kcap * 8);
+#if KW == 2
+    c.khi = malloc(c.kcap * 8);
+    c.shi = malloc(c.kcap * 8);
+#endif
+    c.table_mem_bytes = per * c.P * sizeof(entry);
+    c.table_mem = eg_big_alloc(c.table_mem_bytes); /* zero pages, touched as tables grow */
+    c.part = calloc(c.P, sizeof *c.part);
+    c.hist = malloc((size_t)c.nt * c.P * sizeof *c.hist);
+    c.start = malloc((c.P + 1) * sizeof *c.start);
+    c.done = malloc(c.P * sizeof *c.done);
+    if ((KW == 2 && (!c.khi || !c.shi)) || !c.klo || !c.slo || !c.kh || !c.sh || !c.table_mem || !c.part || !c.hist ||
+        !c.start || !c.done || alloc_block(&c)) {
+        counter_free(&c);
+        return eg_fail(err, EG_ENOMEM, "count: out of memory for a budget of %zu bytes", mem);
+    }
+    for (size_t p = 0; p < c.P; p++) {
+        c.part[p].slot = c.table_mem + p * per;
+        c.part[p].maxcap = per;
+        c.part[p].cap = per < PT_START ? per : PT_START;
+    }
+    st->table_bytes = per * c.P * sizeof(entry);
+    st->buffer_bytes = c.kcap * KEY_BYTES;
+    st->key_words = KW;
+    const char *slash = strrchr(o->output, '/');
+    if (o->tmp_dir)
+        snprintf(c.tmp_prefix, sizeof c.tmp_prefix, "%s/egcount.%ld", o->tmp_dir, (long)getpid());
+    else if (slash)
+        snprintf(c.tmp_prefix, sizeof c.tmp_prefix, "%.*s/.egcount.%ld",
+                 (int)(slash - o->output), o->output, (long)getpid());
+    else
+        snprintf(c.tmp_prefix, sizeof c.tmp_prefix, ".egcount.%ld", (long)getpid());
+    double t0 = now_s();
+    ret = for_each_segment(o, exact_segment, &c, &st->tokens, err);
+    if (!ret)
+        ret = flush_block(&c);
+    double t1 = now_s();
+    if (!ret)
+        ret = write_counts(&c, st);
+    st->seconds_count = t1 - t0;
+    st->seconds_merge = now_s() - t1;
+    st->spills = c.spills;
+    if (ret)
+        eg_count_stats_free(st);
+    counter_free(&c);
+    return ret;
+}
+
+#if KW == 2
+/* ---- approximate counting: HyperLogLog + Misra-Gries ------------------------------- */
+
+#define HLL_P 14
+#define HLL_M (1u << HLL_P)
+
+typedef struct {
+    uint8_t reg[EG_COUNT_MAX_ORDER + 1][HLL_M];
+    /* Misra-Gries: k counters per order, open addressing on 2k slots */
+    size_t k;
+    entry *mg[EG_COUNT_MAX_ORDER + 1];
+    size_t mg_n[EG_COUNT_MAX_ORDER + 1];
+    uint64_t total[EG_COUNT_MAX_ORDER + 1];
+} sketch;
+
+static void mg_rebuild(sketch *sk, uint32_t n, int decrement)
+{
+    entry *t = sk->mg[n];
+    const size_t cap = 2 * sk->k;
+    entry *keep = malloc(sk->mg_n[n] * sizeof *keep + 1);
+    size_t m = 0;
+    for (size_t i = 0; i < cap; i++)
+        if (t[i].hi && (!decrement || t[i].count > 1)) {
+            if (keep) {
+                keep[m] = t[i];
+                keep[m].count -= (uint64_t)decrement;
+                m++;
+            }
+        }
+    memset(t, 0, cap * sizeof *t);
+    for (size_t i = 0; i < m; i++) {
+        size_t s = (size_t)(mix_key(keep[i].hi, keep[i].lo) % cap);
+        while (t[s].hi)
+            s = (s + 1) % cap;
+        t[s] = keep[i];
+    }
+    sk->mg_n[n] = m;
+    free(keep);
+}
+
+static void mg_add(sketch *sk, uint32_t n, uint64_t hi, uint64_t lo, uint64_t h)
+{
+    entry *t = sk->mg[n];
+    const size_t cap = 2 * sk->k;
+    size_t s = (size_t)(h % cap);
+    while (t[s].hi) {
+        if (t[s].hi == hi && t[s].lo == lo) {
+            t[s].count++;
+            return;
+        }
+        s = (s + 1) % cap;
+    }
+    if (sk->mg_n[n] < sk->k) {
+        t[s].hi = hi;
+        t[s].lo = lo;
+        t[s].count = 1;
+        sk->mg_n[n]++;
+        return;
+    }
+    mg_rebuild(sk, n, 1); /* the new item's own decrement cancels its count */
+}
+
+static eg_status sketch_sink(counter *c)
+{
+    sketch *sk = c->sketch;
+    for (size_t i = 0; i < c->kn; i++) {
+        const uint64_t hi = c->khi[i], lo = c->klo[i], h = mix_key(hi, lo);
+        const uint32_t n = (uint32_t)(hi >> 60);
+        const uint32_t idx = (uint32_t)(h >> (64 - HLL_P));
+        const uint64_t w = h << HLL_P | (1ull << (HLL_P - 1));
+        const uint8_t rank = (uint8_t)(__builtin_clzll(w) + 1);
+        if (rank > sk->reg[n][idx])
+            sk->reg[n][idx] = rank;
+        sk->total[n]++;
+        if (sk->k)
+            mg_add(sk, n, hi, lo, h);
+    }
+    c->kn = 0;
+    return EG_OK;
+}
+
+static double hll_estimate(const uint8_t *reg)
+{
+    double sum = 0;
+    unsigned zeros = 0;
+    for (unsigned i = 0; i < HLL_M; i++) {
+        sum += 1.0 / (double)(1ull << reg[i]);
+        zeros += reg[i] == 0;
+    }
+    const double m = HLL_M, alpha = 0.7213 / (1 + 1.079 / m);
+    double e = alpha * m * m / sum;
+    if (e <= 2.5 * m && zeros)
+        e = m * log((double)m / zeros);
+    return e;
+}
+
+eg_status eg_count_approx(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
+{
+    counter c;
+    eg_status ret = counter_begin(&c, o, st, sketch_sink, err);
+    if (ret)
+        return ret;
+    c.kcap = 1 << 16;
+    c.khi = malloc(c.kcap * 8);
+    c.klo = malloc(c.kcap * 8);
+    sketch *sk = calloc(1, sizeof *sk);
+    if (sk)
+        sk->k = o->top_k ? (o->top_k * 64 > 1024 ? o->top_k * 64 : 1024) : 0;
+    int ok = c.khi && c.klo && sk && !alloc_block(&c);
+    for (uint32_t n = 2; ok && n <= o->max_ngram && sk->k; n++)
+        ok = (sk->mg[n] = calloc(2 * sk->k, sizeof(entry))) != NULL;
+    if (!ok) {
+        ret = eg_fail(err, EG_ENOMEM, "out of memory");
+        goto done;
+    }
+    c.sketch = sk;
+    if ((ret = for_each_segment(o, exact_segment, &c, &st->tokens, err)) ||
+        (ret = flush_block(&c)))
+        goto done;
+    for (uint32_t n = 2; n <= o->max_ngram; n++) {
+        st->distinct[n] = (uint64_t)llround(hll_estimate(sk->reg[n]));
+        st->total[n] = sk->total[n];
+        if (!o->top_k)
+            continue;
+        if (!(st->top[n] = calloc(o->top_k, sizeof *st->top[n]))) {
+            ret = eg_fail(err, EG_ENOMEM, "out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < 2 * sk->k; i++) {
+            const entry *e = &sk->mg[n][i];
+            if (!e->hi)
+                continue;
+            eg_ngram_top t;
+            memset(&t, 0, sizeof t);
+            u128 v = key_of(e);
+            for (uint32_t k = n; k-- > 0;) {
+                t.ids[k] = (uint32_t)(v & c.idmask);
+                v >>= c.bits;
+            }
+            t.count = e->count;
+            top_offer(st, n, o->top_k, &t);
+        }
+        qsort(st->top[n], st->n_top[n], sizeof *st->top[n], cmp_top);
+    }
+done:
+    if (ret)
+        eg_count_stats_free(st);
+    for (uint32_t n = 0; sk && n <= EG_COUNT_MAX_ORDER; n++)
+        free(sk->mg[n]);
+    free(sk);
+    counter_free(&c);
+    return ret;
+}
+#endif /* KW == 2 */
