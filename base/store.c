@@ -103,16 +103,20 @@ static int block_stored(const plan *pl, uint32_t li, uint64_t b)
     return 0;
 }
 
-/* Fill one block's rows and crc at dst; returns its byte length. */
+/* Fill one block's rows and crc at dst (tmp: FILL_ROWS * dim floats);
+ * returns its byte length. */
+#define FILL_ROWS 32
 static size_t fill_block(const plan *pl, uint32_t li, uint64_t b, unsigned char *dst, float *tmp)
 {
     const eg_store_params *p = pl->p;
     const uint64_t rows = eg_spec_layer_rows(p->spec, li);
     const uint64_t r0 = b * pl->R, n = r0 + pl->R < rows ? pl->R : rows - r0;
     const uint32_t lid = eg_spec_config(p->spec)->layer_ids[li];
-    for (uint64_t i = 0; i < n && !p->rows; i++) {
-        eg_init_row(p->seed, lid, r0 + i, pl->dim, p->init_std, tmp);
-        eg_row_encode(p->dtype, pl->dim, tmp, dst + i * pl->row_bytes);
+    for (uint64_t i = 0; i < n && !p->rows; i += FILL_ROWS) {
+        const uint64_t m = n - i < FILL_ROWS ? n - i : FILL_ROWS;
+        eg_init_rows(p->seed, lid, r0 + i, m, pl->dim, p->init_std, tmp);
+        for (uint64_t k = 0; k < m; k++)
+            eg_row_encode(p->dtype, pl->dim, tmp + k * pl->dim, dst + (i + k) * pl->row_bytes);
     }
     const size_t len = (size_t)n * pl->row_bytes;
     eg_put_le32(dst + len, (uint32_t)crc32(0L, dst, (uInt)len));
@@ -441,7 +445,7 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
 #pragma omp parallel num_threads(nt) reduction(| : oom)
 #endif
         {
-            float *tmpv = malloc((size_t)pl.dim * sizeof *tmpv);
+            float *tmpv = malloc((size_t)FILL_ROWS * pl.dim * sizeof *tmpv);
             if (!tmpv)
                 oom = 1;
 #ifdef _OPENMP
