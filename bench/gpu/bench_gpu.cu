@@ -3,7 +3,7 @@
 // memory bandwidth, gather GB/s from HBM for 64-, 128- and 256-byte rows, and
 // hash + gather with the table resident in HBM vs host-resident (read over
 // the bus), same batches in the same run; then the layer step (hash, gather,
-// the layer's two projections as bf16 GEMMs) with the table resident vs
+// the Engram layer's forward on device pointers) with the table resident vs
 // offloaded to host memory behind a device row cache smaller than the table,
 // staged one batch ahead (eg_cuda_cache_stage) while the GPU computes.
 // usage: bench_gpu STORE   (a dense store, e.g. build/bench/demo-bf16.store)
@@ -46,6 +46,25 @@ __global__ void gather_flat(const unsigned char *table, size_t rb, const uint64_
     uint32_t *d = (uint32_t *)(out + i * rb);
     for (size_t k = lane; k < rb / 4; k += 32)
         d[k] = s[k];
+}
+
+__global__ void fill_kernel(float *x, size_t n, float scale, uint32_t seed)
+{
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed * 40503u;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    x[i] = scale * ((float)(h & 0xFFFFFF) / 8388608.0f - 1.0f);
+}
+
+__global__ void bf16_to_f32(const __nv_bfloat16 *a, float *b, size_t n)
+{
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        b[i] = __bfloat162float(a[i]);
 }
 
 int main(int argc, char **argv)
@@ -172,12 +191,16 @@ int main(int argc, char **argv)
     printf("hash + gather of %zu tokens: resident %.3f ms, host-resident %.3f ms (%.2fx)\n", n,
            tt[0] * 1e3, tt[1] * 1e3, tt[1] / tt[0]);
     /* 4. the layer step, resident vs offloaded behind the cache: Zipfian ids
-     * (text is skewed), NB batches of SB sequences of T tokens; the step's
-     * compute is the two projections W_K e and W_V e ([tokens, De] x [De,
-     * hidden * hc], bf16 in, f32 accumulate), the bulk of the layer */
+     * (text is skewed), NB batches of SB sequences of T tokens; the step is
+     * hash, gather, bf16 -> f32, and the Engram layer's forward
+     * (eg_cuda_layer_forward: projections, keys in binary64, gate, conv) */
     {
-        const size_t SB = 8, nb_tok = SB * T, nb_rows = nb_tok * H, NB = 12;
-        const uint32_t dim = eg_runtime_dim(rt), De = H * dim, D = 1024 * 4;
+        const size_t SB = 2, nb_tok = SB * T, nb_rows = nb_tok * H, NB = 12;
+        const uint32_t dim = eg_runtime_dim(rt), De = H * dim;
+        const eg_config *cfg = eg_spec_config(sp);
+        eg_layer_dims dm = {SB, T, cfg->hc_mult, cfg->hidden_size, De, cfg->kernel_size,
+                            eg_spec_max_ngram(sp), 0, 0};
+        const size_t CH = (size_t)dm.hc * dm.d;
         const uint64_t lrows = eg_spec_layer_rows(sp, 0);
         uint32_t *zids = (uint32_t *)malloc(NB * nb_tok * 4);
         uint64_t *h_rows = (uint64_t *)malloc(nb_rows * 8);
@@ -210,30 +233,34 @@ int main(int argc, char **argv)
         };
         uint32_t *d_zids;
         uint64_t *d_slots, *d_r2;
-        __nv_bfloat16 *d_w, *d_e;
-        float *d_y;
+        __nv_bfloat16 *d_e;
+        float *d_ef, *d_h, *d_y, *d_w[8];
+        const size_t wn[8] = {CH * De, CH, (size_t)dm.d * De, dm.d, CH, CH, CH, CH * dm.kernel};
         CK(cudaMalloc(&d_zids, NB * nb_tok * 4));
         CK(cudaMalloc(&d_slots, 2 * nb_rows * 8));
         CK(cudaMalloc(&d_r2, nb_rows * 8));
-        CK(cudaMalloc(&d_w, (size_t)De * D * 2));
         CK(cudaMalloc(&d_e, nb_rows * dim * 2));
-        CK(cudaMalloc(&d_y, nb_tok * (size_t)D * 4 * 2));
+        CK(cudaMalloc(&d_ef, nb_rows * dim * 4));
+        CK(cudaMalloc(&d_h, nb_tok * CH * 4));
+        CK(cudaMalloc(&d_y, nb_tok * CH * 4));
+        for (int i = 0; i < 8; i++) {
+            CK(cudaMalloc(&d_w[i], wn[i] * 4));
+            fill_kernel<<<(unsigned)((wn[i] + 255) / 256), 256>>>(d_w[i], wn[i], 0.02f, 11u + i);
+        }
+        fill_kernel<<<(unsigned)((nb_tok * CH + 255) / 256), 256>>>(d_h, nb_tok * CH, 1.0f, 99u);
         CK(cudaMemcpy(d_zids, zids, NB * nb_tok * 4, cudaMemcpyHostToDevice));
-        CK(cudaMemset(d_w, 0, (size_t)De * D * 2));
-        cublasHandle_t cb;
-        if (cublasCreate(&cb) != CUBLAS_STATUS_SUCCESS) {
-            fprintf(stderr, "bench_gpu: cublasCreate failed\n");
+        eg_layer_weights lw = {d_w[0], d_w[1], d_w[2], d_w[3], d_w[4], d_w[5], d_w[6], d_w[7]};
+        eg_cuda_layer *lay = NULL;
+        if (eg_cuda_layer_create(&dm, &lay, &err)) {
+            fprintf(stderr, "layer: %s\n", err.msg);
             return 1;
         }
         cudaStream_t side;
         CK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
-        const float one = 1, zero = 0;
-        auto project = [&](void) {
-            for (int g = 0; g < 2; g++) /* y[tokens][D] = e[tokens][De] W[De][D] */
-                cublasGemmEx(cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)D, (int)nb_tok, (int)De, &one,
-                             d_w, CUDA_R_16BF, (int)D, d_e, CUDA_R_16BF, (int)De, &zero,
-                             d_y + (size_t)g * nb_tok * D, CUDA_R_32F, (int)D,
-                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        auto project = [&](void) { /* the layer's forward on the gathered rows */
+            bf16_to_f32<<<(unsigned)((nb_rows * dim + 255) / 256), 256>>>(d_e, d_ef, nb_rows * dim);
+            if (eg_cuda_layer_forward(lay, &dm, &lw, d_ef, d_h, d_y, NULL, &err))
+                fprintf(stderr, "layer forward: %s\n", err.msg);
         };
         const uint64_t cache_rows = lrows / 8;
         eg_cuda_table *ct = NULL;
@@ -287,7 +314,7 @@ int main(int argc, char **argv)
                 cudaEventSynchronize(e1);
                 step[w] = time_ms(e0, e1) * 1e-3 / NB;
             }
-        printf("layer step (hash, gather, projections) of %zu tokens, table of %llu rows: "
+        printf("layer step (hash, gather, forward) of %zu tokens, table of %llu rows: "
                "resident %.3f ms, offloaded behind a cache of %llu rows %.3f ms (%+.1f%%; bar: "
                "+3%%)\n", nb_tok, (unsigned long long)lrows, step[0] * 1e3,
                (unsigned long long)cache_rows, step[1] * 1e3, 100 * (step[1] / step[0] - 1));
@@ -295,13 +322,16 @@ int main(int argc, char **argv)
                100.0 * hits / ((NB - 1) * nb_rows), 100.0 * loads / ((NB - 1) * nb_rows),
                100.0 * direct / ((NB - 1) * nb_rows));
         eg_cuda_table_close(ct);
-        cublasDestroy(cb);
+        eg_cuda_layer_free(lay);
         cudaStreamDestroy(side);
         cudaFree(d_zids);
         cudaFree(d_slots);
         cudaFree(d_r2);
-        cudaFree(d_w);
+        for (int i = 0; i < 8; i++)
+            cudaFree(d_w[i]);
         cudaFree(d_e);
+        cudaFree(d_ef);
+        cudaFree(d_h);
         cudaFree(d_y);
         free(zids);
         free(h_rows);

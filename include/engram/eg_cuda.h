@@ -100,6 +100,22 @@ eg_status eg_cuda_cache_mark_dirty(eg_cuda_table *t, const uint64_t *slots, size
  * eg_rt_checkpoint; waits for the device. */
 eg_status eg_cuda_cache_writeback(eg_cuda_table *t, eg_err *err);
 
+/* ---- the layer forward on device pointers ------------------------------------- */
+
+/* A workspace for the forward of up to dm->B * dm->T tokens of these
+ * dimensions (the intermediates, a cuBLAS handle). */
+typedef struct eg_cuda_layer eg_cuda_layer;
+eg_status eg_cuda_layer_create(const eg_layer_dims *dm, eg_cuda_layer **out, eg_err *err);
+void eg_cuda_layer_free(eg_cuda_layer *l);
+
+/* eg_layer_forward with every pointer in device memory (the weights in w
+ * too), queued on `stream`: d_e [B][T][De], d_h [B][T][hc][d] -> d_out
+ * [B][T][hc][d]. The same kernels as the backend table's forward, which the
+ * parity suite checks against the CPU. */
+eg_status eg_cuda_layer_forward(eg_cuda_layer *l, const eg_layer_dims *dm,
+                                const eg_layer_weights *w, const float *d_e, const float *d_h,
+                                float *d_out, void *stream, eg_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -185,6 +185,54 @@ eg_status check_layer(const eg_layer_dims *dm, const eg_layer_weights *w, eg_err
     return EG_OK;
 }
 
+/* The forward's intermediates for BT tokens (E, H and W are not touched). */
+cudaError_t dfwd_alloc_work(dfwd *f, const lay &L)
+{
+    const size_t BT = L.BT, hc = L.hc, d = L.d, De = L.De;
+    cudaError_t me = cudaSuccess;
+    f->U = dev<float>(BT * d, &me);
+    f->V = dev<float>(BT * hc * d, &me);
+    f->C = dev<float>(BT * hc * d, &me);
+    f->Y = dev<float>(BT * hc * d, &me);
+    f->g = dev<float>(BT * hc, &me);
+    f->rc = dev<float>(BT * hc, &me);
+    f->Ed = dev<double>(BT * De, &me);
+    f->Wkd = dev<double>(d * De, &me);
+    f->K = dev<double>(hc * BT * d, &me);
+    f->rk = dev<double>(BT * hc, &me);
+    f->rq = dev<double>(BT * hc, &me);
+    f->s = dev<double>(BT * hc, &me);
+    return me;
+}
+
+/* Run the forward on the device: f->E, f->H and f->W[] (device memory) in,
+ * every intermediate kept in f; on `stream` (cuBLAS set to it by the caller). */
+eg_status dforward_run(const lay &L, dfwd *f, cublasHandle_t hb, cudaStream_t stream, eg_err *err)
+{
+    const size_t BT = L.BT, hc = L.hc, d = L.d, De = L.De;
+    eg_status st = EG_OK;
+    if (!BT)
+        return EG_OK;
+    f2d_kernel<<<blocks(BT * De), 256, 0, stream>>>(f->E, f->Ed, BT * De);
+    for (size_t i = 0; i < hc; i++) {
+        f2d_kernel<<<blocks(d * De), 256, 0, stream>>>(f->W[0] + i * d * De, f->Wkd, d * De);
+        CB(mm_nt_d(hb, BT, d, De, f->Ed, f->Wkd, f->K + i * BT * d));
+        if (f->W[1])
+            bias_d_kernel<<<blocks(BT * d), 256, 0, stream>>>(f->K + i * BT * d, f->W[1] + i * d,
+                                                              BT, (uint32_t)d);
+    }
+    CB(mm_nt_f(hb, BT, d, De, f->E, f->W[2], f->U));
+    if (f->W[3])
+        bias_f_kernel<<<blocks(BT * d), 256, 0, stream>>>(f->U, f->W[3], BT, (uint32_t)d);
+    gate_kernel<<<blocks(BT * hc), 256, 0, stream>>>(L, f->K, f->H, f->U, f->W[4], f->W[5],
+                                                     f->W[6], f->rk, f->rq, f->s, f->g, f->rc,
+                                                     f->V, f->C);
+    conv_kernel<<<blocks(BT * hc * d), 256, 0, stream>>>(L, f->C, f->W[7], f->Y);
+    CU(cudaGetLastError());
+done:
+    return st;
+}
+
 /* Upload and run the forward, keeping every intermediate on the device. */
 eg_status dforward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
                    const float *h, cublasHandle_t hb, dfwd *f, eg_err *err)
@@ -200,40 +248,14 @@ eg_status dforward(const eg_layer_dims *dm, const eg_layer_weights *w, const flo
     f->H = dev<float>(BT * hc * d, &me);
     for (int i = 0; i < 8; i++)
         f->W[i] = hw[i] ? dev<float>(wn[i], &me) : nullptr;
-    f->U = dev<float>(BT * d, &me);
-    f->V = dev<float>(BT * hc * d, &me);
-    f->C = dev<float>(BT * hc * d, &me);
-    f->Y = dev<float>(BT * hc * d, &me);
-    f->g = dev<float>(BT * hc, &me);
-    f->rc = dev<float>(BT * hc, &me);
-    f->Ed = dev<double>(BT * De, &me);
-    f->Wkd = dev<double>(d * De, &me);
-    f->K = dev<double>(hc * BT * d, &me);
-    f->rk = dev<double>(BT * hc, &me);
-    f->rq = dev<double>(BT * hc, &me);
-    f->s = dev<double>(BT * hc, &me);
     CU(me);
+    CU(dfwd_alloc_work(f, L));
     CU(cudaMemcpy(f->E, e, BT * De * 4, cudaMemcpyHostToDevice));
     CU(cudaMemcpy(f->H, h, BT * hc * d * 4, cudaMemcpyHostToDevice));
     for (int i = 0; i < 8; i++)
         if (hw[i])
             CU(cudaMemcpy(f->W[i], hw[i], wn[i] * 4, cudaMemcpyHostToDevice));
-    if (!BT)
-        goto done;
-    f2d_kernel<<<blocks(BT * De), 256>>>(f->E, f->Ed, BT * De);
-    for (size_t i = 0; i < hc; i++) {
-        f2d_kernel<<<blocks(d * De), 256>>>(f->W[0] + i * d * De, f->Wkd, d * De);
-        CB(mm_nt_d(hb, BT, d, De, f->Ed, f->Wkd, f->K + i * BT * d));
-        if (f->W[1])
-            bias_d_kernel<<<blocks(BT * d), 256>>>(f->K + i * BT * d, f->W[1] + i * d, BT, (uint32_t)d);
-    }
-    CB(mm_nt_f(hb, BT, d, De, f->E, f->W[2], f->U));
-    if (f->W[3])
-        bias_f_kernel<<<blocks(BT * d), 256>>>(f->U, f->W[3], BT, (uint32_t)d);
-    gate_kernel<<<blocks(BT * hc), 256>>>(L, f->K, f->H, f->U, f->W[4], f->W[5], f->W[6], f->rk,
-                                          f->rq, f->s, f->g, f->rc, f->V, f->C);
-    conv_kernel<<<blocks(BT * hc * d), 256>>>(L, f->C, f->W[7], f->Y);
-    CU(cudaGetLastError());
+    st = dforward_run(L, f, hb, nullptr, err);
 done:
     return st;
 }
@@ -267,6 +289,91 @@ done:
         cublasDestroy(hb);
     return st;
 }
+
+} // namespace
+
+/* ---- the forward on device pointers (eg_cuda.h) ---------------------------------- */
+
+struct eg_cuda_layer {
+    dfwd f;      // intermediates; E, H, W point to the caller's memory during a call
+    size_t max_bt;
+    eg_layer_dims dm;
+    cublasHandle_t hb;
+};
+
+extern "C" __attribute__((visibility("default"))) void eg_cuda_layer_free(eg_cuda_layer *l)
+{
+    if (!l)
+        return;
+    l->f.E = l->f.H = nullptr;
+    for (int i = 0; i < 8; i++)
+        l->f.W[i] = nullptr;
+    dfwd_free(&l->f);
+    if (l->hb)
+        cublasDestroy(l->hb);
+    free(l);
+}
+
+extern "C" __attribute__((visibility("default"))) eg_status
+eg_cuda_layer_create(const eg_layer_dims *dm, eg_cuda_layer **out, eg_err *err)
+{
+    if (!dm || !out)
+        return eg_fail(err, EG_EINVAL, "eg_cuda_layer_create: NULL argument");
+    *out = nullptr;
+    if (!dm->hc || !dm->d || !dm->De || !dm->kernel || !dm->dilation)
+        return eg_fail(err, EG_EINVAL, "layer: hc, d, De, kernel and dilation must be > 0");
+    eg_cuda_layer *l = (eg_cuda_layer *)calloc(1, sizeof *l);
+    if (!l)
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    eg_status st = EG_OK;
+    l->dm = *dm;
+    l->max_bt = dm->B * dm->T;
+    CB(cublasCreate(&l->hb));
+    CU(dfwd_alloc_work(&l->f, lay_of(dm)));
+done:
+    if (st) {
+        eg_cuda_layer_free(l);
+        return st;
+    }
+    *out = l;
+    return EG_OK;
+}
+
+extern "C" __attribute__((visibility("default"))) eg_status
+eg_cuda_layer_forward(eg_cuda_layer *l, const eg_layer_dims *dm, const eg_layer_weights *w,
+                      const float *d_e, const float *d_h, float *d_out, void *stream_, eg_err *err)
+{
+    if (!l || !d_e || !d_h || !d_out)
+        return eg_fail(err, EG_EINVAL, "eg_cuda_layer_forward: NULL argument");
+    eg_status st = check_layer(dm, w, err);
+    if (st)
+        return st;
+    if (dm->B * dm->T > l->max_bt || dm->hc != l->dm.hc || dm->d != l->dm.d ||
+        dm->De != l->dm.De)
+        return eg_fail(err, EG_EINVAL, "eg_cuda_layer_forward: dimensions beyond the workspace's");
+    cudaStream_t stream = (cudaStream_t)stream_;
+    const lay L = lay_of(dm);
+    const size_t n = L.BT * L.hc * L.d;
+    l->f.E = (float *)d_e;
+    l->f.H = (float *)d_h;
+    const float *dw[8] = {w->w_k, w->b_k, w->w_v, w->b_v, w->norm_k, w->norm_q, w->norm_c, w->conv};
+    for (int i = 0; i < 8; i++)
+        l->f.W[i] = (float *)dw[i];
+    CB(cublasSetStream(l->hb, stream));
+    if ((st = dforward_run(L, &l->f, l->hb, stream, err)))
+        goto done;
+    if (n) {
+        out_kernel<<<blocks(n), 256, 0, stream>>>(l->f.V, l->f.Y, d_out, n);
+        CU(cudaGetLastError());
+    }
+done:
+    l->f.E = l->f.H = nullptr;
+    for (int i = 0; i < 8; i++)
+        l->f.W[i] = nullptr;
+    return st;
+}
+
+namespace {
 
 /* ---- backward ------------------------------------------------------------------ */
 
