@@ -325,7 +325,7 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
      * as a SIGBUS later. Where fallocate is not supported, LMDB's ordinary
      * write path (pwrite at commit, ENOSPC as an error) is used. */
     int rc = 0;
-    for (int writemap = getenv("EG_NO_WRITEMAP") ? 0 : 1; writemap >= 0; writemap--) {
+    for (int writemap = 1; writemap >= 0; writemap--) {
         rc = mdb_env_create(&env);
         if (!rc)
             rc = mdb_env_set_maxdbs(env, 4);
@@ -333,7 +333,8 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
             rc = mdb_env_set_mapsize(env, (size_t)map);
         if (!rc)
             rc = mdb_env_open(env, tmp,
-                              MDB_NOSUBDIR | MDB_NOLOCK | MDB_NOSYNC | (writemap ? MDB_WRITEMAP : 0),
+                              MDB_NOSUBDIR | MDB_NOLOCK | MDB_NOSYNC | MDB_NORDAHEAD |
+                                  (writemap ? MDB_WRITEMAP : 0),
                               0644);
         if (rc) {
             st = lmdb_fail(err, rc, tmp, "creating the store");
@@ -440,25 +441,58 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
                 break;
         }
         const long long KN = (long long)kn;
-        int oom = 0;
+        int oom = 0, wfail = 0;
+        /* With the map (MDB_WRITEMAP), a block is generated in a buffer of
+         * the thread's and written to its place in the file with pwrite:
+         * the page cache takes whole pages, where a first write through the
+         * map makes the kernel zero each page before we fill it (a quarter
+         * of the build's time). The map and the file share the page cache
+         * (LMDB relies on that too), and the block's pages are reserved for
+         * it in this transaction (only LMDB's page header, before the value,
+         * is written through the map). Without the map, LMDB writes its dirty
+         * pages itself at commit: fill them in place. */
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) reduction(| : oom)
 #endif
         {
+            const int via_pwrite = mapbase && !p->rows; /* the caller's rows are in place */
             float *tmpv = malloc((size_t)FILL_ROWS * pl.dim * sizeof *tmpv);
-            if (!tmpv)
+            unsigned char *own = via_pwrite ? malloc(pl.blk_bytes) : NULL;
+            if (!tmpv || (via_pwrite && !own))
                 oom = 1;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-            for (long long k = 0; k < KN; k++)
-                if (tmpv)
-                    fill_block(&pl, (uint32_t)(keys[k0 + (uint64_t)k] >> BLOCK_SHIFT),
-                               keys[k0 + (uint64_t)k] & ((1ull << BLOCK_SHIFT) - 1), dst[k], tmpv);
+            for (long long k = 0; k < KN; k++) {
+                if (oom || __atomic_load_n(&wfail, __ATOMIC_RELAXED))
+                    continue;
+                const uint32_t li = (uint32_t)(keys[k0 + (uint64_t)k] >> BLOCK_SHIFT);
+                const uint64_t b = keys[k0 + (uint64_t)k] & ((1ull << BLOCK_SHIFT) - 1);
+                if (!via_pwrite) {
+                    fill_block(&pl, li, b, dst[k], tmpv);
+                    continue;
+                }
+                const size_t len = fill_block(&pl, li, b, own, tmpv);
+                const off_t at = (off_t)(dst[k] - mapbase);
+                for (size_t w = 0; w < len;) {
+                    ssize_t r = pwrite(env_fd, own + w, len - w, at + (off_t)w);
+                    if (r > 0) {
+                        w += (size_t)r;
+                    } else if (r == 0 || errno != EINTR) { /* shared: the first error stops all */
+                        __atomic_store_n(&wfail, r == 0 ? EIO : errno, __ATOMIC_RELAXED);
+                        break;
+                    }
+                }
+            }
             free(tmpv);
+            free(own);
         }
         if (oom) {
             st = eg_fail(err, EG_ENOMEM, "out of memory");
+            break;
+        }
+        if (wfail) {
+            st = eg_fail(err, EG_EIO, "%s: writing rows: %s", tmp, strerror(wfail));
             break;
         }
         rc = mdb_txn_commit(txn);
@@ -694,6 +728,9 @@ static eg_status open_meta(eg_store *s, MDB_dbi meta, eg_err *err)
         (st = get_u64(s, meta, "sparse", &sparse, err)) ||
         (st = get_u64(s, meta, "blocks", &blocks, err)))
         return st;
+    if (vprime == 0 || vprime > ((uint64_t)1 << 32))
+        return eg_fail(err, EG_EFORMAT, "%s: V' = %llu is outside 1..2^32", s->path,
+                       (unsigned long long)vprime);
     const uint32_t L = cfg.n_layers, N = cfg.max_ngram_size, H = (N - 1) * cfg.n_head_per_ngram;
     uint64_t *a = malloc(((size_t)L * (N + 2 * H) + L) * 8);
     if (!a)
@@ -771,6 +808,9 @@ static eg_status open_vocab(eg_store *s, MDB_dbi vocab, eg_err *err)
     if (!get(s->txn, vocab, "keys", &v)) {
         const uint64_t V = eg_spec_compressed_vocab(s->spec);
         const char *p = v.mv_data, *end = p + v.mv_size;
+        if (V > v.mv_size) /* every key ends with a NUL byte */
+            return eg_fail(err, EG_EFORMAT, "%s: %zu bytes of keys cannot hold V' = %llu keys",
+                           s->path, v.mv_size, (unsigned long long)V);
         s->keys = malloc((size_t)V * sizeof *s->keys);
         if (!s->keys)
             return eg_fail(err, EG_ENOMEM, "out of memory");
@@ -798,6 +838,18 @@ static eg_status open_blocks(eg_store *s, MDB_dbi rows, eg_err *err)
         s->base[li + 1] = s->base[li] + (rws + R - 1) / R;
     }
     const uint64_t total = s->base[L];
+    /* the per-block index is allocated from the metadata: bound it by what
+     * the file holds (a dense store has every block) or, for a sparse one,
+     * by 2^27 blocks (1 GiB of index; at least 4G rows) */
+    MDB_stat rs;
+    if (!s->report && !s->info.sparse && !mdb_stat(s->txn, rows, &rs) && rs.ms_entries != total)
+        return eg_fail(err, EG_EFORMAT, "%s: %llu blocks stored, the tables need %llu (a dense "
+                                        "store has every block)",
+                       s->path, (unsigned long long)rs.ms_entries, (unsigned long long)total);
+    if (total > ((uint64_t)1 << 27) &&
+        (s->info.sparse || total > s->info.file_bytes / 4096 + 1))
+        return eg_fail(err, EG_EFORMAT, "%s: %llu blocks of rows: more than this store can hold",
+                       s->path, (unsigned long long)total);
     s->blk = calloc(total ? total : 1, sizeof *s->blk);
     s->crc_state = calloc(total ? total : 1, 1);
     if (!s->blk || !s->crc_state)

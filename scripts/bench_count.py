@@ -41,9 +41,9 @@ def zipf_stream(path, n, vocab=100_000, s=1.1, seed=0):
     os.replace(path + ".tmp", path)
 
 
-def run_count(a, path, mem, threads, out):
+def run_count(a, path, mem, threads, out, extra=()):
     r = subprocess.run([a.engram, "count", path, "-V", "100000", "--pad", "0", "-n", "3", "-T", "4096",
-                        "-m", mem, "-j", str(threads), "-k", "0", "-o", out, "--json"],
+                        "-m", mem, "-j", str(threads), "-k", "0", "-o", out, "--json", *extra],
                        check=True, capture_output=True, text=True)
     return json.loads(r.stdout)
 
@@ -66,12 +66,14 @@ def main():
           "sequences of 4096")
     print(f"  {'run':<34}{'count M tok/s':>14}{'overall M tok/s':>16}{'spills':>8}"
           f"{'peak MiB':>10}{'budget MiB':>11}")
-    for mem in (a.ample, a.small):
-        for th in (1, 2):
-            j = run_count(a, stream, mem, th, out)
-            print(f"  {'engram count, ' + mem + ', ' + str(th) + ' thread' + ('s' if th > 1 else ''):<34}"
-                  f"{j['count_tokens_per_second'] / 1e6:>14.2f}{j['tokens_per_second'] / 1e6:>16.2f}"
-                  f"{j['spills']:>8}{j['peak_rss_mib']:>10.0f}{j['memory_budget'] / 2**20:>11.0f}")
+    runs = [(mem, th, ()) for mem in (a.ample, a.small) for th in (1, 2)]
+    runs.append((a.ample, 2, ("--wide-keys",)))  # two-word keys, the path for N x bits > 60
+    for mem, th, extra in runs:
+        j = run_count(a, stream, mem, th, out, extra)
+        name = f"engram count, {mem}, {th} thread{'s' if th > 1 else ''}{', wide keys' if extra else ''}"
+        print(f"  {name:<34}"
+              f"{j['count_tokens_per_second'] / 1e6:>14.2f}{j['tokens_per_second'] / 1e6:>16.2f}"
+              f"{j['spills']:>8}{j['peak_rss_mib']:>10.0f}{j['memory_budget'] / 2**20:>11.0f}")
     # the slice: sort | uniq -c on text n-grams vs engram count on the same tokens
     x = np.fromfile(stream, dtype="<u4", count=sl)
     slice_path = os.path.join(a.work, "zipf_slice.u32")
