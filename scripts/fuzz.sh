@@ -36,7 +36,8 @@ for t in "${targets[@]}"; do
   corpus=tests/fuzz/corpus/$t
   work=$OUT/corpus-$t
   mkdir -p "$work"
-  echo "fuzz: running $t for ${FUZZ_RUNS:+$FUZZ_RUNS executions}${FUZZ_RUNS:-${SECONDS_EACH}s}"
+  if [ -n "${FUZZ_RUNS:-}" ]; then echo "fuzz: running $t for $FUZZ_RUNS executions"
+  else echo "fuzz: running $t for ${SECONDS_EACH}s"; fi
   limit=(-max_total_time="$SECONDS_EACH")
   [ -z "${FUZZ_RUNS:-}" ] || limit=(-runs="$FUZZ_RUNS")
   "$bin" "${limit[@]}" -max_len=8192 -artifact_prefix="$corpus/crash-" \
