@@ -948,9 +948,14 @@ static eg_status store_open(const char *path, unsigned flags, eg_store_verify_re
                                : lmdb_fail(err, rc, path, "opening the store");
         goto fail;
     }
-    {   /* pages past the end of a truncated file would be SIGBUS in the map */
+    {   /* pages past the end of a truncated file would be SIGBUS in the map;
+         * the size of the file LMDB opened (the path may have been renamed
+         * over since the stat above: a new generation) */
         MDB_envinfo ei;
         MDB_stat es;
+        int fd = -1;
+        if (!mdb_env_get_fd(s->env, &fd) && fd >= 0 && !fstat(fd, &sb))
+            s->info.file_bytes = (uint64_t)sb.st_size;
         if (!mdb_env_info(s->env, &ei) && !mdb_env_stat(s->env, &es) &&
             ((uint64_t)ei.me_last_pgno + 1) * es.ms_psize > (uint64_t)sb.st_size) {
             st = eg_fail(err, EG_EFORMAT,
