@@ -539,6 +539,34 @@ TEST(rt_parity_with_pytorch)
     free(log);
 }
 
+/* A forked child's training loop: `steps` steps of 16 ids (drawn from seed;
+ * the same ids and layer every step when `same`, else new ids each step,
+ * alternating layers), a checkpoint after each; exits 0, or 3..5 on error. */
+static void checkpoint_loop_child(const char *path, int steps, uint64_t seed, int same)
+{
+    forked_child_single_thread();
+    eg_runtime *rt = NULL;
+    if (eg_runtime_open(path, NULL, &rt, NULL))
+        _exit(3);
+    const size_t B = 2, T = 8;
+    layer_case c;
+    case_init(&c, B, T, 2, 16, (uint32_t)(eg_spec_n_heads(eg_runtime_spec(rt)) * 16), 7);
+    uint32_t ids[16];
+    for (int step = 0; step < steps; step++) {
+        for (int i = 0; i < 16 && (!same || step == 0); i++)
+            ids[i] = (uint32_t)(t_rand(&seed) % 300);
+        size_t nu;
+        uint64_t *u = train_step(rt, same ? 0 : (uint32_t)(step & 1), ids, B, T, &c, &nu);
+        if (!u)
+            _exit(4);
+        free(u);
+        if (eg_rt_checkpoint(rt, NULL, NULL))
+            _exit(5);
+    }
+    eg_runtime_close(rt);
+    _exit(0);
+}
+
 TEST(rt_checkpoint_kill9_trials)
 {
     /* a child trains and checkpoints in a loop; killed at random moments
@@ -554,24 +582,7 @@ TEST(rt_checkpoint_kill9_trials)
         pid_t pid = fork();
         REQUIRE(pid >= 0);
         if (pid == 0) {
-            forked_child_single_thread();
-            eg_runtime *rt = NULL;
-            if (eg_runtime_open(path, NULL, &rt, NULL))
-                _exit(3);
-            const size_t B = 2, T = 8;
-            layer_case c;
-            case_init(&c, B, T, 2, 16, (uint32_t)(eg_spec_n_heads(eg_runtime_spec(rt)) * 16), 7);
-            uint32_t ids[16];
-            uint64_t s2 = (uint64_t)trial;
-            for (int step = 0; step < 1000; step++) {
-                for (int i = 0; i < 16; i++)
-                    ids[i] = (uint32_t)(t_rand(&s2) % 300);
-                size_t nu;
-                free(train_step(rt, (uint32_t)(step & 1), ids, B, T, &c, &nu));
-                if (eg_rt_checkpoint(rt, NULL, NULL))
-                    _exit(4);
-            }
-            _exit(0);
+            checkpoint_loop_child(path, 1000, (uint64_t)trial, 0);
         }
         struct timespec d = {0, (long)(20 + t_rand(&rs) % 400) * 1000000L};
         nanosleep(&d, NULL);
@@ -636,28 +647,7 @@ TEST(rt_concurrent_readers_see_whole_generations)
     pid_t pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
-        forked_child_single_thread();
-        eg_runtime *rt = NULL;
-        if (eg_runtime_open(path, NULL, &rt, NULL))
-            _exit(3);
-        const size_t B = 2, T = 8;
-        layer_case c;
-        case_init(&c, B, T, 2, 16, (uint32_t)(eg_spec_n_heads(eg_runtime_spec(rt)) * 16), 7);
-        uint32_t ids[16];
-        uint64_t s2 = 99;
-        for (int i = 0; i < 16; i++)
-            ids[i] = (uint32_t)(t_rand(&s2) % 300);
-        for (int step = 0; step < STEPS; step++) {
-            size_t nu;
-            uint64_t *u = train_step(rt, 0, ids, B, T, &c, &nu);
-            if (!u)
-                _exit(4);
-            free(u);
-            if (eg_rt_checkpoint(rt, NULL, NULL))
-                _exit(5);
-        }
-        eg_runtime_close(rt);
-        _exit(0);
+        checkpoint_loop_child(path, STEPS, 99, 1);
     }
     int64_t last = -1;
     int opens = 0, gens = 0, done = 0;
