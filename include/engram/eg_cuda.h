@@ -91,10 +91,14 @@ eg_status eg_cuda_gather_slots(eg_cuda_table *t, const uint64_t *d_slots, size_t
 
 /* The cache's rows on the device (slot s at s * row bytes), for kernels that
  * change cached rows in place; mark the slots they changed (host memory;
- * direct positions are ignored: their rows are not cached). */
+ * direct positions are ignored: their rows are not cached) after queuing
+ * those kernels on `stream`: the next stage waits for them before it writes
+ * back or replaces any row. A batch's slots may be replaced once the batch
+ * after the next is staged. After an error from stage, the cache's contents
+ * are undefined: close the table. */
 void *eg_cuda_cache_rows(eg_cuda_table *t);
 eg_status eg_cuda_cache_mark_dirty(eg_cuda_table *t, const uint64_t *slots, size_t n,
-                                   eg_err *err);
+                                   void *stream, eg_err *err);
 
 /* Copy every dirty cached row into the runtime (eg_rt_set_rows), e.g. before
  * eg_rt_checkpoint; waits for the device. */

@@ -14,6 +14,7 @@ struct eg_cuda_cache {
     uint64_t *h_ls[2], *d_ls[2];         // load slots
     uint64_t *h_slots[2];                // the plan's slots, then copied to the caller
     cudaEvent_t copied[2], gathered[2];
+    cudaEvent_t updated;                 // recorded by mark_dirty after the caller's updates
     int gathered_pending[2];
     int next;                            // the staging buffer of the next stage
     int order[2], n_order;               // staged, not yet gathered (oldest first)
@@ -94,6 +95,8 @@ void cache_free(eg_cuda_cache *c)
         if (c->gathered[k])
             cudaEventDestroy(c->gathered[k]);
     }
+    if (c->updated)
+        cudaEventDestroy(c->updated);
     cudaFreeHost(c->h_wb);
     free(c->lr);
     free(c->ls);
@@ -204,6 +207,7 @@ eg_cuda_table_open_cached(eg_runtime *rt, uint32_t li, uint64_t cache_rows, uint
         c->h_slots[k] = (uint64_t *)malloc(max_batch * 8);
     }
     CU(cudaHostAlloc((void **)&c->h_wb, max_batch * c->crb, cudaHostAllocDefault));
+    CU(cudaEventCreateWithFlags(&c->updated, cudaEventDisableTiming));
     c->lr = (uint64_t *)malloc(max_batch * 8);
     c->ls = (uint64_t *)malloc(max_batch * 8);
     c->wr = (uint64_t *)malloc(max_batch * 8);
@@ -255,6 +259,9 @@ eg_cuda_cache_stage(eg_cuda_table *t, const uint64_t *rows, size_t n, uint64_t *
     if (c->gathered_pending[k])
         CU(cudaEventSynchronize(c->gathered[k]));
     c->gathered_pending[k] = 0;
+    // evictions write back and overwrite slots of older batches: after the
+    // caller's last updates of cached rows (recorded by mark_dirty)
+    CU(cudaStreamWaitEvent(stream, c->updated, 0));
     if ((st = eg_rowcache_plan(c->dir, rows, n, c->h_slots[k], c->lr, c->ls, c->max_batch, c->wr,
                                c->ws, c->max_batch, &ps, err)))
         return st;
@@ -332,12 +339,14 @@ extern "C" __attribute__((visibility("default"))) void *eg_cuda_cache_rows(eg_cu
 }
 
 extern "C" __attribute__((visibility("default"))) eg_status
-eg_cuda_cache_mark_dirty(eg_cuda_table *t, const uint64_t *slots, size_t n, eg_err *err)
+eg_cuda_cache_mark_dirty(eg_cuda_table *t, const uint64_t *slots, size_t n, void *stream,
+                         eg_err *err)
 {
     if (!t || !t->cc)
         return eg_fail(err, EG_EINVAL, "eg_cuda_cache_mark_dirty: NULL or not a cached table");
     // staged direct rows (slot >= the cache's) are not cached: skip them
     eg_status st = EG_OK;
+    CU(cudaEventRecord(t->cc->updated, (cudaStream_t)stream));
     for (size_t a = 0; a < n && !st; a += t->cc->max_batch) {
         const size_t k = n - a < t->cc->max_batch ? n - a : t->cc->max_batch;
         size_t m = 0;
@@ -346,6 +355,7 @@ eg_cuda_cache_mark_dirty(eg_cuda_table *t, const uint64_t *slots, size_t n, eg_e
                 t->cc->ws[m++] = slots[a + i];
         st = eg_rowcache_mark_dirty(t->cc->dir, t->cc->ws, m, err);
     }
+done:
     return st;
 }
 

@@ -324,7 +324,7 @@ eg_status cu_lookup(eg_runtime *rt, uint32_t li, int residency, const uint32_t *
                 st = eg_cuda_gather_slots(t, slots_a, k, d_out + a * t->rb, nullptr, err);
             if (!st && a + k >= nr) { // the last batch: mark it dirty and write it back
                 cudaMemcpy(h_sl, slots_a, k * 8, cudaMemcpyDeviceToHost);
-                st = eg_cuda_cache_mark_dirty(t, h_sl, k, err);
+                st = eg_cuda_cache_mark_dirty(t, h_sl, k, nullptr, err);
                 if (!st)
                     st = eg_cuda_cache_writeback(t, err);
             }
