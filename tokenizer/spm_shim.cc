@@ -3,6 +3,7 @@
 #include <sentencepiece_processor.h>
 
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 #include <vector>
@@ -16,15 +17,14 @@ struct eg_spm {
 extern "C" eg_spm *eg_spm_load(const char *data, size_t len, char *msg, size_t cap)
 {
     try {
-        eg_spm *m = new eg_spm();
+        std::unique_ptr<eg_spm> m(new eg_spm()); // freed when the load throws too
         auto st = m->proc.LoadFromSerializedProto(std::string(data, len));
         if (!st.ok()) {
             if (msg && cap)
                 snprintf(msg, cap, "%s", st.ToString().c_str());
-            delete m;
             return nullptr;
         }
-        return m;
+        return m.release();
     } catch (const std::exception &e) {
         if (msg && cap)
             snprintf(msg, cap, "%s", e.what());
