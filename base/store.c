@@ -223,18 +223,26 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The folder of `path` into dir ("." when it names none, "/" for the root);
+ * returns its last component, inside path. */
+static const char *split_dir(const char *path, char *dir, size_t cap)
+{
+    const char *sl = strrchr(path, '/');
+    if (!sl)
+        snprintf(dir, cap, ".");
+    else
+        snprintf(dir, cap, "%.*s", sl == path ? 1 : (int)(sl - path), path);
+    return sl ? sl + 1 : path;
+}
+
 /* Remove what killed builds of `path` left: `path.tmp.PID` files that no live
  * build holds (each build keeps an flock on its temporary file until it is
  * renamed) and that were not written in the last minute. Best effort. */
 static void sweep_stale_tmp(const char *path)
 {
     char dir[4200];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *sl = strrchr(dir, '/');
-    const char *base = sl ? sl + 1 : path;
-    if (sl)
-        sl[sl == dir ? 1 : 0] = 0;
-    DIR *d = opendir(sl ? dir : ".");
+    const char *base = split_dir(path, dir, sizeof dir);
+    DIR *d = opendir(dir);
     if (!d)
         return;
     const size_t bl = strlen(base);
@@ -246,7 +254,7 @@ static void sweep_stale_tmp(const char *path)
             strspn(n + bl + 5, "0123456789") != strlen(n + bl + 5))
             continue;
         char full[8400];
-        snprintf(full, sizeof full, "%s/%s", sl ? dir : ".", n);
+        snprintf(full, sizeof full, "%s/%s", dir, n);
         int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0)
             continue;
@@ -575,11 +583,8 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
     }
     {
         char dir[4200];
-        snprintf(dir, sizeof dir, "%s", path);
-        char *sl = strrchr(dir, '/');
-        if (sl)
-            sl[sl == dir ? 1 : 0] = 0;
-        int dfd = open(sl ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        split_dir(path, dir, sizeof dir);
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd >= 0) {
             fsync(dfd);
             close(dfd);

@@ -564,8 +564,8 @@ eg_status eg_rt_set_rows(eg_runtime *rt, uint32_t li, const uint64_t *rows, cons
                            (unsigned long long)rows[i], i, li, (unsigned long long)lr_rows);
     overlay *o = &rt->ov[li];
     for (size_t i = 0; i < n; i++) {
-        long sl = ov_find(o, rows[i]);
-        if (sl < 0 && (sl = ov_insert(o, rows[i], vals + i * dim, (uint32_t)dim, 0)) < 0)
+        const long sl = ov_insert(o, rows[i], vals + i * dim, (uint32_t)dim, 0); /* or found */
+        if (sl < 0)
             return eg_fail(err, EG_ENOMEM, "out of memory");
         memcpy(o->vals + (size_t)sl * 3 * dim, vals + i * dim, dim * sizeof(float));
     }
