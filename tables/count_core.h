@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 #include <zstd.h>
@@ -50,6 +51,17 @@ typedef struct {
 
 static inline u128 key_of(const entry *e) { return (u128)E_HI(*e) << 64 | e->lo; }
 
+/* A key as one comparable number (for the range partitions' splitters). */
+#if KW == 1
+typedef uint64_t kkey;
+#define KEY_AT(hi, lo, i) ((lo)[i])
+#define E_KEY(e) ((e).lo)
+#else
+typedef u128 kkey;
+#define KEY_AT(hi, lo, i) ((u128)(hi)[i] << 64 | (lo)[i])
+#define E_KEY(e) key_of(&(e))
+#endif
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -82,38 +94,15 @@ static unsigned fof_bucket(uint64_t c)
 
 /* ---- the counting state ----------------------------------------------------- */
 
-/* A partition's table: `cap` slots in use of the `maxcap` it may grow to
- * (tables start small, so a small input touches little memory). */
+/* A partition's table: `cap` slots, each table its own mapping (zero pages,
+ * touched as it fills), grown by doubling while the budget allows. */
 typedef struct {
     entry *slot;
-    size_t cap, maxcap, used;
+    size_t cap, used;
+    int stuck; /* could not grow: fills to 90%, then the counter spills */
 } ptable;
 
 #define PT_START 1024
-
-/* Double the table (rehash); 0, or -1 when memory for the move runs out. */
-static int pt_grow(ptable *t)
-{
-    size_t ncap = t->cap * 2 < t->maxcap ? t->cap * 2 : t->maxcap;
-    entry *old = malloc(t->used * sizeof *old + 1);
-    if (!old)
-        return -1;
-    size_t k = 0;
-    for (size_t i = 0; i < t->cap; i++)
-        if (E_USED(t->slot[i]))
-            old[k++] = t->slot[i];
-    memset(t->slot, 0, ncap * sizeof *t->slot);
-    t->cap = ncap;
-    for (size_t i = 0; i < k; i++) {
-        size_t s = (size_t)(((u128)(uint32_t)mix_key(E_HI(old[i]), old[i].lo) * ncap) >> 32);
-        while (E_USED(t->slot[s]))
-            if (++s == ncap)
-                s = 0;
-        t->slot[s] = old[i];
-    }
-    free(old);
-    return 0;
-}
 
 typedef struct counter_ {
     const eg_count_opts *o;
@@ -123,17 +112,24 @@ typedef struct counter_ {
     int nt;
     /* key buffers */
     uint64_t *khi, *klo, *shi, *slo; /* keys and their scattered copy */
-    uint64_t *kh, *sh;               /* the keys' hashes, and scattered (exact counting) */
+    uint64_t *sh;                    /* the scattered keys' hashes (exact counting) */
+    uint8_t *kp;                     /* each key's partition */
     size_t kn, kcap;
     uint32_t *xb; /* the token block (see flush_block) */
     uint8_t *db;
     size_t xn, B;
-    /* partitions */
+    /* partitions: P key ranges (splitters from the first batch of keys), so
+     * that sorted partitions laid end to end are the sorted output */
     size_t P;
-    unsigned pshift;
+    kkey *spl; /* P - 1 splitters: partition p holds keys in [spl[p-1], spl[p]) */
+    int have_spl;
     ptable *part;
-    entry *table_mem;
-    size_t table_mem_bytes;
+    size_t budget, inuse; /* table slots: allowed, and mapped now (all tables) */
+    entry *arena;        /* partition p's table lives at arena + p * region (see below) */
+    size_t arena_bytes, region;
+    entry **scratch;     /* per thread: where a growing table's entries wait */
+    size_t *scratch_cap;
+    uint64_t *pbytes;     /* P + 1: each partition's bytes in the counts file */
     size_t *hist; /* nt * P */
     size_t *start; /* P + 1 */
     size_t *done;  /* per partition: keys already inserted from this batch */
@@ -147,7 +143,178 @@ typedef struct counter_ {
     void *sketch;
 } counter;
 
-static inline size_t part_of(const counter *c, uint64_t h) { return (size_t)(h >> c->pshift); }
+/* The partition of a key: how many splitters are <= it (branch-free binary
+ * search; P is a power of two). */
+static inline size_t part_of(const counter *c, kkey k)
+{
+    const kkey *s = c->spl;
+    size_t p = 0;
+    for (size_t step = c->P / 2; step; step >>= 1)
+        p += s[p + step - 1] <= k ? step : 0;
+    return p;
+}
+
+/* Table memory. Every partition owns a region of one reservation of address
+ * space (mapped without committing it, huge pages where the kernel gives
+ * them), eight times its share of the budget, and its table grows in place:
+ * slots past `cap` have never been touched and read as zero. A first touch of
+ * memory costs a fault and the kernel's zeroing (on the VMs we measure on,
+ * about 1 s per GB), so the tables touch only their final size, and the
+ * entries of a growing table wait in a per-thread scratch buffer that is
+ * reused. The budget counts the slots of all tables (`inuse`). */
+
+/* Grow table t to twice its slots, or to what its region and the budget
+ * allow if that is still a quarter more; 0, or -1 when it cannot. Tables grow
+ * concurrently (one thread per partition): `inuse` is updated atomically. */
+static int pt_grow(counter *c, ptable *t)
+{
+    size_t cur = __atomic_load_n(&c->inuse, __ATOMIC_RELAXED), ncap;
+    do {
+        const size_t avail = c->budget > cur ? c->budget - cur : 0;
+        ncap = t->cap * 2 < c->region ? t->cap * 2 : c->region;
+        ncap = ncap - t->cap < avail ? ncap : t->cap + avail;
+        if (ncap < t->cap + t->cap / 4)
+            return -1;
+    } while (!__atomic_compare_exchange_n(&c->inuse, &cur, cur + (ncap - t->cap), 0,
+                                          __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+#ifdef _OPENMP
+    const int th = omp_get_thread_num();
+#else
+    const int th = 0;
+#endif
+    if (c->scratch_cap[th] < t->used) {
+        entry *b = realloc(c->scratch[th], t->used * sizeof *b);
+        if (!b) {
+            __atomic_fetch_sub(&c->inuse, ncap - t->cap, __ATOMIC_RELAXED);
+            return -1;
+        }
+        c->scratch[th] = b;
+        c->scratch_cap[th] = t->used;
+    }
+    entry *keep = c->scratch[th];
+    size_t k = 0;
+    for (size_t i = 0; i < t->cap; i++)
+        if (E_USED(t->slot[i]))
+            keep[k++] = t->slot[i];
+    memset(t->slot, 0, t->cap * sizeof *t->slot);
+    t->cap = ncap;
+    for (size_t i = 0; i < k; i++) {
+        size_t s = (size_t)(((u128)(uint32_t)mix_key(E_HI(keep[i]), keep[i].lo) * ncap) >> 32);
+        while (E_USED(t->slot[s]))
+            if (++s == ncap)
+                s = 0;
+        t->slot[s] = keep[i];
+    }
+    return 0;
+}
+
+static int cmp_kkey(const void *a, const void *b)
+{
+    const kkey x = *(const kkey *)a, y = *(const kkey *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Splitters from m sampled keys (sorted here): P - 1 of their distinct
+ * values at even quantiles, so that partitions hold about as many distinct
+ * n-grams each. Where the sample misleads, some partitions fill more than
+ * others; tables grow from one shared budget, so that costs balance, never
+ * correctness or memory. 0 when there are no keys to choose from. */
+static int splitters_from(counter *c, kkey *k, size_t m)
+{
+    qsort(k, m, sizeof *k, cmp_kkey);
+    size_t d = 0;
+    for (size_t i = 0; i < m; i++)
+        if (!d || k[i] != k[d - 1])
+            k[d++] = k[i];
+    if (!d)
+        return 0;
+    for (size_t j = 0; j + 1 < c->P; j++)
+        c->spl[j] = k[(size_t)((u128)(j + 1) * d / c->P)];
+    c->have_spl = 1;
+    return 1;
+}
+
+/* The splitters from the whole input: the n-grams of 256 windows of 1024
+ * tokens spread evenly over it (a corpus's first block may be unlike the
+ * rest). Ids the projection rejects are skipped here: the counting pass
+ * reports them. Without keys (or on a read error, reported by the pass) the
+ * first batch is used instead (choose_splitters). */
+static void sample_splitters(counter *c)
+{
+    const eg_count_opts *o = c->o;
+    const uint32_t N = o->max_ngram, H = N - 1;
+    enum { W = 256, L = 1024 };
+    /* at most a sixteenth of the budget (its slack: tables are small yet) */
+    const size_t mem = o->memory ? o->memory : ((size_t)1 << 30);
+    const size_t most = mem / 16 / sizeof(kkey) > 4096 ? mem / 16 / sizeof(kkey) : 4096;
+    uint64_t total = 0;
+    for (size_t i = 0; i < o->n_shards; i++) {
+        eg_shard *s = NULL;
+        eg_err e;
+        if (eg_shard_open(o->shards[i], &s, &e))
+            return;
+        total += eg_shard_n_tokens(s);
+        eg_shard_close(s);
+    }
+    const size_t cap = (size_t)W * L * H < most ? (size_t)W * L * H : most;
+    const size_t wl = cap / W / H > H + 1 ? cap / W / H : H + 1; /* tokens per window */
+    kkey *k = malloc(cap * sizeof *k);
+    uint32_t *x = malloc(L * sizeof *x);
+    size_t m = 0;
+    uint64_t base = 0; /* the first token of shard i */
+    for (size_t i = 0, w = 0; k && x && i < o->n_shards && w < W; i++) {
+        eg_shard *s = NULL;
+        eg_err e;
+        if (eg_shard_open(o->shards[i], &s, &e))
+            break;
+        const uint64_t n = eg_shard_n_tokens(s);
+        for (uint64_t g; w < W && (g = (uint64_t)((u128)w * total / W)) < base + n; w++) {
+            const uint64_t at = g - base;
+            const size_t len = (size_t)(n - at < wl ? n - at : wl);
+            if (eg_shard_read(s, at, len, x, &e))
+                break;
+            for (size_t j = 0; j < len; j++) {
+                uint32_t id = x[j];
+                id = o->proj ? (id < o->n_proj ? o->proj[id] : UINT32_MAX) : id;
+                x[j] = id < o->vprime ? id : UINT32_MAX;
+            }
+            for (size_t j = H; j < len; j++) {
+                u128 v = x[j];
+                int bad = x[j] == UINT32_MAX;
+                for (uint32_t q = 1; q <= H; q++) {
+                    bad |= x[j - q] == UINT32_MAX;
+                    v |= (u128)x[j - q] << (c->bits * q);
+                    if (!bad && m < cap)
+                        k[m++] = (kkey)((u128)(q + 1) << ORDER_SHIFT | v);
+                }
+            }
+        }
+        base += n;
+        eg_shard_close(s);
+    }
+    if (k && m)
+        splitters_from(c, k, m);
+    free(k);
+    free(x);
+}
+
+/* Splitters from a sample of the first batch's keys, when sample_splitters
+ * found none. */
+static eg_status choose_splitters(counter *c)
+{
+    const size_t n = c->kn, m = n < ((size_t)1 << 20) ? n : (size_t)1 << 20;
+    kkey *k = malloc(m * sizeof *k + 1);
+    if (!k)
+        return eg_fail(c->err, EG_ENOMEM, "out of memory");
+    for (size_t i = 0; i < m; i++) {
+        /* a random sample: keys are N-1 per position, so a stride aliases */
+        const size_t j = m == n ? i : (size_t)(((u128)mix_key(0, i) * n) >> 64);
+        k[i] = KEY_AT(c->khi, c->klo, j);
+    }
+    splitters_from(c, k, m);
+    free(k);
+    return EG_OK;
+}
 
 /* Insert partition p's keys [from, to) of the scattered batch; stops early
  * (returns the position) when the table is 90% full. */
@@ -157,8 +324,8 @@ static size_t insert_part(counter *c, size_t p, size_t from, size_t to)
     enum { AHEAD = 12 }; /* prefetch the slots of keys this far ahead: the
                           * inserts are bound by memory latency, not work */
     for (size_t i = from; i < to; i++) {
-        if (t->used * 10 >= t->cap * 7 && t->cap < t->maxcap && pt_grow(t))
-            return i; /* no memory to grow: spill instead */
+        if (t->used * 10 >= t->cap * 7 && !t->stuck && pt_grow(c, t))
+            t->stuck = 1; /* fills to 90%, then spills */
         if (i + AHEAD < to) {
             const uint64_t ha = c->sh[i + AHEAD];
             __builtin_prefetch(&t->slot[(size_t)(((u128)(uint32_t)ha * t->cap) >> 32)], 1);
@@ -291,51 +458,83 @@ static void radix_sort_entries(entry *a, entry *tmp, size_t n)
 }
 #endif
 
-/* Compact each partition's entries to its front and sort them. */
-static void sort_partitions(counter *c)
+/* Compact each partition's entries to its front (counting the bytes its
+ * records take in the counts file), in parallel. */
+static void compact_partitions(counter *c)
 {
     const long long P = (long long)c->P;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(c->nt)
+#endif
+    for (long long p = 0; p < P; p++) {
+        ptable *t = &c->part[p];
+        size_t w = 0;
+        uint64_t bytes = 0;
+        for (size_t i = 0; i < t->cap; i++)
+            if (E_USED(t->slot[i])) {
+                bytes += 4 * (uint64_t)(key_of(&t->slot[i]) >> ORDER_SHIFT) + 8;
+                t->slot[w++] = t->slot[i];
+            }
+        t->used = w;
+        c->pbytes[p] = bytes;
+    }
+}
+
+/* The radix sort's buffer (KW 1): entries of the fullest partition. */
+static entry *sort_buffer(const counter *c)
+{
 #if KW == 1
-    size_t most = 0; /* the radix sort's buffer, per thread: the fullest partition */
+    size_t most = 0;
     for (size_t p = 0; p < c->P; p++)
         most = c->part[p].used > most ? c->part[p].used : most;
+    return malloc(most * sizeof(entry) + 1);
+#else
+    (void)c;
+    return NULL;
 #endif
+}
+
+/* Sort a compacted partition (tmp: sort_buffer's, or NULL). */
+static void sort_partition(ptable *t, entry *tmp)
+{
+#if KW == 1
+    if (tmp) {
+        radix_sort_entries(t->slot, tmp, t->used);
+        return;
+    }
+#else
+    (void)tmp;
+#endif
+    sort_entries(t->slot, t->used);
+}
+
+/* Compact and sort every partition: end to end, they are sorted. */
+static void sort_partitions(counter *c)
+{
+    compact_partitions(c);
+    const long long P = (long long)c->P;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(c->nt)
 #endif
     {
-#if KW == 1
-        entry *tmp = malloc(most * sizeof *tmp + 1);
-#endif
+        entry *tmp = sort_buffer(c);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (long long p = 0; p < P; p++) {
-            ptable *t = &c->part[p];
-            size_t w = 0;
-            for (size_t i = 0; i < t->cap; i++)
-                if (E_USED(t->slot[i]))
-                    t->slot[w++] = t->slot[i];
-#if KW == 1
-            if (tmp)
-                radix_sort_entries(t->slot, tmp, w);
-            else
-#endif
-                sort_entries(t->slot, w);
-            t->used = w;
-        }
-#if KW == 1
+        for (long long p = 0; p < P; p++)
+            sort_partition(&c->part[p], tmp);
         free(tmp);
-#endif
     }
 }
 
 /* ---- sorted sources and the k-way merge ------------------------------------- */
 
 typedef struct {
-    /* in memory */
+    /* in memory: an array, then the tables of a chain of partitions */
     const entry *arr;
     size_t n, i;
+    const ptable *chain;
+    size_t chain_n, chain_i;
     /* or a run file */
     FILE *f;
     ZSTD_DStream *zd;
@@ -351,9 +550,14 @@ typedef struct {
 
 static int source_next(source *s)
 {
-    if (s->arr) {
-        if (s->i >= s->n)
-            return 0;
+    if (!s->f) {
+        while (s->i >= s->n) {
+            if (s->chain_i >= s->chain_n)
+                return 0;
+            s->arr = s->chain[s->chain_i].slot;
+            s->n = s->chain[s->chain_i++].used;
+            s->i = 0;
+        }
         if ((s->i & 7) == 0) /* 256 streams outrun the hardware prefetchers */
             __builtin_prefetch(&s->arr[s->i + 32]);
         s->cur = s->arr[s->i++];
@@ -506,47 +710,26 @@ static eg_status spill(counter *c)
         c->runs = r;
     }
     c->runs[c->n_runs++] = strdup(path);
-    source *src = calloc(c->P, sizeof *src);
-    merger m = {0};
     ZSTD_CCtx *cc = ZSTD_createCCtx();
     size_t outcap = ZSTD_CStreamOutSize();
     unsigned char *out = malloc(outcap);
-    entry *blk = malloc(RUN_BUF * sizeof *blk);
     eg_status st = EG_OK;
-    if (!src || !cc || !out || !blk || !c->runs[c->n_runs - 1]) {
+    if (!cc || !out || !c->runs[c->n_runs - 1]) {
         st = eg_fail(c->err, EG_ENOMEM, "out of memory");
         goto done;
     }
     ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, 1);
+    /* the partitions in order are one sorted run */
     for (size_t p = 0; p < c->P; p++) {
-        src[p].arr = c->part[p].slot;
-        src[p].n = c->part[p].used;
-    }
-    if (merger_init(&m, src, c->P)) {
-        st = eg_fail(c->err, EG_ENOMEM, "out of memory");
-        goto done;
-    }
-    size_t nb = 0;
-    entry e;
-    int r;
-    for (;;) {
-        r = merger_next(&m, &e);
-        if (r > 0)
-            blk[nb++] = e;
-        if (nb == RUN_BUF || (r == 0 && nb)) {
-            ZSTD_inBuffer ib = {blk, nb * sizeof *blk, 0};
-            while (ib.pos < ib.size) {
-                ZSTD_outBuffer ob = {out, outcap, 0};
-                size_t zr = ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_continue);
-                if (ZSTD_isError(zr) || fwrite(out, 1, ob.pos, f) != ob.pos) {
-                    st = eg_fail(c->err, EG_EIO, "%s: writing a spill run failed", path);
-                    goto done;
-                }
+        ZSTD_inBuffer ib = {c->part[p].slot, c->part[p].used * sizeof(entry), 0};
+        while (ib.pos < ib.size) {
+            ZSTD_outBuffer ob = {out, outcap, 0};
+            size_t zr = ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_continue);
+            if (ZSTD_isError(zr) || fwrite(out, 1, ob.pos, f) != ob.pos) {
+                st = eg_fail(c->err, EG_EIO, "%s: writing a spill run failed", path);
+                goto done;
             }
-            nb = 0;
         }
-        if (r == 0)
-            break;
     }
     for (;;) {
         ZSTD_inBuffer ib = {NULL, 0, 0};
@@ -562,16 +745,14 @@ static eg_status spill(counter *c)
     for (size_t p = 0; p < c->P; p++) {
         memset(c->part[p].slot, 0, c->part[p].cap * sizeof(entry));
         c->part[p].used = 0; /* keeps its grown size: it will fill again */
+        c->part[p].stuck = 0;
     }
     c->spills++;
 done:
     if (fclose(f) && !st)
         st = eg_fail(c->err, EG_EIO, "%s: writing a spill run failed", path);
-    free(m.heap);
-    free(src);
     ZSTD_freeCCtx(cc);
     free(out);
-    free(blk);
     return st;
 }
 
@@ -583,6 +764,11 @@ static eg_status flush_keys(counter *c)
     const int nt = c->nt;
     if (!n)
         return EG_OK;
+    if (!c->have_spl) {
+        eg_status st = choose_splitters(c);
+        if (st)
+            return st;
+    }
     memset(c->hist, 0, (size_t)nt * P * sizeof *c->hist);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -595,8 +781,11 @@ static eg_status flush_keys(counter *c)
 #endif
         size_t a = n * (size_t)t / (size_t)T, b = n * (size_t)(t + 1) / (size_t)T;
         size_t *h = c->hist + (size_t)t * P;
-        for (size_t i = a; i < b; i++)
-            h[part_of(c, c->kh[i] = mix_key(KHI(c->khi, i), c->klo[i]))]++;
+        for (size_t i = a; i < b; i++) {
+            const size_t p = part_of(c, KEY_AT(c->khi, c->klo, i));
+            c->kp[i] = (uint8_t)p;
+            h[p]++;
+        }
 #ifdef _OPENMP
 #pragma omp barrier
 #pragma omp single
@@ -614,9 +803,8 @@ static eg_status flush_keys(counter *c)
             c->start[P] = off;
         }
         for (size_t i = a; i < b; i++) {
-            size_t p = part_of(c, c->kh[i]);
-            size_t dst = h[p]++;
-            c->sh[dst] = c->kh[i];
+            size_t dst = h[c->kp[i]]++;
+            c->sh[dst] = mix_key(KHI(c->khi, i), c->klo[i]);
 #if KW == 2
             c->shi[dst] = c->khi[i];
 #endif
@@ -735,13 +923,20 @@ static void counter_free(counter *c)
     free(c->xb);
     free(c->db);
     free(c->khi);
-    free(c->kh);
+    free(c->kp);
     free(c->sh);
     free(c->klo);
     free(c->shi);
     free(c->slo);
-    eg_big_free(c->table_mem, c->table_mem_bytes);
+    if (c->arena)
+        munmap(c->arena, c->arena_bytes);
+    for (int t = 0; c->scratch && t < c->nt; t++)
+        free(c->scratch[t]);
+    free(c->scratch);
+    free(c->scratch_cap);
     free(c->part);
+    free(c->spl);
+    free(c->pbytes);
     free(c->hist);
     free(c->start);
     free(c->done);
@@ -841,19 +1036,6 @@ static size_t emit_record(const counter *c, const entry *e, eg_count_stats *st,
     return 4 * (size_t)n + 8;
 }
 
-static size_t lower_bound(const entry *a, size_t n, uint64_t hi, uint64_t lo)
-{
-    size_t l = 0, r = n;
-    while (l < r) {
-        size_t m = l + (r - l) / 2;
-        if (E_HI(a[m]) < hi || (E_HI(a[m]) == hi && a[m].lo < lo))
-            l = m + 1;
-        else
-            r = m;
-    }
-    return l;
-}
-
 static eg_status write_header(counter *c, int fd, const eg_count_stats *st, const char *path)
 {
     const uint32_t N = c->o->max_ngram;
@@ -875,10 +1057,10 @@ static eg_status write_header(counter *c, int fd, const eg_count_stats *st, cons
     return EG_OK;
 }
 
-/* Without spills every n-gram lives in exactly one partition, so the output
- * is split by key range across threads: each merges its range of every
- * (sorted) partition and writes it with pwrite at an offset known in advance. */
-static eg_status write_counts_parallel(counter *c, eg_count_stats *st)
+/* Without spills the sorted partitions laid end to end are the output, and
+ * each partition's place in the file is known once they are compacted: the
+ * threads sort and write whole partitions, each at its offset, with pwrite. */
+static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
 {
     const eg_count_opts *o = c->o;
     const uint32_t N = o->max_ngram;
@@ -886,44 +1068,20 @@ static eg_status write_counts_parallel(counter *c, eg_count_stats *st)
     const size_t P = c->P;
     char tmp[1100];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", o->output, (long)getpid());
-    /* splitters from the largest partition (partitions are hash-random) */
-    size_t big = 0;
-    for (size_t p = 1; p < P; p++)
-        if (c->part[p].used > c->part[big].used)
-            big = p;
-    entry split[64];
-    for (int t = 1; t < T; t++)
-        split[t] = c->part[big].slot[c->part[big].used * (size_t)t / (size_t)T];
-    /* every thread's sub-range of every partition, and its bytes */
-    size_t *lo = malloc((size_t)T * P * sizeof *lo), *hi = malloc((size_t)T * P * sizeof *hi);
-    uint64_t *bytes = calloc((size_t)T + 1, sizeof *bytes);
+    compact_partitions(c);
+    uint64_t at = header_bytes(N);
+    for (size_t p = 0; p <= P; p++) { /* pbytes[p] becomes partition p's offset */
+        const uint64_t b = p < P ? c->pbytes[p] : 0;
+        c->pbytes[p] = at;
+        at += b;
+    }
     eg_count_stats *ts = calloc((size_t)T, sizeof *ts);
     eg_status ret = EG_OK;
     int fd = -1;
-    if (!lo || !hi || !bytes || !ts) {
+    if (!ts) {
         ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
         goto done;
     }
-    for (int t = 0; t < T; t++)
-        for (size_t p = 0; p < P; p++) {
-            const entry *a = c->part[p].slot;
-            const size_t n = c->part[p].used;
-            size_t x = t == 0 ? 0 : lower_bound(a, n, E_HI(split[t]), split[t].lo);
-            size_t y = t == T - 1 ? n : lower_bound(a, n, E_HI(split[t + 1]), split[t + 1].lo);
-            lo[(size_t)t * P + p] = x;
-            hi[(size_t)t * P + p] = y < x ? x : y;
-            for (uint32_t k = 2; k <= N; k++) {
-                const u128 o0 = (u128)k << ORDER_SHIFT, o1 = (u128)(k + 1) << ORDER_SHIFT;
-                size_t b0 = lower_bound(a, n, (uint64_t)(o0 >> 64), (uint64_t)o0);
-                size_t b1 = lower_bound(a, n, (uint64_t)(o1 >> 64), (uint64_t)o1);
-                size_t from = b0 > x ? b0 : x, to = b1 < y ? b1 : y;
-                if (to > from)
-                    bytes[t + 1] += (uint64_t)(to - from) * (4ull * k + 8);
-            }
-        }
-    bytes[0] = header_bytes(N);
-    for (int t = 1; t <= T; t++)
-        bytes[t] += bytes[t - 1]; /* bytes[t]: where thread t starts */
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         ret = eg_fail(c->err, EG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
@@ -936,39 +1094,42 @@ static eg_status write_counts_parallel(counter *c, eg_count_stats *st)
     if (ret)
         goto done;
     int failed = 0;
+    const long long PP = (long long)P;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static, 1) num_threads(T) reduction(| : failed)
+#pragma omp parallel num_threads(T) reduction(| : failed)
 #endif
-    for (int t = 0; t < T; t++) {
-        source *src = calloc(P, sizeof *src);
-        merger m = {0};
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num();
+#else
+        const int t = 0;
+#endif
+        entry *stmp = sort_buffer(c);
         unsigned char *buf = malloc(1 << 16);
-        uint64_t at = bytes[t];
-        size_t wn = 0;
-        entry e;
-        if (!src || !buf) {
-            failed = 1;
-        } else {
-            for (size_t p = 0; p < P; p++) {
-                src[p].arr = c->part[p].slot + lo[(size_t)t * P + p];
-                src[p].n = hi[(size_t)t * P + p] - lo[(size_t)t * P + p];
-            }
-            if (merger_init(&m, src, P))
-                failed = 1;
-            while (!failed && merger_next(&m, &e) > 0) {
+        failed |= !buf;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (long long p = 0; p < PP; p++) {
+            if (failed)
+                continue;
+            ptable *pt = &c->part[p];
+            sort_partition(pt, stmp);
+            uint64_t w = c->pbytes[p];
+            size_t wn = 0;
+            for (size_t i = 0; i < pt->used; i++) {
                 if (wn + 4 * EG_COUNT_MAX_ORDER + 8 > (1 << 16)) {
-                    failed |= pwrite(fd, buf, wn, (off_t)at) != (ssize_t)wn;
-                    at += wn;
+                    failed |= pwrite(fd, buf, wn, (off_t)w) != (ssize_t)wn;
+                    w += wn;
                     wn = 0;
                 }
-                wn += emit_record(c, &e, &ts[t], buf + wn);
+                wn += emit_record(c, &pt->slot[i], &ts[t], buf + wn);
             }
-            if (!failed && wn)
-                failed |= pwrite(fd, buf, wn, (off_t)at) != (ssize_t)wn;
+            if (wn)
+                failed |= pwrite(fd, buf, wn, (off_t)w) != (ssize_t)wn;
         }
-        free(m.heap);
-        free(src);
         free(buf);
+        free(stmp);
     }
     if (failed) {
         ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
@@ -1007,9 +1168,6 @@ done:
     for (int t = 0; ts && t < T; t++)
         eg_count_stats_free(&ts[t]);
     free(ts);
-    free(lo);
-    free(hi);
-    free(bytes);
     return ret;
 }
 
@@ -1017,10 +1175,10 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
 {
     const eg_count_opts *o = c->o;
     const uint32_t N = o->max_ngram;
+    if (c->n_runs == 0)
+        return write_counts_ranges(c, st);
     sort_partitions(c);
-    if (c->n_runs == 0 && c->nt > 1 && c->nt <= 64)
-        return write_counts_parallel(c, st);
-    size_t ns = c->P + c->n_runs;
+    size_t ns = 1 + c->n_runs; /* the tables (one sorted chain) and the runs */
     source *src = calloc(ns, sizeof *src);
     merger m = {0};
     char tmp[1100];
@@ -1031,12 +1189,10 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
         ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
         goto done;
     }
-    for (size_t p = 0; p < c->P; p++) {
-        src[p].arr = c->part[p].slot;
-        src[p].n = c->part[p].used;
-    }
+    src[0].chain = c->part;
+    src[0].chain_n = c->P;
     for (size_t r = 0; r < c->n_runs; r++) {
-        source *s = &src[c->P + r];
+        source *s = &src[1 + r];
         s->f = fopen(c->runs[r], "rb");
         s->zd = ZSTD_createDStream();
         s->in = malloc(ZSTD_DStreamInSize());
@@ -1265,32 +1421,58 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
                        "count: a budget of %zu bytes is too small to make progress (at least "
                        "1 MiB)",
                        mem);
-    c.pshift = 64 - (unsigned)__builtin_ctzll(c.P);
     c.klo = malloc(c.kcap * 8);
     c.slo = malloc(c.kcap * 8);
-    c.kh = malloc(c.kcap * 8);
+    c.kp = malloc(c.kcap);
     c.sh = malloc(c.kcap * 8);
 #if KW == 2
     c.khi = malloc(c.kcap * 8);
     c.shi = malloc(c.kcap * 8);
 #endif
-    c.table_mem_bytes = per * c.P * sizeof(entry);
-    c.table_mem = eg_big_alloc(c.table_mem_bytes); /* zero pages, touched as tables grow */
+    c.budget = per * c.P;
     c.part = calloc(c.P, sizeof *c.part);
+    c.spl = calloc(c.P, sizeof *c.spl);
+    c.pbytes = calloc(c.P + 1, sizeof *c.pbytes);
     c.hist = malloc((size_t)c.nt * c.P * sizeof *c.hist);
     c.start = malloc((c.P + 1) * sizeof *c.start);
     c.done = malloc(c.P * sizeof *c.done);
-    if ((KW == 2 && (!c.khi || !c.shi)) || !c.klo || !c.slo || !c.kh || !c.sh || !c.table_mem || !c.part || !c.hist ||
-        !c.start || !c.done || alloc_block(&c)) {
+    int ok = (KW == 1 || (c.khi && c.shi)) && c.klo && c.slo && c.kp && c.sh && c.part &&
+             c.spl && c.pbytes && c.hist && c.start && c.done && !alloc_block(&c);
+    /* each partition's region: 8 shares of the budget (partitions are key
+     * ranges chosen from a sample, so some fill more than others), in 2 MiB
+     * units; one share each where the address space is refused */
+    const size_t huge = ((size_t)2 << 20) / sizeof(entry);
+    for (size_t shares = c.P > 8 ? 8 : 1; ok && !c.arena; shares = 1) {
+        c.region = ((per * shares + huge - 1) / huge) * huge;
+        c.arena_bytes = c.region * c.P * sizeof(entry);
+        void *a = mmap(NULL, c.arena_bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (a != MAP_FAILED)
+            c.arena = a;
+        else if (shares == 1)
+            ok = 0;
+    }
+#ifdef MADV_HUGEPAGE
+    /* huge pages (2 MiB: a fault each, not 512) where rounding every table up
+     * to them costs at most a sixteenth of the budget, which then pays it */
+    if (ok && c.P * huge <= c.budget / 16) {
+        madvise(c.arena, c.arena_bytes, MADV_HUGEPAGE);
+        c.budget -= c.P * huge;
+    }
+#endif
+    c.scratch = calloc((size_t)c.nt, sizeof *c.scratch);
+    c.scratch_cap = calloc((size_t)c.nt, sizeof *c.scratch_cap);
+    ok = ok && c.scratch && c.scratch_cap;
+    for (size_t p = 0; ok && p < c.P; p++) {
+        c.part[p].cap = per < PT_START ? per : PT_START;
+        c.part[p].slot = c.arena + p * c.region;
+        c.inuse += c.part[p].cap;
+    }
+    if (!ok) {
         counter_free(&c);
         return eg_fail(err, EG_ENOMEM, "count: out of memory for a budget of %zu bytes", mem);
     }
-    for (size_t p = 0; p < c.P; p++) {
-        c.part[p].slot = c.table_mem + p * per;
-        c.part[p].maxcap = per;
-        c.part[p].cap = per < PT_START ? per : PT_START;
-    }
-    st->table_bytes = per * c.P * sizeof(entry);
+    st->table_bytes = c.budget * sizeof(entry);
     st->buffer_bytes = c.kcap * KEY_BYTES;
     st->key_words = KW;
     const char *slash = strrchr(o->output, '/');
@@ -1302,6 +1484,7 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
     else
         snprintf(c.tmp_prefix, sizeof c.tmp_prefix, ".egcount.%ld", (long)getpid());
     double t0 = now_s();
+    sample_splitters(&c);
     ret = for_each_segment(o, exact_segment, &c, &st->tokens, err);
     if (!ret)
         ret = flush_block(&c);

@@ -118,6 +118,38 @@ TEST(count_exact_vs_sort_on_shared_corpus_with_spills)
     free(proj);
 }
 
+/* Partitions are key ranges whose splitters come from a sample of the
+ * input: inputs that change halfway, or whose sample is almost all one
+ * n-gram, still count exactly (in memory and with spills, 1 and 2 threads). */
+TEST(count_range_partitions_on_skewed_inputs)
+{
+    enum { LEN = 200000 };
+    uint32_t *x = malloc(LEN * sizeof *x);
+    REQUIRE(x);
+    for (int shape = 0; shape < 2; shape++) {
+        uint64_t r = 88172645463325252ull;
+        for (size_t i = 0; i < LEN; i++) {
+            r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+            const int plain = shape == 0 ? i < LEN / 2 : i < LEN - 3000;
+            /* skewed ids (the square of a uniform) over 5000 in the noisy part */
+            const uint64_t u = r % 5000;
+            x[i] = plain ? (shape == 0 ? 1 + i % 3 : 7) : (uint32_t)(u * u / 5000);
+        }
+        const char *in = t_tmp_path("skew.u32");
+        REQUIRE(t_write_file(in, x, LEN * sizeof *x) == 0);
+        for (int k = 0; k < 4; k++) {
+            const char *out = t_tmp_path("skew.counts");
+            REQUIRE(t_cli("count %s -V 5000 -n 3 --pad 0 -T 1000 -m %s -j %d -o %s --json", in,
+                          k & 1 ? "2M" : "256M", 1 + (k >> 1), out) == 0);
+            if (shape == 0) /* the other has too few distinct n-grams to spill */
+                CHECK_MSG((strstr(t_cli_stdout(), "\"spills\": 0,") == NULL) == (k & 1),
+                          "case %d: spills", k);
+            check_counts(out, x, LEN, 1000, 3, 0);
+        }
+    }
+    free(x);
+}
+
 /* Documents pad at their starts; a 4-gram count on a small synthetic shard. */
 TEST(count_docs_and_order4_small)
 {
