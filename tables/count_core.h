@@ -100,6 +100,7 @@ typedef struct {
     entry *slot;
     size_t cap, used;
     int stuck; /* could not grow: fills to 90%, then the counter spills */
+    int huge;  /* its region asks for huge pages (once the table is large) */
 } ptable;
 
 #define PT_START 1024
@@ -127,6 +128,7 @@ typedef struct counter_ {
     size_t budget, inuse; /* table slots: allowed, and mapped now (all tables) */
     entry *arena;        /* partition p's table lives at arena + p * region (see below) */
     size_t arena_bytes, region;
+    int huge_pages;      /* tables of 4 MiB and more ask for huge pages */
     entry **scratch;     /* per thread: where a growing table's entries wait */
     size_t *scratch_cap;
     uint64_t *pbytes;     /* P + 1: each partition's bytes in the counts file */
@@ -136,6 +138,7 @@ typedef struct counter_ {
     /* runs */
     char **runs;
     size_t n_runs, runs_cap;
+    uint64_t *run_off; /* per run, P + 1 offsets: partition p is the zstd frame [off[p], off[p+1]) */
     uint64_t spills;
     char tmp_prefix[1024];
     /* where full key buffers go: the tables (exact) or the sketches (approx) */
@@ -164,16 +167,18 @@ static inline size_t part_of(const counter *c, kkey k)
  * reused. The budget counts the slots of all tables (`inuse`). */
 
 /* Grow table t to twice its slots, or to what its region and the budget
- * allow if that is still a quarter more; 0, or -1 when it cannot. Tables grow
+ * allow if that is still an eighth more; 0, or -1 when it cannot. Tables grow
  * concurrently (one thread per partition): `inuse` is updated atomically. */
 static int pt_grow(counter *c, ptable *t)
 {
     size_t cur = __atomic_load_n(&c->inuse, __ATOMIC_RELAXED), ncap;
     do {
-        const size_t avail = c->budget > cur ? c->budget - cur : 0;
+        /* at most a quarter of what is left, so that near the budget every
+         * table still grows a little rather than one taking it all */
+        const size_t avail = c->budget > cur ? (c->budget - cur) / 4 : 0;
         ncap = t->cap * 2 < c->region ? t->cap * 2 : c->region;
         ncap = ncap - t->cap < avail ? ncap : t->cap + avail;
-        if (ncap < t->cap + t->cap / 4)
+        if (ncap < t->cap + t->cap / 8)
             return -1;
     } while (!__atomic_compare_exchange_n(&c->inuse, &cur, cur + (ncap - t->cap), 0,
                                           __ATOMIC_RELAXED, __ATOMIC_RELAXED));
@@ -191,6 +196,12 @@ static int pt_grow(counter *c, ptable *t)
         c->scratch[th] = b;
         c->scratch_cap[th] = t->used;
     }
+#ifdef MADV_HUGEPAGE
+    if (c->huge_pages && !t->huge && ncap * sizeof(entry) >= ((size_t)4 << 20)) {
+        madvise(t->slot, c->region * sizeof(entry), MADV_HUGEPAGE);
+        t->huge = 1;
+    }
+#endif
     entry *keep = c->scratch[th];
     size_t k = 0;
     for (size_t i = 0; i < t->cap; i++)
@@ -542,6 +553,7 @@ typedef struct {
     size_t in_len, in_pos;
     entry *buf;
     size_t buf_n, buf_i;
+    uint64_t left; /* bytes of the run's frame not read yet */
     int eof;
     entry cur;
 } source;
@@ -569,7 +581,9 @@ static int source_next(source *s)
         ZSTD_outBuffer ob = {s->buf, RUN_BUF * sizeof(entry), 0};
         while (ob.pos < ob.size && !s->eof) {
             if (s->in_pos == s->in_len) {
-                s->in_len = fread(s->in, 1, ZSTD_DStreamInSize(), s->f);
+                const size_t want = ZSTD_DStreamInSize();
+                s->in_len = fread(s->in, 1, s->left < want ? (size_t)s->left : want, s->f);
+                s->left -= s->in_len;
                 s->in_pos = 0;
                 if (s->in_len == 0) {
                     s->eof = 1;
@@ -719,29 +733,30 @@ static eg_status spill(counter *c)
         goto done;
     }
     ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, 1);
-    /* the partitions in order are one sorted run */
+    /* the partitions in order are one sorted run, each its own zstd frame
+     * (so that the final merge can take the partitions apart) */
+    uint64_t *off = realloc(c->run_off, c->n_runs * (c->P + 1) * sizeof *off);
+    if (!off) {
+        st = eg_fail(c->err, EG_ENOMEM, "out of memory");
+        goto done;
+    }
+    c->run_off = off;
+    off += (c->n_runs - 1) * (c->P + 1);
+    uint64_t at = 0;
     for (size_t p = 0; p < c->P; p++) {
+        off[p] = at;
         ZSTD_inBuffer ib = {c->part[p].slot, c->part[p].used * sizeof(entry), 0};
-        while (ib.pos < ib.size) {
+        for (size_t left = 1; left;) {
             ZSTD_outBuffer ob = {out, outcap, 0};
-            size_t zr = ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_continue);
-            if (ZSTD_isError(zr) || fwrite(out, 1, ob.pos, f) != ob.pos) {
+            left = ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_end);
+            if (ZSTD_isError(left) || fwrite(out, 1, ob.pos, f) != ob.pos) {
                 st = eg_fail(c->err, EG_EIO, "%s: writing a spill run failed", path);
                 goto done;
             }
+            at += ob.pos;
         }
     }
-    for (;;) {
-        ZSTD_inBuffer ib = {NULL, 0, 0};
-        ZSTD_outBuffer ob = {out, outcap, 0};
-        size_t left = ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_end);
-        if (ZSTD_isError(left) || fwrite(out, 1, ob.pos, f) != ob.pos) {
-            st = eg_fail(c->err, EG_EIO, "%s: writing a spill run failed", path);
-            goto done;
-        }
-        if (left == 0)
-            break;
-    }
+    off[c->P] = at;
     for (size_t p = 0; p < c->P; p++) {
         memset(c->part[p].slot, 0, c->part[p].cap * sizeof(entry));
         c->part[p].used = 0; /* keeps its grown size: it will fill again */
@@ -1057,6 +1072,71 @@ static eg_status write_header(counter *c, int fd, const eg_count_stats *st, cons
     return EG_OK;
 }
 
+/* The start of writing a counts file: the temporary file and the threads'
+ * statistics (with their top-k heaps). */
+static eg_status begin_counts(counter *c, const char *tmp, eg_count_stats **ts, int *fd)
+{
+    const eg_count_opts *o = c->o;
+    if (!(*ts = calloc((size_t)c->nt, sizeof **ts)))
+        return eg_fail(c->err, EG_ENOMEM, "out of memory");
+    for (int t = 0; t < c->nt && o->top_k; t++)
+        for (uint32_t n = 2; n <= o->max_ngram; n++)
+            if (!((*ts)[t].top[n] = calloc(o->top_k, sizeof *(*ts)[t].top[n])))
+                return eg_fail(c->err, EG_ENOMEM, "out of memory");
+    *fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (*fd < 0)
+        return eg_fail(c->err, EG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+    return EG_OK;
+}
+
+/* The end of writing a counts file: the threads' statistics summed, the
+ * header, fsync, and the rename into place (or the file removed on error). */
+static eg_status finish_counts(counter *c, eg_count_stats *st, eg_count_stats *ts, int fd,
+                               const char *tmp, eg_status ret)
+{
+    const eg_count_opts *o = c->o;
+    const uint32_t N = o->max_ngram;
+    const int T = c->nt;
+    if (ret)
+        goto done;
+    for (int t = 0; t < T; t++)
+        for (uint32_t n = 2; n <= N; n++) {
+            st->distinct[n] += ts[t].distinct[n];
+            st->total[n] += ts[t].total[n];
+            st->singletons[n] += ts[t].singletons[n];
+            for (unsigned b = 0; b < EG_FOF_BUCKETS; b++)
+                st->fof[n][b] += ts[t].fof[n][b];
+        }
+    for (uint32_t n = 2; n <= N && o->top_k; n++) {
+        if (!(st->top[n] = calloc(o->top_k, sizeof *st->top[n]))) {
+            ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+            goto done;
+        }
+        for (int t = 0; t < T; t++)
+            for (size_t i = 0; i < ts[t].n_top[n]; i++)
+                top_offer(st, n, o->top_k, &ts[t].top[n][i]);
+        qsort(st->top[n], st->n_top[n], sizeof *st->top[n], cmp_top);
+    }
+    if ((ret = write_header(c, fd, st, tmp)))
+        goto done;
+    if (fsync(fd))
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+done:
+    if (fd >= 0 && close(fd) && !ret)
+        ret = eg_fail(c->err, EG_EIO, "%s: close failed", tmp);
+    if (!ret && rename(tmp, o->output))
+        ret = eg_fail(c->err, EG_EIO, "%s: cannot rename into place: %s", o->output,
+                      strerror(errno));
+    if (ret && fd >= 0)
+        unlink(tmp);
+    for (int t = 0; ts && t < T; t++)
+        eg_count_stats_free(&ts[t]);
+    free(ts);
+    return ret;
+}
+
+
+
 /* Without spills the sorted partitions laid end to end are the output, and
  * each partition's place in the file is known once they are compacted: the
  * threads sort and write whole partitions, each at its offset, with pwrite. */
@@ -1075,22 +1155,9 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
         c->pbytes[p] = at;
         at += b;
     }
-    eg_count_stats *ts = calloc((size_t)T, sizeof *ts);
-    eg_status ret = EG_OK;
+    eg_count_stats *ts = NULL;
     int fd = -1;
-    if (!ts) {
-        ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
-        goto done;
-    }
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        ret = eg_fail(c->err, EG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-        goto done;
-    }
-    for (int t = 0; t < T && o->top_k; t++)
-        for (uint32_t n = 2; n <= N; n++)
-            if (!(ts[t].top[n] = calloc(o->top_k, sizeof *ts[t].top[n])))
-                ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+    eg_status ret = begin_counts(c, tmp, &ts, &fd);
     if (ret)
         goto done;
     int failed = 0;
@@ -1131,139 +1198,128 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
         free(buf);
         free(stmp);
     }
-    if (failed) {
+    if (failed)
         ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
-        goto done;
-    }
-    for (int t = 0; t < T; t++)
-        for (uint32_t n = 2; n <= N; n++) {
-            st->distinct[n] += ts[t].distinct[n];
-            st->total[n] += ts[t].total[n];
-            st->singletons[n] += ts[t].singletons[n];
-            for (unsigned b = 0; b < EG_FOF_BUCKETS; b++)
-                st->fof[n][b] += ts[t].fof[n][b];
-        }
-    for (uint32_t n = 2; n <= N && o->top_k; n++) {
-        if (!(st->top[n] = calloc(o->top_k, sizeof *st->top[n]))) {
-            ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
-            goto done;
-        }
-        for (int t = 0; t < T; t++)
-            for (size_t i = 0; i < ts[t].n_top[n]; i++)
-                top_offer(st, n, o->top_k, &ts[t].top[n][i]);
-        qsort(st->top[n], st->n_top[n], sizeof *st->top[n], cmp_top);
-    }
-    if ((ret = write_header(c, fd, st, tmp)))
-        goto done;
-    if (fsync(fd))
-        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
 done:
-    if (fd >= 0 && close(fd) && !ret)
-        ret = eg_fail(c->err, EG_EIO, "%s: close failed", tmp);
-    if (!ret && rename(tmp, o->output))
-        ret = eg_fail(c->err, EG_EIO, "%s: cannot rename into place: %s", o->output,
-                      strerror(errno));
-    if (ret && fd >= 0)
-        unlink(tmp);
-    for (int t = 0; ts && t < T; t++)
-        eg_count_stats_free(&ts[t]);
-    free(ts);
-    return ret;
+    return finish_counts(c, st, ts, fd, tmp, ret);
+}
+
+/* With spills, partition p of the output merges table p with frame p of
+ * every run. The threads merge whole partitions into a buffer of their own
+ * (a slice of the key buffer, idle by now: no memory beyond the budget) and
+ * write them in order (OpenMP `ordered`); a partition whose records outgrow
+ * the buffer finishes its merge in its turn, writing as it goes. */
+typedef struct {
+    merger m;
+    source *src;
+    unsigned char *buf;
+    size_t wn, cap;
+} part_merge;
+
+/* Merge more of the partition into the buffer; 1 when done, 0 when the
+ * buffer is full, -1 on a bad run. */
+static int merge_some(counter *c, part_merge *pm, eg_count_stats *ts)
+{
+    entry e;
+    int r;
+    while (pm->wn + 4 * EG_COUNT_MAX_ORDER + 8 <= pm->cap) {
+        if ((r = merger_next(&pm->m, &e)) <= 0)
+            return r < 0 ? -1 : 1;
+        pm->wn += emit_record(c, &e, ts, pm->buf + pm->wn);
+    }
+    return 0;
 }
 
 static eg_status write_counts(counter *c, eg_count_stats *st)
 {
     const eg_count_opts *o = c->o;
-    const uint32_t N = o->max_ngram;
     if (c->n_runs == 0)
         return write_counts_ranges(c, st);
     sort_partitions(c);
-    size_t ns = 1 + c->n_runs; /* the tables (one sorted chain) and the runs */
-    source *src = calloc(ns, sizeof *src);
-    merger m = {0};
     char tmp[1100];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", o->output, (long)getpid());
-    FILE *f = NULL;
-    eg_status ret = EG_OK;
-    if (!src) {
-        ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
-        goto done;
-    }
-    src[0].chain = c->part;
-    src[0].chain_n = c->P;
-    for (size_t r = 0; r < c->n_runs; r++) {
-        source *s = &src[1 + r];
-        s->f = fopen(c->runs[r], "rb");
-        s->zd = ZSTD_createDStream();
-        s->in = malloc(ZSTD_DStreamInSize());
-        s->buf = malloc(RUN_BUF * sizeof(entry));
-        if (!s->f || !s->zd || !s->in || !s->buf) {
-            ret = eg_fail(c->err, EG_EIO, "%s: cannot reopen a spill run", c->runs[r]);
-            goto done;
-        }
-        ZSTD_initDStream(s->zd);
-    }
-    if (merger_init(&m, src, ns)) {
-        ret = eg_fail(c->err, EG_EFORMAT, "a spill run is unreadable");
-        goto done;
-    }
-    f = fopen(tmp, "wb");
-    if (!f) {
-        ret = eg_fail(c->err, EG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-        goto done;
-    }
-    unsigned char zero[8 + 4 + 4 + 8 + 8 + 8 + 16 * EG_COUNT_MAX_ORDER] = {0};
-    if (fwrite(zero, 1, header_bytes(N), f) != header_bytes(N)) { /* placeholder */
-        ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
-        goto done;
-    }
-    for (uint32_t n = 2; n <= N; n++)
-        if (o->top_k && !(st->top[n] = calloc(o->top_k, sizeof *st->top[n]))) {
-            ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
-            goto done;
-        }
-    entry e;
-    int r;
-    static _Thread_local unsigned char wbuf[1 << 16];
-    size_t wn = 0;
-    while ((r = merger_next(&m, &e)) > 0) {
-        if (wn + 4 * EG_COUNT_MAX_ORDER + 8 > sizeof wbuf) {
-            if (fwrite(wbuf, 1, wn, f) != wn) {
-                ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
-                goto done;
-            }
-            wn = 0;
-        }
-        wn += emit_record(c, &e, st, wbuf + wn);
-    }
-    if (r < 0) {
-        ret = eg_fail(c->err, EG_EFORMAT, "a spill run is corrupt");
-        goto done;
-    }
-    if (wn && fwrite(wbuf, 1, wn, f) != wn) {
-        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
-        goto done;
-    }
-    for (uint32_t n = 2; n <= N; n++)
-        if (st->top[n])
-            qsort(st->top[n], st->n_top[n], sizeof *st->top[n], cmp_top);
-    if (fflush(f))
-        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
-    else if (!(ret = write_header(c, fileno(f), st, tmp)) && fsync(fileno(f)))
-        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
-done:
-    if (f && fclose(f) && !ret)
-        ret = eg_fail(c->err, EG_EIO, "%s: close failed", tmp);
-    if (!ret && rename(tmp, o->output))
-        ret = eg_fail(c->err, EG_EIO, "%s: cannot rename into place: %s", o->output,
-                      strerror(errno));
+    eg_count_stats *ts = NULL;
+    int fd = -1;
+    eg_status ret = begin_counts(c, tmp, &ts, &fd);
     if (ret)
-        unlink(tmp);
-    for (size_t i = 0; src && i < ns; i++)
-        source_close(&src[i]);
-    free(src);
-    free(m.heap);
-    return ret;
+        return finish_counts(c, st, ts, fd, tmp, ret);
+    const size_t R = c->n_runs, P = c->P;
+    const long long PP = (long long)P;
+    uint64_t at = header_bytes(o->max_ngram); /* written in order: only in `ordered` */
+    int failed = 0, bad_run = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(c->nt) reduction(| : failed, bad_run)
+#endif
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num();
+#else
+        const int t = 0;
+#endif
+        part_merge pm = {0};
+        pm.src = calloc(1 + R, sizeof *pm.src);
+        pm.cap = c->kcap * sizeof *c->klo / (size_t)c->nt;
+        pm.buf = (unsigned char *)c->klo + (size_t)t * pm.cap;
+        failed |= !pm.src || pm.cap < 4 * EG_COUNT_MAX_ORDER + 8;
+        for (size_t r = 0; !failed && r < R; r++) {
+            source *s = &pm.src[1 + r];
+            s->f = fopen(c->runs[r], "rb");
+            s->zd = ZSTD_createDStream();
+            s->in = malloc(ZSTD_DStreamInSize());
+            s->buf = malloc(RUN_BUF * sizeof(entry));
+            failed |= !s->f || !s->zd || !s->in || !s->buf;
+        }
+#ifdef _OPENMP
+#pragma omp for ordered schedule(dynamic, 1)
+#endif
+        for (long long p = 0; p < PP; p++) {
+            int done = 1;
+            if (!failed) {
+                pm.src[0] = (source){.arr = c->part[p].slot, .n = c->part[p].used};
+                for (size_t r = 0; r < R; r++) {
+                    source *s = &pm.src[1 + r];
+                    const uint64_t *off = c->run_off + r * (P + 1);
+                    s->left = off[p + 1] - off[p];
+                    s->in_len = s->in_pos = s->buf_n = s->buf_i = 0;
+                    s->eof = 0;
+                    ZSTD_initDStream(s->zd);
+                    failed |= fseeko(s->f, (off_t)off[p], SEEK_SET) != 0;
+                }
+                pm.wn = 0;
+                if (!failed && merger_init(&pm.m, pm.src, 1 + R))
+                    bad_run = 1;
+                done = failed || bad_run ? 1 : merge_some(c, &pm, &ts[t]);
+                bad_run |= done < 0;
+            }
+#ifdef _OPENMP
+#pragma omp ordered
+#endif
+            for (;;) {
+                if (failed || bad_run)
+                    break;
+                if (pm.wn && pwrite(fd, pm.buf, pm.wn, (off_t)at) != (ssize_t)pm.wn) {
+                    failed = 1;
+                    break;
+                }
+                at += pm.wn;
+                pm.wn = 0;
+                if (done)
+                    break;
+                done = merge_some(c, &pm, &ts[t]);
+                bad_run |= done < 0;
+            }
+            free(pm.m.heap);
+            pm.m.heap = NULL;
+        }
+        for (size_t r = 0; pm.src && r < R; r++)
+            source_close(&pm.src[1 + r]);
+        free(pm.src);
+    }
+    if (bad_run)
+        ret = eg_fail(c->err, EG_EFORMAT, "a spill run is corrupt");
+    else if (failed)
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
+    return finish_counts(c, st, ts, fd, tmp, ret);
 }
 
 /* ---- the driver ---------------------------------------------------------------------- */
@@ -1456,7 +1512,7 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
     /* huge pages (2 MiB: a fault each, not 512) where rounding every table up
      * to them costs at most a sixteenth of the budget, which then pays it */
     if (ok && c.P * huge <= c.budget / 16) {
-        madvise(c.arena, c.arena_bytes, MADV_HUGEPAGE);
+        c.huge_pages = 1; /* asked for per table in pt_grow, once it is large */
         c.budget -= c.P * huge;
     }
 #endif
