@@ -98,6 +98,16 @@ def main():
           f"engram count {j['tokens_per_second'] / 1e6:.2f} M tok/s "
           f"({j['tokens_per_second'] * t_sort / sl:.1f}x); distinct n-grams {lines:,} vs "
           f"{distinct:,} ({'same' if lines == distinct else 'DIFFER'})")
+    # the peer that explains the in-memory runs: what a first touch of fresh
+    # memory costs here (the tables are gigabytes touched once)
+    buf = np.empty(1 << 28, dtype=np.int64)  # 2 GiB, not yet touched
+    t0 = time.perf_counter()
+    buf.fill(1)
+    t1 = time.perf_counter()
+    buf.fill(2)
+    t2 = time.perf_counter()
+    print(f"  first touch of 2 GiB of fresh memory: {2 * 2**30 / (t1 - t0) / 1e9:.2f} GB/s; "
+          f"the same memory again: {2 * 2**30 / (t2 - t1) / 1e9:.2f} GB/s")
 
 
 if __name__ == "__main__":

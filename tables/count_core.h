@@ -558,7 +558,8 @@ typedef struct {
     entry cur;
 } source;
 
-#define RUN_BUF 4096
+#define RUN_BUF 1024 /* entries decoded at a time, per run */
+#define RUN_IN 16384 /* compressed bytes read at a time, per run */
 
 static int source_next(source *s)
 {
@@ -581,7 +582,7 @@ static int source_next(source *s)
         ZSTD_outBuffer ob = {s->buf, RUN_BUF * sizeof(entry), 0};
         while (ob.pos < ob.size && !s->eof) {
             if (s->in_pos == s->in_len) {
-                const size_t want = ZSTD_DStreamInSize();
+                const size_t want = RUN_IN;
                 s->in_len = fread(s->in, 1, s->left < want ? (size_t)s->left : want, s->f);
                 s->left -= s->in_len;
                 s->in_pos = 0;
@@ -733,6 +734,8 @@ static eg_status spill(counter *c)
         goto done;
     }
     ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, 1);
+    /* a 128 KiB window: the final merge holds a decompressor per run and thread */
+    ZSTD_CCtx_setParameter(cc, ZSTD_c_windowLog, 17);
     /* the partitions in order are one sorted run, each its own zstd frame
      * (so that the final merge can take the partitions apart) */
     uint64_t *off = realloc(c->run_off, c->n_runs * (c->P + 1) * sizeof *off);
@@ -1265,7 +1268,7 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
             source *s = &pm.src[1 + r];
             s->f = fopen(c->runs[r], "rb");
             s->zd = ZSTD_createDStream();
-            s->in = malloc(ZSTD_DStreamInSize());
+            s->in = malloc(RUN_IN);
             s->buf = malloc(RUN_BUF * sizeof(entry));
             failed |= !s->f || !s->zd || !s->in || !s->buf;
         }
