@@ -541,11 +541,9 @@ static void sort_partitions(counter *c)
 /* ---- sorted sources and the k-way merge ------------------------------------- */
 
 typedef struct {
-    /* in memory: an array, then the tables of a chain of partitions */
+    /* in memory (a sorted table) */
     const entry *arr;
     size_t n, i;
-    const ptable *chain;
-    size_t chain_n, chain_i;
     /* or a run file */
     FILE *f;
     ZSTD_DStream *zd;
@@ -564,15 +562,8 @@ typedef struct {
 static int source_next(source *s)
 {
     if (!s->f) {
-        while (s->i >= s->n) {
-            if (s->chain_i >= s->chain_n)
-                return 0;
-            s->arr = s->chain[s->chain_i].slot;
-            s->n = s->chain[s->chain_i++].used;
-            s->i = 0;
-        }
-        if ((s->i & 7) == 0) /* 256 streams outrun the hardware prefetchers */
-            __builtin_prefetch(&s->arr[s->i + 32]);
+        if (s->i >= s->n)
+            return 0;
         s->cur = s->arr[s->i++];
         return 1;
     }
