@@ -929,6 +929,7 @@ static void counter_free(counter *c)
         free(c->runs[i]);
     }
     free(c->runs);
+    free(c->run_off);
     free(c->xb);
     free(c->db);
     free(c->khi);
