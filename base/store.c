@@ -103,6 +103,28 @@ static int block_stored(const plan *pl, uint32_t li, uint64_t b)
     return 0;
 }
 
+/* The start of the file mapping (offset 0) that holds p, from
+ * /proc/self/maps; NULL where it cannot be told. LMDB does not give its map's
+ * address (mdb_env_info's me_mapaddr is set only with MDB_FIXEDMAP). */
+static const unsigned char *map_start_of(const void *p)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f)
+        return NULL;
+    char line[512];
+    const unsigned char *found = NULL;
+    const unsigned long long a = (unsigned long long)(uintptr_t)p;
+    while (!found && fgets(line, sizeof line, f)) {
+        unsigned long long lo, hi, off;
+        char perms[8];
+        if (sscanf(line, "%llx-%llx %7s %llx", &lo, &hi, perms, &off) == 4 && lo <= a &&
+            a < hi && off == 0 && perms[3] == 's')
+            found = (const unsigned char *)(uintptr_t)lo;
+    }
+    fclose(f);
+    return found;
+}
+
 /* Fill one block's rows and crc at dst (tmp: FILL_ROWS * dim floats);
  * returns its byte length. */
 #define FILL_ROWS 32
@@ -408,13 +430,11 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
 #endif
     uint64_t done_bytes = 0;
     const unsigned char *mapbase = NULL; /* with MDB_WRITEMAP: the file's map */
-    int env_fd = -1;
+    int env_fd = -1, writemap = 0;
     {
-        MDB_envinfo ei;
         unsigned fl = 0;
-        if (!mdb_env_get_flags(env, &fl) && (fl & MDB_WRITEMAP) && !mdb_env_info(env, &ei) &&
-            !mdb_env_get_fd(env, &env_fd))
-            mapbase = ei.me_mapaddr;
+        writemap = !mdb_env_get_flags(env, &fl) && (fl & MDB_WRITEMAP) &&
+                   !mdb_env_get_fd(env, &env_fd) && env_fd >= 0;
     }
     for (uint64_t k0 = 0; k0 < stored_blocks && !st; k0 += per_chunk) {
         const uint64_t kn = stored_blocks - k0 < per_chunk ? stored_blocks - k0 : per_chunk;
@@ -437,6 +457,8 @@ eg_status eg_store_build(const char *path, const eg_store_params *p, eg_store_bu
             st = lmdb_fail(err, rc, tmp, "writing rows");
             break;
         }
+        if (writemap && !mapbase && kn) /* found once, from a value inside the map */
+            mapbase = map_start_of(dst[0]);
         if (p->rows) { /* the caller's source: serial */
             for (uint64_t k = 0; k < kn && !st; k++) {
                 const uint32_t li = (uint32_t)(keys[k0 + k] >> BLOCK_SHIFT);
