@@ -1246,10 +1246,16 @@ void eg_store_map(const eg_store *s, const void **base, size_t *len)
     MDB_envinfo ei;
     *base = NULL;
     *len = 0;
-    if (s && !mdb_env_info(s->env, &ei)) {
-        *base = ei.me_mapaddr;
+    if (!s || mdb_env_info(s->env, &ei))
+        return;
+    /* the mapping that holds a stored block (mdb_env_info's me_mapaddr is
+     * set only with MDB_FIXEDMAP) */
+    const uint64_t total = s->base[s->n_layers];
+    for (uint64_t i = 0; i < total && !*base; i++)
+        if (s->blk[i])
+            *base = map_start_of(s->blk[i]);
+    if (*base)
         *len = s->info.file_bytes < ei.me_mapsize ? (size_t)s->info.file_bytes : ei.me_mapsize;
-    }
 }
 
 eg_status eg_store_gather_encoded(eg_store *s, uint32_t li, const uint64_t *rows, size_t n,

@@ -1003,3 +1003,30 @@ TEST(store_build_writes_blocks_beside_the_map)
     json_decref(j);
     CHECK_EQ(t_cli("verify %s", store), 0);
 }
+
+/* eg_store_map: the mapping that holds every row pointer (the CUDA backend
+ * registers it with the driver for host-resident tables). */
+TEST(store_map_holds_every_row)
+{
+    const char *store = tp("map.store");
+    REQUIRE(t_cli("build -c configs/sample.json -V 3000 -d bf16 -o %s -q", store) == 0);
+    eg_store *s = NULL;
+    eg_err err;
+    REQUIRE(!eg_store_open(store, 0, &s, &err));
+    const void *base;
+    size_t len;
+    eg_store_map(s, &base, &len);
+    REQUIRE(base != NULL && len >= eg_store_get_info(s)->file_bytes / 2);
+    uint64_t rs = 5;
+    int inside = 1;
+    for (int i = 0; i < 1000; i++) {
+        const uint32_t li = (uint32_t)(i & 1);
+        const uint64_t r = t_rand(&rs) % eg_spec_layer_rows(eg_store_spec(s), li);
+        const void *p;
+        REQUIRE(!eg_store_row_ptr(s, li, r, &p, &err) && p);
+        inside &= (const char *)p >= (const char *)base &&
+                  (const char *)p + eg_store_get_info(s)->row_bytes <= (const char *)base + len;
+    }
+    CHECK(inside);
+    eg_store_close(s);
+}

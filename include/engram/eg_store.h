@@ -160,7 +160,10 @@ eg_status eg_store_gather_encoded(eg_store *s, uint32_t li, const uint64_t *rows
 
 /* The store's memory map (read-only; valid until eg_store_close): every
  * pointer eg_store_row_ptr returns lies inside it. For registering the map
- * with a device driver (the CUDA backend's host-resident tables). */
+ * with a device driver (the CUDA backend's host-resident tables). *base is
+ * NULL and *len 0 when the store holds no block of rows, or where the
+ * mapping cannot be told (it is read from /proc/self/maps: LMDB gives its
+ * map's address only to MDB_FIXEDMAP environments). */
 void eg_store_map(const eg_store *s, const void **base, size_t *len);
 
 /* ---- verification ------------------------------------------------------------- */
