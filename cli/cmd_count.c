@@ -35,6 +35,7 @@ static const char count_usage[] =
     "      --approx               one pass, fixed memory: HyperLogLog distinct estimates\n"
     "                             and heavy hitters; writes no counts file\n"
     "      --wide-keys            two-word keys even where one word holds every n-gram\n"
+    "      --wide-counts          64-bit counts in the tables even below 2^32 tokens\n"
     "                             (the same output, slower; for tests and benchmarks)\n"
     "      --json                 the summary as JSON on stdout\n"
     "  -q, --quiet                no progress line, no summary\n"
@@ -80,7 +81,7 @@ static void print_gram(FILE *f, const eg_vocab_projection *vp, const uint32_t *i
 
 int cmd_count(int argc, char **argv)
 {
-    enum { O_PAD = 256, O_DOCS, O_TMP, O_APPROX, O_JSON, O_WIDE };
+    enum { O_PAD = 256, O_DOCS, O_TMP, O_APPROX, O_JSON, O_WIDE, O_WIDE_COUNTS };
     static const struct option opts[] = {{"tokenizer", required_argument, 0, 't'},
                                          {"projection", required_argument, 0, 'p'},
                                          {"compressed-vocab", required_argument, 0, 'V'},
@@ -96,6 +97,7 @@ int cmd_count(int argc, char **argv)
                                          {"top", required_argument, 0, 'k'},
                                          {"approx", no_argument, 0, O_APPROX},
                                          {"wide-keys", no_argument, 0, O_WIDE},
+                                         {"wide-counts", no_argument, 0, O_WIDE_COUNTS},
                                          {"json", no_argument, 0, O_JSON},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},
@@ -117,6 +119,7 @@ int cmd_count(int argc, char **argv)
         case O_DOCS: o.pad_mode = EG_PAD_DOCS; break;
         case O_APPROX: approx = 1; break;
         case O_WIDE: o.wide_keys = 1; break;
+        case O_WIDE_COUNTS: o.wide_counts = 1; break;
         case O_JSON: json = 1; break;
         case 'q': quiet = 1; break;
         case 'V':
@@ -280,8 +283,10 @@ int cmd_count(int argc, char **argv)
                             json_real(st.seconds_count > 0 ? st.tokens / st.seconds_count : 0));
         json_object_set_new(root, "tokens_per_second", json_real(st.tokens / (secs > 0 ? secs : 1e-9)));
         json_object_set_new(root, "memory_budget", json_integer((json_int_t)mem));
-        if (!approx)
+        if (!approx) {
             json_object_set_new(root, "key_words", json_integer((json_int_t)st.key_words));
+            json_object_set_new(root, "entry_bytes", json_integer((json_int_t)st.entry_bytes));
+        }
         json_object_set_new(root, "peak_rss_mib", json_real(cli_peak_rss_mib()));
         json_dumpf(root, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         fputc('\n', stdout);

@@ -68,9 +68,11 @@ def main():
           f"{'peak MiB':>10}{'budget MiB':>11}")
     runs = [(mem, th, ()) for mem in (a.ample, a.small) for th in (1, 2)]
     runs.append((a.ample, 2, ("--wide-keys",)))  # two-word keys, the path for N x bits > 60
+    runs.append((a.small, 2, ("--wide-counts",)))  # 64-bit counts, the path for >= 2^32 tokens
     for mem, th, extra in runs:
         j = run_count(a, stream, mem, th, out, extra)
-        name = f"engram count, {mem}, {th} thread{'s' if th > 1 else ''}{', wide keys' if extra else ''}"
+        name = (f"engram count, {mem}, {th} thread{'s' if th > 1 else ''}"
+                f"{', ' + extra[0][2:].replace('-', ' ') if extra else ''}")
         print(f"  {name:<34}"
               f"{j['count_tokens_per_second'] / 1e6:>14.2f}{j['tokens_per_second'] / 1e6:>16.2f}"
               f"{j['spills']:>8}{j['peak_rss_mib']:>10.0f}{j['memory_budget'] / 2**20:>11.0f}")

@@ -29,10 +29,17 @@ __extension__ typedef unsigned __int128 u128;
 /* A counted n-gram: key = order << ORDER_SHIFT | ids packed oldest first.
  * A zero top word marks an empty slot (the order, >= 2, lives in its top
  * bits). With KW 1 the key is `lo` alone and hi reads as 0. */
-#if KW == 1
+#if KW == 1 && defined(CNT32)
+typedef struct __attribute__((packed)) {
+    uint64_t lo;
+    uint32_t count; /* the input has fewer than 2^32 tokens */
+} entry;
+#elif KW == 1
 typedef struct {
     uint64_t lo, count;
 } entry;
+#endif
+#if KW == 1
 #define ORDER_SHIFT 60
 #define E_HI(e) ((uint64_t)0)
 #define E_SET_HI(e, v) ((void)(v))
@@ -127,7 +134,7 @@ typedef struct counter_ {
     ptable *part;
     size_t budget, inuse; /* table slots: allowed, and mapped now (all tables) */
     entry *arena;        /* partition p's table lives at arena + p * region (see below) */
-    size_t arena_bytes, region;
+    size_t arena_bytes, region, region_bytes; /* region: slots; its bytes: 2 MiB units */
     int huge_pages;      /* tables of 4 MiB and more ask for huge pages */
     entry **scratch;     /* per thread: where a growing table's entries wait */
     size_t *scratch_cap;
@@ -198,7 +205,7 @@ static int pt_grow(counter *c, ptable *t)
     }
 #ifdef MADV_HUGEPAGE
     if (c->huge_pages && !t->huge && ncap * sizeof(entry) >= ((size_t)4 << 20)) {
-        madvise(t->slot, c->region * sizeof(entry), MADV_HUGEPAGE);
+        madvise(t->slot, c->region_bytes, MADV_HUGEPAGE);
         t->huge = 1;
     }
 #endif
@@ -1348,6 +1355,24 @@ static unsigned id_bits(uint64_t vprime)
 typedef eg_status (*segment_fn)(void *ctx, const eg_shard *s, const char *path, uint64_t a,
                                 uint64_t b, uint64_t *done, uint64_t total);
 
+#if KW == 2
+/* The tokens of every input shard; UINT64_MAX when one cannot be opened (the
+ * count then reports it). */
+static uint64_t input_tokens(const eg_count_opts *o)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < o->n_shards; i++) {
+        eg_shard *s = NULL;
+        eg_err e;
+        if (eg_shard_open(o->shards[i], &s, &e))
+            return UINT64_MAX;
+        total += eg_shard_n_tokens(s);
+        eg_shard_close(s);
+    }
+    return total;
+}
+#endif
+
 static eg_status for_each_segment(const eg_count_opts *o, segment_fn fn, void *ctx,
                                   uint64_t *tokens, eg_err *err)
 {
@@ -1426,7 +1451,10 @@ static eg_status counter_begin(counter *c, const eg_count_opts *o, eg_count_stat
 }
 
 eg_status eg_count_run_k64(const eg_count_opts *o, eg_count_stats *st, eg_err *err);
-#if KW == 1
+eg_status eg_count_run_k32(const eg_count_opts *o, eg_count_stats *st, eg_err *err);
+#if KW == 1 && defined(CNT32)
+eg_status eg_count_run_k32(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
+#elif KW == 1
 eg_status eg_count_run_k64(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
 #else
 eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
@@ -1436,7 +1464,8 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
     /* one-word keys when every n-gram fits 60 bits (and the caller allows it) */
     if (o && o->max_ngram >= 2 && o->max_ngram <= EG_COUNT_MAX_ORDER && o->vprime &&
         o->vprime <= (1ull << 32) && o->max_ngram * id_bits(o->vprime) <= 60 && !o->wide_keys)
-        return eg_count_run_k64(o, st, err);
+        return !o->wide_counts && input_tokens(o) < UINT32_MAX ? eg_count_run_k32(o, st, err)
+                                                               : eg_count_run_k64(o, st, err);
 #endif
     counter c;
     eg_status ret = counter_begin(&c, o, st, flush_keys, err);
@@ -1492,10 +1521,13 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
     /* each partition's region: 8 shares of the budget (partitions are key
      * ranges chosen from a sample, so some fill more than others), in 2 MiB
      * units; one share each where the address space is refused */
-    const size_t huge = ((size_t)2 << 20) / sizeof(entry);
+    const size_t hb = (size_t)2 << 20, huge = hb / sizeof(entry);
     for (size_t shares = c.P > 8 ? 8 : 1; ok && !c.arena; shares = 1) {
-        c.region = ((per * shares + huge - 1) / huge) * huge;
-        c.arena_bytes = c.region * c.P * sizeof(entry);
+        /* whole 2 MiB units, so that every table starts on a huge page
+         * (entries of 12 bytes do not divide 2 MiB) */
+        c.region_bytes = (per * shares * sizeof(entry) + hb - 1) / hb * hb;
+        c.region = c.region_bytes / sizeof(entry);
+        c.arena_bytes = c.region_bytes * c.P;
         void *a = mmap(NULL, c.arena_bytes, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (a != MAP_FAILED)
@@ -1516,7 +1548,7 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
     ok = ok && c.scratch && c.scratch_cap;
     for (size_t p = 0; ok && p < c.P; p++) {
         c.part[p].cap = per < PT_START ? per : PT_START;
-        c.part[p].slot = c.arena + p * c.region;
+        c.part[p].slot = (entry *)(void *)((unsigned char *)c.arena + p * c.region_bytes);
         c.inuse += c.part[p].cap;
     }
     if (!ok) {
@@ -1526,6 +1558,7 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
     st->table_bytes = c.budget * sizeof(entry);
     st->buffer_bytes = c.kcap * KEY_BYTES;
     st->key_words = KW;
+    st->entry_bytes = (uint32_t)sizeof(entry);
     const char *slash = strrchr(o->output, '/');
     if (o->tmp_dir)
         snprintf(c.tmp_prefix, sizeof c.tmp_prefix, "%s/egcount.%ld", o->tmp_dir, (long)getpid());

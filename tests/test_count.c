@@ -91,23 +91,30 @@ TEST(count_exact_vs_sort_on_shared_corpus_with_spills)
     for (size_t i = 0; i < n; i++)
         x[i] = proj[raw[i]];
     /* ample budget, and 2 MiB which forces several spills; 1 and 2 threads;
-     * one-word keys (V' = 128k: 3 x 17 bits fit) and two-word keys */
-    const char *mem[2] = {"256M", "2M"}, *names[4] = {"c_mem.counts", "c_spill.counts",
-                                                       "c_mem_w.counts", "c_spill_w.counts"};
-    for (int k = 0; k < 4; k++) {
+     * table entries of one-word keys (V' = 128k: 3 x 17 bits fit) with 32-bit
+     * counts (12 bytes), of two-word keys (24) and of one-word keys with
+     * 64-bit counts (16) */
+    const char *mem[2] = {"256M", "2M"},
+               *names[6] = {"c_mem.counts",   "c_spill.counts",   "c_mem_w.counts",
+                            "c_spill_w.counts", "c_mem_c.counts", "c_spill_c.counts"};
+    static const char *const flag[3] = {"", " --wide-keys", " --wide-counts"};
+    static const char *const entry[3] = {"\"entry_bytes\": 12", "\"entry_bytes\": 24",
+                                         "\"entry_bytes\": 16"};
+    for (int k = 0; k < 6; k++) {
         const char *out = t_tmp_path(names[k]);
         REQUIRE(t_cli("count %s -p %s -n 3 --pad 2 -T 4096 -m %s -j %d -o %s --json%s", ids_path,
-                      proj_path, mem[k & 1], 2 - (k & 1), out, k & 2 ? " --wide-keys" : "") == 0);
+                      proj_path, mem[k & 1], 2 - (k & 1), out, flag[k >> 1]) == 0);
         const int no_spill = strstr(t_cli_stdout(), "\"spills\": 0,") != NULL;
         CHECK_MSG(no_spill == !(k & 1), "budget %s: spills expected %s", mem[k & 1],
                   k & 1 ? "yes" : "no");
-        CHECK_MSG(strstr(t_cli_stdout(), k & 2 ? "\"key_words\": 2" : "\"key_words\": 1"),
+        CHECK_MSG(strstr(t_cli_stdout(), k >> 1 == 1 ? "\"key_words\": 2" : "\"key_words\": 1"),
                   "case %d: key words", k);
+        CHECK_MSG(strstr(t_cli_stdout(), entry[k >> 1]), "case %d: %s", k, entry[k >> 1]);
         check_counts(out, x, n, 4096, 3, proj[2]);
     }
     size_t a, b;
     void *p = t_read_file(t_tmp_path(names[0]), &a);
-    for (int k = 1; k < 4; k++) {
+    for (int k = 1; k < 6; k++) {
         void *q = t_read_file(t_tmp_path(names[k]), &b);
         CHECK_MSG(p && q && a == b && !memcmp(p, q, a), "%s differs from %s", names[k], names[0]);
         free(q);

@@ -60,6 +60,10 @@ typedef struct eg_count_opts {
                     * bits(V') <= 60 (16-byte table entries), else in two
                     * (24 bytes); non-zero: always two (tests, benchmarks).
                     * The output is the same. */
+    int wide_counts; /* one-word keys carry 32-bit counts (12-byte entries)
+                      * when the input holds fewer than 2^32 tokens, else
+                      * 64-bit ones; non-zero: always 64-bit (tests,
+                      * benchmarks). The output is the same. */
 } eg_count_opts;
 
 #define EG_FOF_BUCKETS 24 /* frequency of frequencies: counts 1..8, then powers of 2 */
@@ -76,7 +80,8 @@ typedef struct eg_count_stats {
     uint64_t fof[EG_COUNT_MAX_ORDER + 1][EG_FOF_BUCKETS];
     uint64_t spills;
     size_t table_bytes, buffer_bytes;
-    uint32_t key_words; /* exact counting: 64-bit words per key (1 or 2) */
+    uint32_t key_words;   /* exact counting: 64-bit words per key (1 or 2) */
+    uint32_t entry_bytes; /* exact counting: bytes per table entry (12, 16 or 24) */
     double seconds_count; /* reading and counting (and spilling) */
     double seconds_merge; /* the final sort, merge and write */
     eg_ngram_top *top[EG_COUNT_MAX_ORDER + 1]; /* top_k each, most frequent first */
