@@ -252,6 +252,22 @@ static int splitters_from(counter *c, kkey *k, size_t m)
     return 1;
 }
 
+/* The tokens of every input shard; UINT64_MAX when one cannot be opened (the
+ * count then reports it). */
+static uint64_t input_tokens(const eg_count_opts *o)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < o->n_shards; i++) {
+        eg_shard *s = NULL;
+        eg_err e;
+        if (eg_shard_open(o->shards[i], &s, &e))
+            return UINT64_MAX;
+        total += eg_shard_n_tokens(s);
+        eg_shard_close(s);
+    }
+    return total;
+}
+
 /* The splitters from the whole input: the n-grams of 256 windows of 1024
  * tokens spread evenly over it (a corpus's first block may be unlike the
  * rest). Ids the projection rejects are skipped here: the counting pass
@@ -265,15 +281,9 @@ static void sample_splitters(counter *c)
     /* at most a sixteenth of the budget (its slack: tables are small yet) */
     const size_t mem = o->memory ? o->memory : ((size_t)1 << 30);
     const size_t most = mem / 16 / sizeof(kkey) > 4096 ? mem / 16 / sizeof(kkey) : 4096;
-    uint64_t total = 0;
-    for (size_t i = 0; i < o->n_shards; i++) {
-        eg_shard *s = NULL;
-        eg_err e;
-        if (eg_shard_open(o->shards[i], &s, &e))
-            return;
-        total += eg_shard_n_tokens(s);
-        eg_shard_close(s);
-    }
+    const uint64_t total = input_tokens(o);
+    if (total == UINT64_MAX)
+        return;
     const size_t cap = (size_t)W * L * H < most ? (size_t)W * L * H : most;
     const size_t wl = cap / W / H > H + 1 ? cap / W / H : H + 1; /* tokens per window */
     kkey *k = malloc(cap * sizeof *k);
@@ -1355,23 +1365,6 @@ static unsigned id_bits(uint64_t vprime)
 typedef eg_status (*segment_fn)(void *ctx, const eg_shard *s, const char *path, uint64_t a,
                                 uint64_t b, uint64_t *done, uint64_t total);
 
-#if KW == 2
-/* The tokens of every input shard; UINT64_MAX when one cannot be opened (the
- * count then reports it). */
-static uint64_t input_tokens(const eg_count_opts *o)
-{
-    uint64_t total = 0;
-    for (size_t i = 0; i < o->n_shards; i++) {
-        eg_shard *s = NULL;
-        eg_err e;
-        if (eg_shard_open(o->shards[i], &s, &e))
-            return UINT64_MAX;
-        total += eg_shard_n_tokens(s);
-        eg_shard_close(s);
-    }
-    return total;
-}
-#endif
 
 static eg_status for_each_segment(const eg_count_opts *o, segment_fn fn, void *ctx,
                                   uint64_t *tokens, eg_err *err)
