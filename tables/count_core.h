@@ -153,6 +153,16 @@ typedef struct counter_ {
     void *sketch;
 } counter;
 
+/* This thread's number in the current OpenMP team (0 without OpenMP). */
+static inline int thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 /* The partition of a key: how many splitters are <= it (branch-free binary
  * search; P is a power of two). */
 static inline size_t part_of(const counter *c, kkey k)
@@ -189,11 +199,7 @@ static int pt_grow(counter *c, ptable *t)
             return -1;
     } while (!__atomic_compare_exchange_n(&c->inuse, &cur, cur + (ncap - t->cap), 0,
                                           __ATOMIC_RELAXED, __ATOMIC_RELAXED));
-#ifdef _OPENMP
-    const int th = omp_get_thread_num();
-#else
-    const int th = 0;
-#endif
+    const int th = thread_num();
     if (c->scratch_cap[th] < t->used) {
         entry *b = realloc(c->scratch[th], t->used * sizeof *b);
         if (!b) {
@@ -1178,11 +1184,7 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
 #pragma omp parallel num_threads(T) reduction(| : failed)
 #endif
     {
-#ifdef _OPENMP
-        const int t = omp_get_thread_num();
-#else
-        const int t = 0;
-#endif
+        const int t = thread_num();
         entry *stmp = sort_buffer(c);
         unsigned char *buf = malloc(1 << 16);
         failed |= !buf;
@@ -1263,11 +1265,7 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
 #pragma omp parallel num_threads(c->nt) reduction(| : failed, bad_run)
 #endif
     {
-#ifdef _OPENMP
-        const int t = omp_get_thread_num();
-#else
-        const int t = 0;
-#endif
+        const int t = thread_num();
         part_merge pm = {0};
         pm.src = calloc(1 + R, sizeof *pm.src);
         pm.cap = c->kcap * sizeof *c->klo / (size_t)c->nt;
