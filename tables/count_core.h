@@ -62,11 +62,9 @@ static inline u128 key_of(const entry *e) { return (u128)E_HI(*e) << 64 | e->lo;
 #if KW == 1
 typedef uint64_t kkey;
 #define KEY_AT(hi, lo, i) ((lo)[i])
-#define E_KEY(e) ((e).lo)
 #else
 typedef u128 kkey;
 #define KEY_AT(hi, lo, i) ((u128)(hi)[i] << 64 | (lo)[i])
-#define E_KEY(e) key_of(&(e))
 #endif
 
 static double now_s(void)
@@ -101,8 +99,8 @@ static unsigned fof_bucket(uint64_t c)
 
 /* ---- the counting state ----------------------------------------------------- */
 
-/* A partition's table: `cap` slots, each table its own mapping (zero pages,
- * touched as it fills), grown by doubling while the budget allows. */
+/* A partition's table: `cap` slots at the start of its region (see "Table
+ * memory" below), grown in place while the budget allows. */
 typedef struct {
     entry *slot;
     size_t cap, used;
@@ -126,14 +124,15 @@ typedef struct counter_ {
     uint32_t *xb; /* the token block (see flush_block) */
     uint8_t *db;
     size_t xn, B;
-    /* partitions: P key ranges (splitters from the first batch of keys), so
-     * that sorted partitions laid end to end are the sorted output */
+    /* partitions: P key ranges (splitters from a sample of the input, see
+     * sample_splitters), so that sorted partitions laid end to end are the
+     * sorted output */
     size_t P;
     kkey *spl; /* P - 1 splitters: partition p holds keys in [spl[p-1], spl[p]) */
     int have_spl;
     ptable *part;
     size_t budget, inuse; /* table slots: allowed, and mapped now (all tables) */
-    entry *arena;        /* partition p's table lives at arena + p * region (see below) */
+    entry *arena;        /* partition p's table starts p * region_bytes into it */
     size_t arena_bytes, region, region_bytes; /* region: slots; its bytes: 2 MiB units */
     int huge_pages;      /* tables of 4 MiB and more ask for huge pages */
     entry **scratch;     /* per thread: where a growing table's entries wait */
@@ -1090,11 +1089,12 @@ static eg_status write_header(counter *c, int fd, const eg_count_stats *st, cons
     return EG_OK;
 }
 
-/* The start of writing a counts file: the temporary file and the threads'
- * statistics (with their top-k heaps). */
-static eg_status begin_counts(counter *c, const char *tmp, eg_count_stats **ts, int *fd)
+/* The start of writing a counts file: the temporary file (its name into
+ * tmp) and the threads' statistics (with their top-k heaps). */
+static eg_status begin_counts(counter *c, char tmp[1100], eg_count_stats **ts, int *fd)
 {
     const eg_count_opts *o = c->o;
+    snprintf(tmp, 1100, "%s.tmp.%ld", o->output, (long)getpid());
     if (!(*ts = calloc((size_t)c->nt, sizeof **ts)))
         return eg_fail(c->err, EG_ENOMEM, "out of memory");
     for (int t = 0; t < c->nt && o->top_k; t++)
@@ -1153,8 +1153,6 @@ done:
     return ret;
 }
 
-
-
 /* Without spills the sorted partitions laid end to end are the output, and
  * each partition's place in the file is known once they are compacted: the
  * threads sort and write whole partitions, each at its offset, with pwrite. */
@@ -1165,7 +1163,6 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
     const int T = c->nt;
     const size_t P = c->P;
     char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", o->output, (long)getpid());
     compact_partitions(c);
     uint64_t at = header_bytes(N);
     for (size_t p = 0; p <= P; p++) { /* pbytes[p] becomes partition p's offset */
@@ -1251,7 +1248,6 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
         return write_counts_ranges(c, st);
     sort_partitions(c);
     char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", o->output, (long)getpid());
     eg_count_stats *ts = NULL;
     int fd = -1;
     eg_status ret = begin_counts(c, tmp, &ts, &fd);
@@ -1362,7 +1358,6 @@ static unsigned id_bits(uint64_t vprime)
 /* Run the input through `each_segment` (shared by exact and approximate). */
 typedef eg_status (*segment_fn)(void *ctx, const eg_shard *s, const char *path, uint64_t a,
                                 uint64_t b, uint64_t *done, uint64_t total);
-
 
 static eg_status for_each_segment(const eg_count_opts *o, segment_fn fn, void *ctx,
                                   uint64_t *tokens, eg_err *err)
