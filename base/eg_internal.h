@@ -61,6 +61,51 @@ eg_status eg_map_file(const char *path, void **map, size_t *len, eg_err *err);
 void *eg_big_alloc(size_t bytes);
 void eg_big_free(void *p, size_t bytes);
 
+/* Writing a large file without filling the page cache (base/outfile.c):
+ * whole aligned blocks go to the disk with O_DIRECT from the caller's
+ * aligned buffer, the unaligned edges (and everything, where the file system
+ * refuses O_DIRECT) through the plain descriptor. Bytes on disk are the same
+ * either way; fsync the plain descriptor at the end. */
+#define EG_OUT_ALIGN 4096
+typedef struct {
+    int fd;  /* plain descriptor: edges, headers, fsync, close */
+    int dfd; /* O_DIRECT descriptor of the same file, or -1 */
+} eg_outfile;
+
+/* Create (truncate) path with mode 0644; both descriptors are closed by
+ * eg_outfile_close. -1 with errno when the file cannot be created. */
+int eg_outfile_open(eg_outfile *w, const char *path);
+/* Close both descriptors: 0, or -1 when closing the plain one failed. */
+int eg_outfile_close(eg_outfile *w);
+/* Write the file's bytes [s, e), held by buf from file offset bw on
+ * (bw <= s; bw a multiple of EG_OUT_ALIGN and buf aligned to it). Ranges
+ * written by different threads must not share an aligned block unless both
+ * are edges there: a block written whole goes direct. 0, or -1 with errno. */
+int eg_outfile_put(eg_outfile *w, const unsigned char *buf, uint64_t bw, uint64_t s, uint64_t e);
+
+/* A sequential writer over eg_outfile: records are composed in an aligned
+ * staging buffer (eg_seqout_room) and written from file offset `at` on. */
+typedef struct {
+    eg_outfile *w;
+    unsigned char *stage;
+    size_t cap, n;   /* stage bytes; those in use (from file offset bw) */
+    uint64_t bw, s;  /* stage[0]'s file offset (aligned); first byte not written yet */
+} eg_seqout;
+
+/* cap: the staging bytes (a multiple of EG_OUT_ALIGN). 0, or -1 (memory). */
+int eg_seqout_init(eg_seqout *q, eg_outfile *w, size_t cap);
+/* Start writing at file offset `at` (what was staged before must be flushed). */
+void eg_seqout_seek(eg_seqout *q, uint64_t at);
+/* Room for `need` (<= cap - EG_OUT_ALIGN) bytes at the end of the staged
+ * bytes, writing out whole blocks first if needed; NULL on a write error
+ * (errno). Add what was written there to q->n. */
+unsigned char *eg_seqout_room(eg_seqout *q, size_t need);
+/* Append len bytes (copied); 0, or -1 on a write error. */
+int eg_seqout_write(eg_seqout *q, const void *data, size_t len);
+/* Write out everything staged; 0, or -1 on a write error. */
+int eg_seqout_flush(eg_seqout *q);
+void eg_seqout_free(eg_seqout *q);
+
 /* For loops written to vectorize: GCC clones the function for AVX-512 and
  * AVX2 beside the baseline and lets the vectorizer use its dynamic cost
  * model. No fast-math: results are the exact roundings the code spells. */

@@ -1042,6 +1042,9 @@ void eg_count_stats_free(eg_count_stats *st)
 }
 #endif
 
+#define MAX_RECORD (4 * EG_COUNT_MAX_ORDER + 8) /* bytes of the longest record */
+#define OUT_STAGE ((size_t)4 << 20)             /* per writer: see eg_seqout */
+
 /* Encode one merged n-gram as a counts-file record at `out` (returns its
  * size) and account for it in the statistics. */
 static size_t emit_record(const counter *c, const entry *e, eg_count_stats *st,
@@ -1091,7 +1094,7 @@ static eg_status write_header(counter *c, int fd, const eg_count_stats *st, cons
 
 /* The start of writing a counts file: the temporary file (its name into
  * tmp) and the threads' statistics (with their top-k heaps). */
-static eg_status begin_counts(counter *c, char tmp[1100], eg_count_stats **ts, int *fd)
+static eg_status begin_counts(counter *c, char tmp[1100], eg_count_stats **ts, eg_outfile *w)
 {
     const eg_count_opts *o = c->o;
     snprintf(tmp, 1100, "%s.tmp.%ld", o->output, (long)getpid());
@@ -1101,15 +1104,14 @@ static eg_status begin_counts(counter *c, char tmp[1100], eg_count_stats **ts, i
         for (uint32_t n = 2; n <= o->max_ngram; n++)
             if (!((*ts)[t].top[n] = calloc(o->top_k, sizeof *(*ts)[t].top[n])))
                 return eg_fail(c->err, EG_ENOMEM, "out of memory");
-    *fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (*fd < 0)
+    if (eg_outfile_open(w, tmp))
         return eg_fail(c->err, EG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
     return EG_OK;
 }
 
 /* The end of writing a counts file: the threads' statistics summed, the
  * header, fsync, and the rename into place (or the file removed on error). */
-static eg_status finish_counts(counter *c, eg_count_stats *st, eg_count_stats *ts, int fd,
+static eg_status finish_counts(counter *c, eg_count_stats *st, eg_count_stats *ts, eg_outfile *w,
                                const char *tmp, eg_status ret)
 {
     const eg_count_opts *o = c->o;
@@ -1135,17 +1137,18 @@ static eg_status finish_counts(counter *c, eg_count_stats *st, eg_count_stats *t
                 top_offer(st, n, o->top_k, &ts[t].top[n][i]);
         qsort(st->top[n], st->n_top[n], sizeof *st->top[n], cmp_top);
     }
-    if ((ret = write_header(c, fd, st, tmp)))
+    if ((ret = write_header(c, w->fd, st, tmp)))
         goto done;
-    if (fsync(fd))
+    if (fsync(w->fd))
         ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
-done:
-    if (fd >= 0 && close(fd) && !ret)
+done:;
+    const int opened = w->fd >= 0;
+    if (opened && eg_outfile_close(w) && !ret)
         ret = eg_fail(c->err, EG_EIO, "%s: close failed", tmp);
     if (!ret && rename(tmp, o->output))
         ret = eg_fail(c->err, EG_EIO, "%s: cannot rename into place: %s", o->output,
                       strerror(errno));
-    if (ret && fd >= 0)
+    if (ret && opened)
         unlink(tmp);
     for (int t = 0; ts && t < T; t++)
         eg_count_stats_free(&ts[t]);
@@ -1171,10 +1174,15 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
         at += b;
     }
     eg_count_stats *ts = NULL;
-    int fd = -1;
-    eg_status ret = begin_counts(c, tmp, &ts, &fd);
+    eg_outfile w = {-1, -1};
+    eg_status ret = begin_counts(c, tmp, &ts, &w);
     if (ret)
         goto done;
+    /* the whole length first: the writes then land inside the file */
+    if (ftruncate(w.fd, (off_t)at)) {
+        ret = eg_fail(c->err, EG_EIO, "%s: cannot size: %s", tmp, strerror(errno));
+        goto done;
+    }
     int failed = 0;
     const long long PP = (long long)P;
 #ifdef _OPENMP
@@ -1183,8 +1191,8 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
     {
         const int t = thread_num();
         entry *stmp = sort_buffer(c);
-        unsigned char *buf = malloc(1 << 16);
-        failed |= !buf;
+        eg_seqout q;
+        failed |= eg_seqout_init(&q, &w, OUT_STAGE) != 0;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -1193,26 +1201,23 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
                 continue;
             ptable *pt = &c->part[p];
             sort_partition(pt, stmp);
-            uint64_t w = c->pbytes[p];
-            size_t wn = 0;
-            for (size_t i = 0; i < pt->used; i++) {
-                if (wn + 4 * EG_COUNT_MAX_ORDER + 8 > (1 << 16)) {
-                    failed |= pwrite(fd, buf, wn, (off_t)w) != (ssize_t)wn;
-                    w += wn;
-                    wn = 0;
-                }
-                wn += emit_record(c, &pt->slot[i], &ts[t], buf + wn);
+            eg_seqout_seek(&q, c->pbytes[p]);
+            for (size_t i = 0; i < pt->used && !failed; i++) {
+                unsigned char *r = eg_seqout_room(&q, MAX_RECORD);
+                if (!r)
+                    failed = 1;
+                else
+                    q.n += emit_record(c, &pt->slot[i], &ts[t], r);
             }
-            if (wn)
-                failed |= pwrite(fd, buf, wn, (off_t)w) != (ssize_t)wn;
+            failed |= eg_seqout_flush(&q) != 0;
         }
-        free(buf);
+        eg_seqout_free(&q);
         free(stmp);
     }
     if (failed)
         ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
 done:
-    return finish_counts(c, st, ts, fd, tmp, ret);
+    return finish_counts(c, st, ts, &w, tmp, ret);
 }
 
 /* With spills, partition p of the output merges table p with frame p of
@@ -1233,7 +1238,7 @@ static int merge_some(counter *c, part_merge *pm, eg_count_stats *ts)
 {
     entry e;
     int r;
-    while (pm->wn + 4 * EG_COUNT_MAX_ORDER + 8 <= pm->cap) {
+    while (pm->wn + MAX_RECORD <= pm->cap) {
         if ((r = merger_next(&pm->m, &e)) <= 0)
             return r < 0 ? -1 : 1;
         pm->wn += emit_record(c, &e, ts, pm->buf + pm->wn);
@@ -1249,13 +1254,16 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
     sort_partitions(c);
     char tmp[1100];
     eg_count_stats *ts = NULL;
-    int fd = -1;
-    eg_status ret = begin_counts(c, tmp, &ts, &fd);
+    eg_outfile w = {-1, -1};
+    eg_seqout q = {0};
+    eg_status ret = begin_counts(c, tmp, &ts, &w);
+    if (!ret && eg_seqout_init(&q, &w, OUT_STAGE))
+        ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
     if (ret)
-        return finish_counts(c, st, ts, fd, tmp, ret);
+        return finish_counts(c, st, ts, &w, tmp, ret);
     const size_t R = c->n_runs, P = c->P;
     const long long PP = (long long)P;
-    uint64_t at = header_bytes(o->max_ngram); /* written in order: only in `ordered` */
+    eg_seqout_seek(&q, header_bytes(o->max_ngram)); /* written in order: only in `ordered` */
     int failed = 0, bad_run = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(c->nt) reduction(| : failed, bad_run)
@@ -1266,7 +1274,7 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
         pm.src = calloc(1 + R, sizeof *pm.src);
         pm.cap = c->kcap * sizeof *c->klo / (size_t)c->nt;
         pm.buf = (unsigned char *)c->klo + (size_t)t * pm.cap;
-        failed |= !pm.src || pm.cap < 4 * EG_COUNT_MAX_ORDER + 8;
+        failed |= !pm.src || pm.cap < MAX_RECORD;
         for (size_t r = 0; !failed && r < R; r++) {
             source *s = &pm.src[1 + r];
             s->f = fopen(c->runs[r], "rb");
@@ -1303,11 +1311,10 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
             for (;;) {
                 if (failed || bad_run)
                     break;
-                if (pm.wn && pwrite(fd, pm.buf, pm.wn, (off_t)at) != (ssize_t)pm.wn) {
+                if (pm.wn && eg_seqout_write(&q, pm.buf, pm.wn)) {
                     failed = 1;
                     break;
                 }
-                at += pm.wn;
                 pm.wn = 0;
                 if (done)
                     break;
@@ -1325,7 +1332,10 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
         ret = eg_fail(c->err, EG_EFORMAT, "a spill run is corrupt");
     else if (failed)
         ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
-    return finish_counts(c, st, ts, fd, tmp, ret);
+    else if (eg_seqout_flush(&q))
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+    eg_seqout_free(&q);
+    return finish_counts(c, st, ts, &w, tmp, ret);
 }
 
 /* ---- the driver ---------------------------------------------------------------------- */

@@ -1,12 +1,16 @@
 /* test_count.c - n-gram counting (against an independent sort-based count),
  * spills, the counts file, approximate counts and planning. */
+#include <fcntl.h>
 #include <jansson.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engram/engram.h"
 #include "engram/eg_count.h"
 #include "engram/eg_prep.h"
+#include "eg_internal.h"
 #include "test.h"
 
 /* The independent count: every padded n-gram of every sequence of T tokens,
@@ -158,6 +162,101 @@ TEST(count_range_partitions_on_skewed_inputs)
 }
 
 /* Documents pad at their starts; a 4-gram count on a small synthetic shard. */
+/* The counts file's writer (base/outfile.c): partitions at random offsets
+ * (some inside one block, some on block boundaries), written by two threads
+ * in a shuffled order through small stages, and one stream appended in
+ * pieces, hold exactly the bytes a plain write would. */
+TEST(outfile_ranges_and_stream_hold_the_bytes)
+{
+    enum { L = 3 << 20, CUTS = 300 };
+    unsigned char *want = malloc(L);
+    uint64_t *cut = malloc((CUTS + 2) * sizeof *cut);
+    int *order = malloc(CUTS * sizeof *order);
+    REQUIRE(want && cut && order);
+    uint64_t rs = 11;
+    for (size_t i = 0; i < L; i++)
+        want[i] = (unsigned char)t_rand(&rs);
+    const uint64_t head = 40;
+    cut[0] = head;
+    for (int i = 1; i <= CUTS; i++) { /* mostly short gaps, some aligned, some long */
+        const uint64_t r = t_rand(&rs) % 8;
+        uint64_t step = r < 3 ? t_rand(&rs) % 300 : r < 6 ? t_rand(&rs) % 20000 : 0;
+        uint64_t at = cut[i - 1] + step;
+        if (r == 6)
+            at = (cut[i - 1] / 4096 + 1 + t_rand(&rs) % 3) * 4096;
+        cut[i] = at < L ? at : L;
+    }
+    cut[CUTS + 1] = L;
+    for (int i = 0; i < CUTS; i++)
+        order[i] = i;
+    for (int i = CUTS - 1; i > 0; i--) {
+        const int j = (int)(t_rand(&rs) % (uint64_t)(i + 1)), x = order[i];
+        order[i] = order[j];
+        order[j] = x;
+    }
+    for (int mode = 0; mode < 2; mode++) {
+        const char *path = t_tmp_path(mode ? "stream.out" : "ranges.out");
+        eg_outfile w;
+        REQUIRE(eg_outfile_open(&w, path) == 0);
+        CHECK(pwrite(w.fd, want, head, 0) == (ssize_t)head);
+        int failed = 0;
+        if (mode == 0) {
+            CHECK(ftruncate(w.fd, L) == 0);
+#pragma omp parallel num_threads(2) reduction(| : failed)
+            {
+                eg_seqout q;
+                failed |= eg_seqout_init(&q, &w, 4 * 4096) != 0;
+                uint64_t ts = 100 + (uint64_t)omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+                for (int k = 0; k <= CUTS; k++) {
+                    const int p = k < CUTS ? order[k] : CUTS; /* the last range too */
+                    if (failed)
+                        continue;
+                    eg_seqout_seek(&q, cut[p]);
+                    for (uint64_t at = cut[p]; at < cut[p + 1] && !failed;) {
+                        size_t n = 1 + (size_t)(t_rand(&ts) % 60);
+                        n = n < cut[p + 1] - at ? n : (size_t)(cut[p + 1] - at);
+                        unsigned char *o = eg_seqout_room(&q, 64);
+                        if (!o) {
+                            failed = 1;
+                            break;
+                        }
+                        memcpy(o, want + at, n);
+                        q.n += n;
+                        at += n;
+                    }
+                    failed |= eg_seqout_flush(&q) != 0;
+                }
+                eg_seqout_free(&q);
+            }
+        } else {
+            eg_seqout q;
+            REQUIRE(eg_seqout_init(&q, &w, 8 * 4096) == 0);
+            eg_seqout_seek(&q, head);
+            for (uint64_t at = head; at < L && !failed;) {
+                size_t n = (size_t)(t_rand(&rs) % 50000);
+                n = n < L - at ? n : (size_t)(L - at);
+                failed |= eg_seqout_write(&q, want + at, n) != 0;
+                at += n;
+            }
+            failed |= eg_seqout_flush(&q) != 0;
+            eg_seqout_free(&q);
+        }
+        CHECK(!failed);
+        CHECK(fsync(w.fd) == 0);
+        CHECK(eg_outfile_close(&w) == 0);
+        size_t len = 0;
+        unsigned char *got = t_read_file(path, &len);
+        REQUIRE(got);
+        CHECK_EQ(len, L);
+        CHECK_MSG(len == L && memcmp(got, want, L) == 0, "mode %d: the file differs", mode);
+        free(got);
+    }
+    free(want);
+    free(cut);
+    free(order);
+}
+
 TEST(count_docs_and_order4_small)
 {
     eg_shard_writer *w = NULL;
