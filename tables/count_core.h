@@ -354,7 +354,7 @@ static eg_status choose_splitters(counter *c)
 static size_t insert_part(counter *c, size_t p, size_t from, size_t to)
 {
     ptable *t = &c->part[p];
-    enum { AHEAD = 12 }; /* prefetch the slots of keys this far ahead: the
+    enum { AHEAD = 20 }; /* prefetch the slots of keys this far ahead: the
                           * inserts are bound by memory latency, not work */
     for (size_t i = from; i < to; i++) {
         if (t->used * 10 >= t->cap * 7 && !t->stuck && pt_grow(c, t))
@@ -1052,22 +1052,31 @@ static size_t emit_record(const counter *c, const entry *e, eg_count_stats *st,
 {
     const u128 key = key_of(e);
     const uint32_t n = (uint32_t)(key >> ORDER_SHIFT);
-    eg_ngram_top t;
-    memset(&t, 0, sizeof t);
+    const uint64_t count = e->count;
+    uint32_t ids[EG_COUNT_MAX_ORDER];
+#if KW == 1
+    uint64_t v = e->lo; /* one-word arithmetic: ids fill the low 60 bits */
+#else
     u128 v = key;
+#endif
     for (uint32_t k = n; k-- > 0;) {
-        t.ids[k] = (uint32_t)(v & c->idmask);
+        ids[k] = (uint32_t)(v & c->idmask);
         v >>= c->bits;
     }
-    t.count = e->count;
     for (uint32_t k = 0; k < n; k++)
-        eg_put_le32(out + 4 * k, t.ids[k]);
-    eg_put_le64(out + 4 * n, e->count);
+        eg_put_le32(out + 4 * k, ids[k]);
+    eg_put_le64(out + 4 * n, count);
     st->distinct[n]++;
-    st->total[n] += e->count;
-    st->singletons[n] += e->count == 1;
-    st->fof[n][fof_bucket(e->count)]++;
-    top_offer(st, n, c->o->top_k, &t);
+    st->total[n] += count;
+    st->singletons[n] += count == 1;
+    st->fof[n][fof_bucket(count)]++;
+    if (c->o->top_k) {
+        eg_ngram_top t;
+        memset(&t, 0, sizeof t);
+        memcpy(t.ids, ids, n * sizeof *ids);
+        t.count = count;
+        top_offer(st, n, c->o->top_k, &t);
+    }
     return 4 * (size_t)n + 8;
 }
 
