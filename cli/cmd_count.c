@@ -34,6 +34,10 @@ static const char count_usage[] =
     "  -k, --top K                show the K most frequent n-grams per order (default 10)\n"
     "      --approx               one pass, fixed memory: HyperLogLog distinct estimates\n"
     "                             and heavy hitters; writes no counts file\n"
+    "      --method M             auto (default), partition or tables: partition scatters\n"
+    "                             the keys into ranges in memory first and counts each in\n"
+    "                             cache (where the keys take <= 60%% of the budget); tables\n"
+    "                             counts as it reads, spilling sorted runs (any budget)\n"
     "      --wide-keys            two-word keys even where one word holds every n-gram\n"
     "      --wide-counts          64-bit counts in the tables even below 2^32 tokens\n"
     "                             (the same output, slower; for tests and benchmarks)\n"
@@ -81,7 +85,7 @@ static void print_gram(FILE *f, const eg_vocab_projection *vp, const uint32_t *i
 
 int cmd_count(int argc, char **argv)
 {
-    enum { O_PAD = 256, O_DOCS, O_TMP, O_APPROX, O_JSON, O_WIDE, O_WIDE_COUNTS };
+    enum { O_PAD = 256, O_DOCS, O_TMP, O_APPROX, O_JSON, O_WIDE, O_WIDE_COUNTS, O_METHOD };
     static const struct option opts[] = {{"tokenizer", required_argument, 0, 't'},
                                          {"projection", required_argument, 0, 'p'},
                                          {"compressed-vocab", required_argument, 0, 'V'},
@@ -98,6 +102,7 @@ int cmd_count(int argc, char **argv)
                                          {"approx", no_argument, 0, O_APPROX},
                                          {"wide-keys", no_argument, 0, O_WIDE},
                                          {"wide-counts", no_argument, 0, O_WIDE_COUNTS},
+                                         {"method", required_argument, 0, O_METHOD},
                                          {"json", no_argument, 0, O_JSON},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},
@@ -120,6 +125,17 @@ int cmd_count(int argc, char **argv)
         case O_APPROX: approx = 1; break;
         case O_WIDE: o.wide_keys = 1; break;
         case O_WIDE_COUNTS: o.wide_counts = 1; break;
+        case O_METHOD:
+            if (!strcmp(optarg, "auto"))
+                o.method = EG_COUNT_AUTO;
+            else if (!strcmp(optarg, "partition"))
+                o.method = EG_COUNT_PARTITION;
+            else if (!strcmp(optarg, "tables"))
+                o.method = EG_COUNT_TABLES;
+            else {
+                return cli_error("--method: '%s' is not auto, partition or tables", optarg);
+            }
+            break;
         case O_JSON: json = 1; break;
         case 'q': quiet = 1; break;
         case 'V':
@@ -286,6 +302,9 @@ int cmd_count(int argc, char **argv)
         if (!approx) {
             json_object_set_new(root, "key_words", json_integer((json_int_t)st.key_words));
             json_object_set_new(root, "entry_bytes", json_integer((json_int_t)st.entry_bytes));
+            json_object_set_new(root, "method",
+                                json_string(st.method == EG_COUNT_PARTITION ? "partition" : "tables"));
+            json_object_set_new(root, "partitions", json_integer((json_int_t)st.partitions));
         }
         json_object_set_new(root, "peak_rss_mib", json_real(cli_peak_rss_mib()));
         json_dumpf(root, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -316,10 +335,12 @@ int cmd_count(int argc, char **argv)
                 printf("\n");
             }
         }
-        cli_note("time %.2f s (counting %.2f s, %.2f M tokens/s; merge and write %.2f s), %.2f M "
+        cli_note("time %.2f s (%s %.2f s, %.2f M tokens/s; %s %.2f s), %.2f M "
                  "tokens/s overall, %llu spills, budget %.0f MiB, peak memory %.1f MiB%s%s\n",
-                 secs, st.seconds_count,
-                 st.seconds_count > 0 ? st.tokens / 1e6 / st.seconds_count : 0.0,
+                 secs, approx || st.method != EG_COUNT_PARTITION ? "counting" : "scattering",
+                 st.seconds_count, st.seconds_count > 0 ? st.tokens / 1e6 / st.seconds_count : 0.0,
+                 approx || st.method != EG_COUNT_PARTITION ? "merge and write"
+                                                           : "counting ranges and writing",
                  st.seconds_merge, st.tokens / 1e6 / (secs > 0 ? secs : 1e-9),
                  (unsigned long long)st.spills,
                  mem / 1048576.0, cli_peak_rss_mib(), o.output && !approx ? " -> " : "",

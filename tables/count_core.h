@@ -16,6 +16,9 @@
 #include <time.h>
 #include <unistd.h>
 #include <zstd.h>
+#if defined(__x86_64__) || defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -147,6 +150,14 @@ typedef struct counter_ {
     uint64_t *run_off; /* per run, P + 1 offsets: partition p is the zstd frame [off[p], off[p+1]) */
     uint64_t spills;
     char tmp_prefix[1024];
+    /* partition first (see count_partitioned): the key stream in chunks of
+     * CHUNK keys; per thread and partition, a list of chunks */
+    kkey *ks;
+    size_t ks_bytes, ks_chunks, ks_next; /* reserved; chunks; the next free (atomic) */
+    uint32_t *ks_link;                   /* per chunk: the next of its list */
+    uint32_t *ks_head, *ks_tail, *ks_fill; /* nt * P */
+    kkey *ks_line;                         /* nt * P lines (see scatter_keys) */
+    int ks_full;
     /* where full key buffers go: the tables (exact) or the sketches (approx) */
     eg_status (*sink)(struct counter_ *c);
     void *sketch;
@@ -212,6 +223,16 @@ static int pt_grow(counter *c, ptable *t)
     if (c->huge_pages && !t->huge && ncap * sizeof(entry) >= ((size_t)4 << 20)) {
         madvise(t->slot, c->region_bytes, MADV_HUGEPAGE);
         t->huge = 1;
+    }
+#endif
+#ifdef MADV_POPULATE_WRITE
+    {
+        /* fault the new slots in for writing now: a first read would map the
+         * shared zero page, and the write after it copy and shoot down TLBs */
+        const uintptr_t pg = 4096, from = ((uintptr_t)(t->slot + t->cap) + pg - 1) & ~(pg - 1),
+                        to = ((uintptr_t)(t->slot + ncap)) & ~(pg - 1);
+        if (to > from)
+            (void)madvise((void *)from, to - from, MADV_POPULATE_WRITE); /* a hint: may fail */
     }
 #endif
     entry *keep = c->scratch[th];
@@ -972,6 +993,13 @@ static void counter_free(counter *c)
     free(c->hist);
     free(c->start);
     free(c->done);
+    if (c->ks)
+        eg_big_free(c->ks, c->ks_bytes);
+    free(c->ks_link);
+    free(c->ks_head);
+    free(c->ks_tail);
+    free(c->ks_fill);
+    free(c->ks_line);
 }
 
 /* ---- the counts file -------------------------------------------------------------- */
@@ -1432,6 +1460,325 @@ static int alloc_block(counter *c)
     return c->xb && c->db ? 0 : -1;
 }
 
+
+/* ---- partition first ------------------------------------------------------------------
+ *
+ * When the whole key stream fits the budget, a random probe into gigabytes of
+ * tables per key (a cache miss, and on VMs a nested TLB miss) is the largest
+ * cost of counting. So the keys are first scattered into P key ranges, held
+ * in memory in chunks (each thread appends to its own chunk of each range:
+ * sequential writes), and then each range is counted on its own in a table
+ * sized to it, which stays in the core's cache, sorted there and written.
+ * The ranges are the splitters' (sample_splitters), so the ranges in order
+ * are the output in order. */
+
+#define CHUNK 1024 /* keys per chunk */
+#define NO_CHUNK UINT32_MAX
+
+/* Keys per 64-byte line. Keys reach their chunk a whole line at a time,
+ * from a line per thread and partition that stays in cache (software write
+ * combining), with stores that bypass the cache: the chunks' lines are then
+ * never read before they are written. */
+#define LINE_KEYS (64 / sizeof(kkey))
+
+static inline void put_line(kkey *dst, const kkey *src)
+{
+#if defined(__x86_64__) || defined(__SSE2__)
+    for (size_t i = 0; i < 64 / 16; i++)
+        _mm_stream_si128((__m128i *)(void *)dst + i, _mm_load_si128((const __m128i *)(const void *)src + i));
+#else
+    memcpy(dst, src, 64);
+#endif
+}
+
+/* Per thread and partition: append to the current chunk, taking a new one
+ * (from one shared counter) when it is full. */
+static eg_status scatter_keys(counter *c)
+{
+    const size_t n = c->kn, P = c->P;
+    if (!n)
+        return EG_OK;
+    if (!c->have_spl) {
+        eg_status st = choose_splitters(c);
+        if (st)
+            return st;
+    }
+    int full = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(c->nt) reduction(| : full)
+#endif
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        const int t = 0, T = 1;
+#endif
+        const size_t a = n * (size_t)t / (size_t)T, b = n * (size_t)(t + 1) / (size_t)T;
+        uint32_t *head = c->ks_head + (size_t)t * P, *tail = c->ks_tail + (size_t)t * P,
+                 *fill = c->ks_fill + (size_t)t * P;
+        kkey *line = c->ks_line + (size_t)t * P * LINE_KEYS;
+        kkey *const ks = c->ks;
+        uint32_t *const link = c->ks_link;
+        const size_t chunks = c->ks_chunks;
+        const uint64_t *const khi = c->khi, *const klo = c->klo;
+        (void)khi;
+        const kkey *const spl = c->spl;
+        enum { G = 8 }; /* lookups side by side: a binary search is a chain of loads */
+        kkey kg[G];
+        size_t pg[G];
+        for (size_t i = a, g = G; i < b; i++, g++) {
+            if (g == G) {
+                const size_t m = b - i < G ? b - i : G;
+                for (size_t j = 0; j < m; j++) {
+                    kg[j] = KEY_AT(khi, klo, i + j);
+                    pg[j] = 0;
+                }
+                for (size_t step = P / 2; step; step >>= 1)
+                    for (size_t j = 0; j < G; j++)
+                        pg[j] += j < m && spl[pg[j] + step - 1] <= kg[j] ? step : 0;
+                g = 0;
+            }
+            const kkey k = kg[g];
+            const size_t p = pg[g];
+            uint32_t f = fill[p];
+            if (f == CHUNK) {
+                const size_t nc = __atomic_fetch_add(&c->ks_next, 1, __ATOMIC_RELAXED);
+                if (nc >= chunks) {
+                    full = 1;
+                    break;
+                }
+                link[nc] = NO_CHUNK;
+                if (tail[p] == NO_CHUNK)
+                    head[p] = (uint32_t)nc;
+                else
+                    link[tail[p]] = (uint32_t)nc;
+                tail[p] = (uint32_t)nc;
+                f = 0;
+            }
+            kkey *l = line + p * LINE_KEYS;
+            l[f % LINE_KEYS] = k;
+            fill[p] = ++f;
+            if (f % LINE_KEYS == 0)
+                put_line(ks + (size_t)tail[p] * CHUNK + f - LINE_KEYS, l);
+        }
+#if defined(__x86_64__) || defined(__SSE2__)
+        _mm_sfence(); /* the streamed lines before anyone reads them */
+#endif
+    }
+    c->kn = 0;
+    if (full) /* cannot happen: the stream was sized to the input's tokens */
+        return eg_fail(c->err, EG_ENOMEM, "count: the key stream outgrew its reservation");
+    return EG_OK;
+}
+
+/* The keys still in the threads' lines go to their chunks (at the end). */
+static void drain_lines(counter *c)
+{
+    for (size_t i = 0; i < (size_t)c->nt * c->P; i++) {
+        const uint32_t f = c->ks_fill[i];
+        if (c->ks_tail[i] != NO_CHUNK && f % LINE_KEYS)
+            memcpy(c->ks + (size_t)c->ks_tail[i] * CHUNK + f / LINE_KEYS * LINE_KEYS,
+                   c->ks_line + i * LINE_KEYS, f % LINE_KEYS * sizeof(kkey));
+    }
+}
+
+/* A thread's table for one partition at a time (memory reused: it stays in
+ * cache), and its buffers. */
+typedef struct {
+    entry *slot;
+    size_t cap, used, mem; /* slots in use as the table; allocated */
+    entry *tmp;            /* radix sort / rehash: tmp_cap entries */
+    size_t tmp_cap;
+    unsigned char *out; /* the partition's records */
+    size_t out_cap;
+    size_t bytes, allowed; /* what these take; the most they may */
+} ltable;
+
+static inline size_t lt_slot(uint64_t h, size_t cap)
+{
+    return (size_t)(((u128)(uint32_t)h * cap) >> 32);
+}
+
+static inline void lt_put(entry *slot, size_t cap, size_t *used, uint64_t hi, uint64_t lo,
+                          uint64_t h, uint64_t count)
+{
+    size_t s = lt_slot(h, cap);
+    for (;;) {
+        entry *e = &slot[s];
+        if (E_HI(*e) == hi && e->lo == lo) {
+            e->count += count;
+            return;
+        }
+        if (!E_USED(*e)) {
+            E_SET_HI(*e, hi);
+            e->lo = lo;
+            e->count = count;
+            ++*used;
+            return;
+        }
+        if (++s == cap)
+            s = 0;
+    }
+}
+
+/* Make room: buffers grown with realloc within the thread's allowance. */
+static int lt_reserve(ltable *t, void **p, size_t *cap, size_t want, size_t unit)
+{
+    if (*cap >= want)
+        return 0;
+    const size_t grow = (want - *cap) * unit;
+    if (t->bytes + grow > t->allowed)
+        return -1;
+    void *q = realloc(*p, want * unit);
+    if (!q)
+        return -1;
+    *p = q;
+    *cap = want;
+    t->bytes += grow;
+    return 0;
+}
+
+/* Start the table at cap slots (cleared). */
+static int lt_start(ltable *t, size_t cap)
+{
+    if (lt_reserve(t, (void **)&t->slot, &t->mem, cap, sizeof(entry)))
+        return -1;
+    memset(t->slot, 0, cap * sizeof(entry));
+    t->cap = cap;
+    t->used = 0;
+    return 0;
+}
+
+/* Double the table, its entries rehashed through tmp. */
+static int lt_grow(ltable *t)
+{
+    if (lt_reserve(t, (void **)&t->tmp, &t->tmp_cap, t->used, sizeof(entry)))
+        return -1;
+    size_t k = 0;
+    for (size_t i = 0; i < t->cap; i++)
+        if (E_USED(t->slot[i]))
+            t->tmp[k++] = t->slot[i];
+    if (lt_start(t, 2 * t->cap))
+        return -1;
+    for (size_t i = 0; i < k; i++)
+        lt_put(t->slot, t->cap, &t->used, E_HI(t->tmp[i]), t->tmp[i].lo,
+               mix_key(E_HI(t->tmp[i]), t->tmp[i].lo), t->tmp[i].count);
+    return 0;
+}
+
+/* Count partition p's keys (every thread's chunks) into t; -1 when its table
+ * would outgrow the thread's allowance. */
+static int lt_count(counter *c, ltable *t, size_t p, size_t hint)
+{
+    const size_t P = c->P;
+    size_t keys = 0;
+    for (int th = 0; th < c->nt; th++)
+        for (uint32_t k = c->ks_head[(size_t)th * P + p]; k != NO_CHUNK; k = c->ks_link[k])
+            keys += k == c->ks_tail[(size_t)th * P + p] ? c->ks_fill[(size_t)th * P + p] : CHUNK;
+    /* distinct n-grams are at most the keys; the last partition's count is
+     * the better guess (the splitters balance distinct n-grams) */
+    const size_t want = hint < keys ? hint : keys;
+    size_t cap = 1024;
+    while (cap < want + want / 2 + want / 10)
+        cap *= 2;
+    if (lt_start(t, cap))
+        return -1;
+    enum { AHEAD = 8 };
+    uint64_t h[CHUNK];
+    for (int th = 0; th < c->nt; th++)
+        for (uint32_t k = c->ks_head[(size_t)th * P + p]; k != NO_CHUNK; k = c->ks_link[k]) {
+            const size_t m =
+                k == c->ks_tail[(size_t)th * P + p] ? c->ks_fill[(size_t)th * P + p] : CHUNK;
+            const kkey *ks = c->ks + (size_t)k * CHUNK;
+            for (size_t i = 0; i < m; i++)
+                h[i] = mix_key((uint64_t)(ks[i] >> 32 >> 32), (uint64_t)ks[i]);
+            for (size_t i = 0; i < m; i++) {
+                if (t->used * 10 >= t->cap * 7 && lt_grow(t))
+                    return -1;
+                if (i + AHEAD < m)
+                    __builtin_prefetch(&t->slot[lt_slot(h[i + AHEAD], t->cap)], 1);
+                lt_put(t->slot, t->cap, &t->used, (uint64_t)(ks[i] >> 32 >> 32),
+                       (uint64_t)ks[i], h[i], 1);
+            }
+        }
+    /* compact to the front, then sort */
+    size_t w = 0;
+    for (size_t i = 0; i < t->cap; i++)
+        if (E_USED(t->slot[i]))
+            t->slot[w++] = t->slot[i];
+    t->used = w;
+#if KW == 1
+    if (lt_reserve(t, (void **)&t->tmp, &t->tmp_cap, w, sizeof(entry)))
+        return -1;
+    radix_sort_entries(t->slot, t->tmp, w);
+#else
+    sort_entries(t->slot, w);
+#endif
+    return 0;
+}
+
+/* Count every partition in order and write the counts file: threads count
+ * and encode partitions side by side; the records go out in order (OpenMP
+ * `ordered`). 1 (nothing written) when a partition outgrew a thread's share
+ * of the budget: the caller counts with tables instead. */
+static eg_status write_partitioned(counter *c, eg_count_stats *st, size_t allowed, int *redo)
+{
+    const eg_count_opts *o = c->o;
+    char tmp[1100];
+    eg_count_stats *ts = NULL;
+    eg_outfile w = {-1, -1};
+    eg_seqout q = {0};
+    eg_status ret = begin_counts(c, tmp, &ts, &w);
+    if (!ret && eg_seqout_init(&q, &w, OUT_STAGE))
+        ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
+    if (ret)
+        return finish_counts(c, st, ts, &w, tmp, ret);
+    eg_seqout_seek(&q, header_bytes(o->max_ngram));
+    const long long PP = (long long)c->P;
+    int failed = 0, big = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(c->nt) reduction(| : failed, big)
+#endif
+    {
+        const int t = thread_num();
+        ltable lt = {0};
+        lt.allowed = allowed;
+        size_t hint = c->ks_chunks * CHUNK / c->P; /* the first: its share of the keys */
+#ifdef _OPENMP
+#pragma omp for ordered schedule(dynamic, 1)
+#endif
+        for (long long p = 0; p < PP; p++) {
+            size_t bytes = 0;
+            if (!failed && !big) {
+                if (lt_count(c, &lt, (size_t)p, hint) ||
+                    lt_reserve(&lt, (void **)&lt.out, &lt.out_cap, lt.used * MAX_RECORD + 1, 1)) {
+                    big = 1;
+                } else {
+                    hint = lt.used > 1024 ? lt.used : 1024;
+                    for (size_t i = 0; i < lt.used; i++)
+                        bytes += emit_record(c, &lt.slot[i], &ts[t], lt.out + bytes);
+                }
+            }
+#ifdef _OPENMP
+#pragma omp ordered
+#endif
+            if (!failed && !big && bytes && eg_seqout_write(&q, lt.out, bytes))
+                failed = 1;
+        }
+        free(lt.slot);
+        free(lt.tmp);
+        free(lt.out);
+    }
+    if (big) {
+        *redo = 1;
+        ret = eg_fail(c->err, EG_ENOMEM, "count: a key range outgrew its share of the budget");
+    } else if (failed || eg_seqout_flush(&q)) {
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+    }
+    eg_seqout_free(&q);
+    return finish_counts(c, st, ts, &w, tmp, ret);
+}
+
 /* What exact and approximate counting share before they start. */
 static eg_status counter_begin(counter *c, const eg_count_opts *o, eg_count_stats *st,
                                eg_status (*sink)(counter *), eg_err *err)
@@ -1455,6 +1802,98 @@ static eg_status counter_begin(counter *c, const eg_count_opts *o, eg_count_stat
     return EG_OK;
 }
 
+/* Partition first (see above), where the key stream fits 60% of the budget;
+ * *declined (nothing done, st cleared) where it does not, or where a key
+ * range outgrew a thread's share of the rest: then the tables count. */
+static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, eg_err *err,
+                                   int *declined)
+{
+    counter c;
+    *declined = 0;
+    eg_status ret = counter_begin(&c, o, st, scatter_keys, err);
+    if (ret)
+        return ret;
+    if (!o->output)
+        return eg_fail(err, EG_EINVAL, "count: no output path");
+#ifdef _OPENMP
+    c.nt = o->n_threads > 0 ? o->n_threads : omp_get_max_threads();
+#else
+    c.nt = 1;
+#endif
+    const size_t mem = o->memory ? o->memory : ((size_t)1 << 30);
+    const uint64_t tokens = input_tokens(o), H = o->max_ngram - 1;
+    *declined = 1; /* until the stream is known to fit */
+    if (tokens == UINT64_MAX || mem < ((size_t)1 << 20) || tokens > (uint64_t)SIZE_MAX / 64)
+        return EG_OK; /* the tables report what is wrong */
+    const size_t keys = (size_t)(tokens * H);
+    c.kcap = mem / 32 / sizeof(kkey);
+    c.kcap = c.kcap < ((size_t)8 << 20) ? c.kcap : (size_t)8 << 20;
+    if (c.kcap < 4 * (size_t)o->max_ngram)
+        return EG_OK;
+    /* about 64 Ki keys each, so that a range's table stays in cache, but at
+     * most 2048 ranges: beyond that the scatter's lines and lookups spill
+     * out of cache themselves (measured: 2048 beat 1024, 4096 and 16384) */
+    c.P = 256;
+    while (c.P < 2048 && keys / c.P > 65536)
+        c.P *= 2;
+    const size_t chunks = (keys + CHUNK - 1) / CHUNK + (size_t)c.nt * c.P;
+    if (chunks >= NO_CHUNK)
+        return EG_OK;
+    const size_t fixed = chunks * (CHUNK * sizeof(kkey) + sizeof(uint32_t)) +
+                         c.kcap * (sizeof(kkey) + 5) + (size_t)c.nt * c.P * (12 + 64);
+    if (fixed > mem / 10 * 6)
+        return EG_OK;
+    c.ks_chunks = chunks;
+    c.ks_bytes = chunks * CHUNK * sizeof(kkey);
+    c.ks = eg_big_alloc(c.ks_bytes);
+    c.ks_link = malloc(chunks * sizeof *c.ks_link);
+    c.ks_head = malloc((size_t)c.nt * c.P * sizeof *c.ks_head);
+    c.ks_tail = malloc((size_t)c.nt * c.P * sizeof *c.ks_tail);
+    c.ks_fill = malloc((size_t)c.nt * c.P * sizeof *c.ks_fill);
+    c.ks_line = aligned_alloc(64, (size_t)c.nt * c.P * 64);
+    c.klo = malloc(c.kcap * sizeof *c.klo);
+#if KW == 2
+    c.khi = malloc(c.kcap * sizeof *c.khi);
+#endif
+    c.spl = calloc(c.P, sizeof *c.spl);
+    if (!c.ks || !c.ks_link || !c.ks_head || !c.ks_tail || !c.ks_fill || !c.ks_line || !c.klo ||
+        (KW == 2 && !c.khi) || !c.spl || alloc_block(&c)) {
+        counter_free(&c);
+        return EG_OK;
+    }
+    *declined = 0;
+    for (size_t i = 0; i < (size_t)c.nt * c.P; i++) {
+        c.ks_head[i] = c.ks_tail[i] = NO_CHUNK;
+        c.ks_fill[i] = CHUNK;
+    }
+    st->buffer_bytes = c.ks_bytes + c.kcap * sizeof(kkey);
+    const double t0 = now_s();
+    sample_splitters(&c);
+    ret = for_each_segment(o, exact_segment, &c, &st->tokens, err);
+    if (!ret)
+        ret = flush_block(&c);
+    if (!ret)
+        drain_lines(&c);
+    const double t1 = now_s();
+    int redo = 0;
+    if (!ret)
+        ret = write_partitioned(&c, st, (mem - fixed) / (size_t)c.nt, &redo);
+    st->seconds_count = t1 - t0;
+    st->seconds_merge = now_s() - t1;
+    st->key_words = KW;
+    st->entry_bytes = (uint32_t)sizeof(entry);
+    st->method = EG_COUNT_PARTITION;
+    st->partitions = (uint32_t)c.P;
+    if (ret)
+        eg_count_stats_free(st);
+    counter_free(&c);
+    if (redo) {
+        *declined = 1;
+        return EG_OK;
+    }
+    return ret;
+}
+
 eg_status eg_count_run_k64(const eg_count_opts *o, eg_count_stats *st, eg_err *err);
 eg_status eg_count_run_k32(const eg_count_opts *o, eg_count_stats *st, eg_err *err);
 #if KW == 1 && defined(CNT32)
@@ -1472,6 +1911,12 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
         return !o->wide_counts && input_tokens(o) < UINT32_MAX ? eg_count_run_k32(o, st, err)
                                                                : eg_count_run_k64(o, st, err);
 #endif
+    if (o && o->method != EG_COUNT_TABLES) {
+        int declined;
+        eg_status r = count_partitioned(o, st, err, &declined);
+        if (!declined)
+            return r;
+    }
     counter c;
     eg_status ret = counter_begin(&c, o, st, flush_keys, err);
     if (ret)
@@ -1564,6 +2009,8 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
     st->buffer_bytes = c.kcap * KEY_BYTES;
     st->key_words = KW;
     st->entry_bytes = (uint32_t)sizeof(entry);
+    st->method = EG_COUNT_TABLES;
+    st->partitions = (uint32_t)c.P;
     const char *slash = strrchr(o->output, '/');
     if (o->tmp_dir)
         snprintf(c.tmp_prefix, sizeof c.tmp_prefix, "%s/egcount.%ld", o->tmp_dir, (long)getpid());

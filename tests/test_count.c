@@ -98,27 +98,35 @@ TEST(count_exact_vs_sort_on_shared_corpus_with_spills)
      * table entries of one-word keys (V' = 128k: 3 x 17 bits fit) with 32-bit
      * counts (12 bytes), of two-word keys (24) and of one-word keys with
      * 64-bit counts (16) */
-    const char *mem[2] = {"256M", "2M"},
-               *names[6] = {"c_mem.counts",   "c_spill.counts",   "c_mem_w.counts",
-                            "c_spill_w.counts", "c_mem_c.counts", "c_spill_c.counts"};
+    /* both methods: tables in memory and with spills, and partition first
+     * (2 MiB cannot hold the key stream: tables) */
+    const char *mem[3] = {"256M", "2M", "256M"},
+               *names[9] = {"c_mem.counts",     "c_spill.counts",   "c_part.counts",
+                            "c_mem_w.counts",   "c_spill_w.counts", "c_part_w.counts",
+                            "c_mem_c.counts",   "c_spill_c.counts", "c_part_c.counts"};
+    static const char *const method[3] = {"tables", "tables", "partition"};
     static const char *const flag[3] = {"", " --wide-keys", " --wide-counts"};
     static const char *const entry[3] = {"\"entry_bytes\": 12", "\"entry_bytes\": 24",
                                          "\"entry_bytes\": 16"};
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 9; k++) {
         const char *out = t_tmp_path(names[k]);
-        REQUIRE(t_cli("count %s -p %s -n 3 --pad 2 -T 4096 -m %s -j %d -o %s --json%s", ids_path,
-                      proj_path, mem[k & 1], 2 - (k & 1), out, flag[k >> 1]) == 0);
+        const int m = k % 3, w = k / 3;
+        REQUIRE(t_cli("count %s -p %s -n 3 --pad 2 -T 4096 -m %s -j %d -o %s --json --method %s%s",
+                      ids_path, proj_path, mem[m], 2 - (k & 1), out, method[m], flag[w]) == 0);
         const int no_spill = strstr(t_cli_stdout(), "\"spills\": 0,") != NULL;
-        CHECK_MSG(no_spill == !(k & 1), "budget %s: spills expected %s", mem[k & 1],
-                  k & 1 ? "yes" : "no");
-        CHECK_MSG(strstr(t_cli_stdout(), k >> 1 == 1 ? "\"key_words\": 2" : "\"key_words\": 1"),
+        CHECK_MSG(no_spill == (m != 1), "case %d, budget %s: spills expected %s", k, mem[m],
+                  m == 1 ? "yes" : "no");
+        char want[64];
+        snprintf(want, sizeof want, "\"method\": \"%s\"", method[m]);
+        CHECK_MSG(strstr(t_cli_stdout(), want), "case %d: %s", k, want);
+        CHECK_MSG(strstr(t_cli_stdout(), w == 1 ? "\"key_words\": 2" : "\"key_words\": 1"),
                   "case %d: key words", k);
-        CHECK_MSG(strstr(t_cli_stdout(), entry[k >> 1]), "case %d: %s", k, entry[k >> 1]);
+        CHECK_MSG(strstr(t_cli_stdout(), entry[w]), "case %d: %s", k, entry[w]);
         check_counts(out, x, n, 4096, 3, proj[2]);
     }
     size_t a, b;
     void *p = t_read_file(t_tmp_path(names[0]), &a);
-    for (int k = 1; k < 6; k++) {
+    for (int k = 1; k < 9; k++) {
         void *q = t_read_file(t_tmp_path(names[k]), &b);
         CHECK_MSG(p && q && a == b && !memcmp(p, q, a), "%s differs from %s", names[k], names[0]);
         free(q);
@@ -131,7 +139,8 @@ TEST(count_exact_vs_sort_on_shared_corpus_with_spills)
 
 /* Partitions are key ranges whose splitters come from a sample of the
  * input: inputs that change halfway, or whose sample is almost all one
- * n-gram, still count exactly (in memory and with spills, 1 and 2 threads). */
+ * n-gram, still count exactly (tables in memory and with spills, partition
+ * first; 1 and 2 threads). */
 TEST(count_range_partitions_on_skewed_inputs)
 {
     enum { LEN = 200000 };
@@ -148,20 +157,43 @@ TEST(count_range_partitions_on_skewed_inputs)
         }
         const char *in = t_tmp_path("skew.u32");
         REQUIRE(t_write_file(in, x, LEN * sizeof *x) == 0);
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < 6; k++) { /* k >= 4: partition first, 1 and 2 threads */
             const char *out = t_tmp_path("skew.counts");
-            REQUIRE(t_cli("count %s -V 5000 -n 3 --pad 0 -T 1000 -m %s -j %d -o %s --json", in,
-                          k & 1 ? "2M" : "256M", 1 + (k >> 1), out) == 0);
-            if (shape == 0) /* the other has too few distinct n-grams to spill */
+            REQUIRE(t_cli("count %s -V 5000 -n 3 --pad 0 -T 1000 -m %s -j %d -o %s --json "
+                          "--method %s",
+                          in, k < 4 && k & 1 ? "2M" : "256M", 1 + ((k >> 1) & 1) + (k == 5), out,
+                          k < 4 ? "tables" : "partition") == 0);
+            if (shape == 0 && k < 4) /* the other has too few distinct n-grams to spill */
                 CHECK_MSG((strstr(t_cli_stdout(), "\"spills\": 0,") == NULL) == (k & 1),
                           "case %d: spills", k);
+            CHECK_MSG(strstr(t_cli_stdout(), k < 4 ? "\"method\": \"tables\""
+                                                   : "\"method\": \"partition\""),
+                      "case %d: method", k);
             check_counts(out, x, LEN, 1000, 3, 0);
         }
     }
+    /* a sample that sees one n-gram while the rest is nearly all distinct:
+     * one key range holds everything, outgrows a thread's share of a 16 MiB
+     * budget, and the count starts over with tables */
+    uint64_t r = 7;
+    for (size_t i = 0; i < LEN; i++) /* the windows sampled: 256 tokens every LEN/256 */
+        x[i] = i % (LEN / 256) < 400 ? 7 : (uint32_t)(t_rand(&r) % 5000);
+    const char *in = t_tmp_path("fool.u32"), *out = t_tmp_path("fool.counts");
+    REQUIRE(t_write_file(in, x, LEN * sizeof *x) == 0);
+    REQUIRE(t_cli("count %s -V 5000 -n 3 --pad 0 -T 1000 -m 16M -j 2 -o %s --json --method partition",
+                  in, out) == 0);
+    CHECK_MSG(strstr(t_cli_stdout(), "\"method\": \"tables\""), "the fallback: %s",
+              t_cli_stdout());
+    check_counts(out, x, LEN, 1000, 3, 0);
+    /* one thread has the whole share: the same input counts partition first */
+    REQUIRE(t_cli("count %s -V 5000 -n 3 --pad 0 -T 1000 -m 16M -j 1 -o %s --json --method partition",
+                  in, out) == 0);
+    CHECK_MSG(strstr(t_cli_stdout(), "\"method\": \"partition\""), "one thread: %s",
+              t_cli_stdout());
+    check_counts(out, x, LEN, 1000, 3, 0);
     free(x);
 }
 
-/* Documents pad at their starts; a 4-gram count on a small synthetic shard. */
 /* The counts file's writer (base/outfile.c): partitions at random offsets
  * (some inside one block, some on block boundaries), written by two threads
  * in a shuffled order through small stages, and one stream appended in
@@ -257,6 +289,7 @@ TEST(outfile_ranges_and_stream_hold_the_bytes)
     free(order);
 }
 
+/* Documents pad at their starts; a 4-gram count on a small synthetic shard. */
 TEST(count_docs_and_order4_small)
 {
     eg_shard_writer *w = NULL;

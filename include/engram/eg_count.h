@@ -64,7 +64,22 @@ typedef struct eg_count_opts {
                       * when the input holds fewer than 2^32 tokens, else
                       * 64-bit ones; non-zero: always 64-bit (tests,
                       * benchmarks). The output is the same. */
+    int method; /* eg_count_method: how exact counting goes (output the same) */
 } eg_count_opts;
+
+/* Exact counting's two methods (eg_count_opts.method; eg_count_stats.method
+ * says which ran). Partition first: every key of the input is scattered into
+ * many key ranges held in memory (tokens x (N-1) keys of 8 or 16 bytes),
+ * then each range is counted in a table that fits a core's cache, sorted
+ * and written; chosen when that key stream takes at most 60% of the budget.
+ * Tables: keys are counted as they come in one table per key range, grown
+ * within the budget, spilling sorted runs to disk when full and merging
+ * them at the end (any budget). AUTO picks the first where it fits. */
+typedef enum {
+    EG_COUNT_AUTO = 0,
+    EG_COUNT_TABLES = 1,
+    EG_COUNT_PARTITION = 2, /* falls back to TABLES where the stream does not fit */
+} eg_count_method;
 
 #define EG_FOF_BUCKETS 24 /* frequency of frequencies: counts 1..8, then powers of 2 */
 
@@ -82,6 +97,8 @@ typedef struct eg_count_stats {
     size_t table_bytes, buffer_bytes;
     uint32_t key_words;   /* exact counting: 64-bit words per key (1 or 2) */
     uint32_t entry_bytes; /* exact counting: bytes per table entry (12, 16 or 24) */
+    uint32_t method;      /* exact counting: the eg_count_method that ran */
+    uint32_t partitions;  /* exact counting: key ranges */
     double seconds_count; /* reading and counting (and spilling) */
     double seconds_merge; /* the final sort, merge and write */
     eg_ngram_top *top[EG_COUNT_MAX_ORDER + 1]; /* top_k each, most frequent first */
