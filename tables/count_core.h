@@ -157,6 +157,8 @@ typedef struct counter_ {
     uint32_t *ks_link;                   /* per chunk: the next of its list */
     uint32_t *ks_head, *ks_tail, *ks_fill; /* nt * P */
     kkey *ks_line;                         /* nt * P lines (see scatter_keys) */
+    kkey *ks_base;    /* per partition: its lowest key; keys are stored less it */
+    uint8_t *ks_kb;   /* per partition: bytes per stored key (narrow: half a kkey) */
     int ks_full;
     /* where full key buffers go: the tables (exact) or the sketches (approx) */
     eg_status (*sink)(struct counter_ *c);
@@ -1000,6 +1002,8 @@ static void counter_free(counter *c)
     free(c->ks_tail);
     free(c->ks_fill);
     free(c->ks_line);
+    free(c->ks_base);
+    free(c->ks_kb);
 }
 
 /* ---- the counts file -------------------------------------------------------------- */
@@ -1472,8 +1476,30 @@ static int alloc_block(counter *c)
  * The ranges are the splitters' (sample_splitters), so the ranges in order
  * are the output in order. */
 
-#define CHUNK 1024 /* keys per chunk */
+#define CHUNK 1024 /* keys per chunk, at their widest */
+#define CHUNK_BYTES (CHUNK * sizeof(kkey))
 #define NO_CHUNK UINT32_MAX
+/* A narrow key: what a key less its range's lowest takes where the range is
+ * narrow enough (one-word keys in 4 bytes, two-word keys in 8). */
+#if KW == 1
+typedef uint32_t nkey;
+#else
+typedef uint64_t nkey;
+#endif
+
+/* Each range's lowest key and stored key size: ranges less than 2^32 (or
+ * 2^64) keys wide store keys less their lowest in half the bytes, which
+ * halves the fresh memory those keys take (on Zipfian text most keys fall in
+ * the narrow ranges of frequent prefixes). */
+static void range_bases(counter *c)
+{
+    const kkey lowest = (kkey)2 << ORDER_SHIFT, top = (kkey)(c->o->max_ngram + 1) << ORDER_SHIFT;
+    for (size_t p = 0; p < c->P; p++) {
+        const kkey lo = p ? c->spl[p - 1] : lowest, hi = p + 1 < c->P ? c->spl[p] : top;
+        c->ks_base[p] = lo;
+        c->ks_kb[p] = (uint8_t)(hi - lo <= (kkey)(nkey)-1 ? sizeof(nkey) : sizeof(kkey));
+    }
+}
 
 /* Keys per 64-byte line. Keys reach their chunk a whole line at a time,
  * from a line per thread and partition that stays in cache (software write
@@ -1503,6 +1529,8 @@ static eg_status scatter_keys(counter *c)
         if (st)
             return st;
     }
+    if (!c->ks_kb[0])
+        range_bases(c);
     int full = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(c->nt) reduction(| : full)
@@ -1516,11 +1544,13 @@ static eg_status scatter_keys(counter *c)
         const size_t a = n * (size_t)t / (size_t)T, b = n * (size_t)(t + 1) / (size_t)T;
         uint32_t *head = c->ks_head + (size_t)t * P, *tail = c->ks_tail + (size_t)t * P,
                  *fill = c->ks_fill + (size_t)t * P;
-        kkey *line = c->ks_line + (size_t)t * P * LINE_KEYS;
-        kkey *const ks = c->ks;
+        unsigned char *const line = (unsigned char *)(c->ks_line + (size_t)t * P * LINE_KEYS);
+        unsigned char *const ks = (unsigned char *)c->ks;
         uint32_t *const link = c->ks_link;
         const size_t chunks = c->ks_chunks;
         const uint64_t *const khi = c->khi, *const klo = c->klo;
+        const kkey *const base = c->ks_base;
+        const uint8_t *const kb = c->ks_kb;
         (void)khi;
         const kkey *const spl = c->spl;
         enum { G = 8 }; /* lookups side by side: a binary search is a chain of loads */
@@ -1538,10 +1568,10 @@ static eg_status scatter_keys(counter *c)
                         pg[j] += j < m && spl[pg[j] + step - 1] <= kg[j] ? step : 0;
                 g = 0;
             }
-            const kkey k = kg[g];
             const size_t p = pg[g];
-            uint32_t f = fill[p];
-            if (f == CHUNK) {
+            const kkey d = kg[g] - base[p];
+            uint32_t f = fill[p]; /* bytes */
+            if (f == CHUNK_BYTES) {
                 const size_t nc = __atomic_fetch_add(&c->ks_next, 1, __ATOMIC_RELAXED);
                 if (nc >= chunks) {
                     full = 1;
@@ -1555,11 +1585,19 @@ static eg_status scatter_keys(counter *c)
                 tail[p] = (uint32_t)nc;
                 f = 0;
             }
-            kkey *l = line + p * LINE_KEYS;
-            l[f % LINE_KEYS] = k;
-            fill[p] = ++f;
-            if (f % LINE_KEYS == 0)
-                put_line(ks + (size_t)tail[p] * CHUNK + f - LINE_KEYS, l);
+            unsigned char *l = line + p * 64;
+            if (kb[p] == sizeof(nkey)) {
+                const nkey v = (nkey)d;
+                memcpy(l + f % 64, &v, sizeof v);
+                f += sizeof v;
+            } else {
+                memcpy(l + f % 64, &d, sizeof d);
+                f += sizeof d;
+            }
+            fill[p] = f;
+            if (f % 64 == 0)
+                put_line((kkey *)(void *)(ks + (size_t)tail[p] * CHUNK_BYTES + f - 64),
+                         (const kkey *)(const void *)l);
         }
 #if defined(__x86_64__) || defined(__SSE2__)
         _mm_sfence(); /* the streamed lines before anyone reads them */
@@ -1575,10 +1613,10 @@ static eg_status scatter_keys(counter *c)
 static void drain_lines(counter *c)
 {
     for (size_t i = 0; i < (size_t)c->nt * c->P; i++) {
-        const uint32_t f = c->ks_fill[i];
-        if (c->ks_tail[i] != NO_CHUNK && f % LINE_KEYS)
-            memcpy(c->ks + (size_t)c->ks_tail[i] * CHUNK + f / LINE_KEYS * LINE_KEYS,
-                   c->ks_line + i * LINE_KEYS, f % LINE_KEYS * sizeof(kkey));
+        const uint32_t f = c->ks_fill[i]; /* bytes */
+        if (c->ks_tail[i] != NO_CHUNK && f % 64)
+            memcpy((unsigned char *)c->ks + (size_t)c->ks_tail[i] * CHUNK_BYTES + f / 64 * 64,
+                   c->ks_line + i * LINE_KEYS, f % 64);
     }
 }
 
@@ -1671,10 +1709,13 @@ static int lt_grow(ltable *t)
 static int lt_count(counter *c, ltable *t, size_t p, size_t hint)
 {
     const size_t P = c->P;
+    const size_t kb = c->ks_kb[p];
+    const kkey base = c->ks_base[p];
     size_t keys = 0;
     for (int th = 0; th < c->nt; th++)
         for (uint32_t k = c->ks_head[(size_t)th * P + p]; k != NO_CHUNK; k = c->ks_link[k])
-            keys += k == c->ks_tail[(size_t)th * P + p] ? c->ks_fill[(size_t)th * P + p] : CHUNK;
+            keys += (k == c->ks_tail[(size_t)th * P + p] ? c->ks_fill[(size_t)th * P + p]
+                                                          : CHUNK_BYTES) / kb;
     /* distinct n-grams are at most the keys; the last partition's count is
      * the better guess (the splitters balance distinct n-grams) */
     const size_t want = hint < keys ? hint : keys;
@@ -1684,21 +1725,34 @@ static int lt_count(counter *c, ltable *t, size_t p, size_t hint)
     if (lt_start(t, cap))
         return -1;
     enum { AHEAD = 8 };
-    uint64_t h[CHUNK];
+    kkey kk[CHUNK_BYTES / sizeof(nkey)];
+    uint64_t h[CHUNK_BYTES / sizeof(nkey)];
     for (int th = 0; th < c->nt; th++)
         for (uint32_t k = c->ks_head[(size_t)th * P + p]; k != NO_CHUNK; k = c->ks_link[k]) {
-            const size_t m =
-                k == c->ks_tail[(size_t)th * P + p] ? c->ks_fill[(size_t)th * P + p] : CHUNK;
-            const kkey *ks = c->ks + (size_t)k * CHUNK;
+            const size_t m = (k == c->ks_tail[(size_t)th * P + p] ? c->ks_fill[(size_t)th * P + p]
+                                                                   : CHUNK_BYTES) / kb;
+            const unsigned char *ck = (const unsigned char *)c->ks + (size_t)k * CHUNK_BYTES;
+            if (kb == sizeof(nkey))
+                for (size_t i = 0; i < m; i++) {
+                    nkey v;
+                    memcpy(&v, ck + i * sizeof v, sizeof v);
+                    kk[i] = base + v;
+                }
+            else
+                for (size_t i = 0; i < m; i++) {
+                    kkey v;
+                    memcpy(&v, ck + i * sizeof v, sizeof v);
+                    kk[i] = base + v;
+                }
             for (size_t i = 0; i < m; i++)
-                h[i] = mix_key((uint64_t)(ks[i] >> 32 >> 32), (uint64_t)ks[i]);
+                h[i] = mix_key((uint64_t)(kk[i] >> 32 >> 32), (uint64_t)kk[i]);
             for (size_t i = 0; i < m; i++) {
                 if (t->used * 10 >= t->cap * 7 && lt_grow(t))
                     return -1;
                 if (i + AHEAD < m)
                     __builtin_prefetch(&t->slot[lt_slot(h[i + AHEAD], t->cap)], 1);
-                lt_put(t->slot, t->cap, &t->used, (uint64_t)(ks[i] >> 32 >> 32),
-                       (uint64_t)ks[i], h[i], 1);
+                lt_put(t->slot, t->cap, &t->used, (uint64_t)(kk[i] >> 32 >> 32),
+                       (uint64_t)kk[i], h[i], 1);
             }
         }
     /* compact to the front, then sort */
@@ -1839,24 +1893,27 @@ static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, e
     const size_t chunks = (keys + CHUNK - 1) / CHUNK + (size_t)c.nt * c.P;
     if (chunks >= NO_CHUNK)
         return EG_OK;
-    const size_t fixed = chunks * (CHUNK * sizeof(kkey) + sizeof(uint32_t)) +
-                         c.kcap * (sizeof(kkey) + 5) + (size_t)c.nt * c.P * (12 + 64);
+    const size_t fixed = chunks * (CHUNK_BYTES + sizeof(uint32_t)) +
+                         c.kcap * (sizeof(kkey) + 5) + (size_t)c.nt * c.P * (12 + 64) +
+                         c.P * (sizeof(kkey) + 1);
     if (fixed > mem / 10 * 6)
         return EG_OK;
     c.ks_chunks = chunks;
-    c.ks_bytes = chunks * CHUNK * sizeof(kkey);
+    c.ks_bytes = chunks * CHUNK_BYTES;
     c.ks = eg_big_alloc(c.ks_bytes);
     c.ks_link = malloc(chunks * sizeof *c.ks_link);
     c.ks_head = malloc((size_t)c.nt * c.P * sizeof *c.ks_head);
     c.ks_tail = malloc((size_t)c.nt * c.P * sizeof *c.ks_tail);
     c.ks_fill = malloc((size_t)c.nt * c.P * sizeof *c.ks_fill);
     c.ks_line = aligned_alloc(64, (size_t)c.nt * c.P * 64);
+    c.ks_base = malloc(c.P * sizeof *c.ks_base);
+    c.ks_kb = calloc(c.P, 1);
     c.klo = malloc(c.kcap * sizeof *c.klo);
 #if KW == 2
     c.khi = malloc(c.kcap * sizeof *c.khi);
 #endif
     c.spl = calloc(c.P, sizeof *c.spl);
-    if (!c.ks || !c.ks_link || !c.ks_head || !c.ks_tail || !c.ks_fill || !c.ks_line || !c.klo ||
+    if (!c.ks || !c.ks_link || !c.ks_head || !c.ks_tail || !c.ks_fill || !c.ks_line || !c.ks_base || !c.ks_kb || !c.klo ||
         (KW == 2 && !c.khi) || !c.spl || alloc_block(&c)) {
         counter_free(&c);
         return EG_OK;
@@ -1864,7 +1921,7 @@ static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, e
     *declined = 0;
     for (size_t i = 0; i < (size_t)c.nt * c.P; i++) {
         c.ks_head[i] = c.ks_tail[i] = NO_CHUNK;
-        c.ks_fill[i] = CHUNK;
+        c.ks_fill[i] = CHUNK_BYTES;
     }
     st->buffer_bytes = c.ks_bytes + c.kcap * sizeof(kkey);
     const double t0 = now_s();
