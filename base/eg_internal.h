@@ -111,10 +111,15 @@ typedef struct {
     unsigned char *stage;
     size_t cap, n;   /* stage bytes; those in use (from file offset bw) */
     uint64_t bw, s;  /* stage[0]'s file offset (aligned); first byte not written yet */
+    struct eg_seqwriter *aw; /* eg_seqout_init_async's writer thread, or NULL */
 } eg_seqout;
 
 /* cap: the staging bytes (a multiple of EG_OUT_ALIGN). 0, or -1 (memory). */
 int eg_seqout_init(eg_seqout *q, eg_outfile *w, size_t cap);
+/* The same with a writer thread and a second stage: full stages are written
+ * while the caller fills the other (synchronous where the thread cannot be
+ * started). Only eg_seqout_write and eg_seqout_flush may be used with it. */
+int eg_seqout_init_async(eg_seqout *q, eg_outfile *w, size_t cap);
 /* Start writing at file offset `at` (what was staged before must be flushed). */
 void eg_seqout_seek(eg_seqout *q, uint64_t at);
 /* Room for `need` (<= cap - EG_OUT_ALIGN) bytes at the end of the staged

@@ -6,6 +6,7 @@
  * time). O_DIRECT hands the caller's buffer to the disk instead. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -95,12 +96,102 @@ void eg_seqout_seek(eg_seqout *q, uint64_t at)
     q->s = at;
 }
 
+/* The writer thread of an async eg_seqout: one job at a time. */
+struct eg_seqwriter {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned char *spare; /* the other stage: the job's while one runs */
+    const unsigned char *buf;
+    uint64_t bw, s, e;
+    int busy, quit, err;
+    eg_outfile *w;
+};
+
+static void *seq_writer(void *arg)
+{
+    struct eg_seqwriter *a = arg;
+    pthread_mutex_lock(&a->mu);
+    for (;;) {
+        while (!a->busy && !a->quit)
+            pthread_cond_wait(&a->cv, &a->mu);
+        if (!a->busy)
+            break;
+        pthread_mutex_unlock(&a->mu);
+        const int r = eg_outfile_put(a->w, a->buf, a->bw, a->s, a->e) ? errno : 0;
+        pthread_mutex_lock(&a->mu);
+        a->err = a->err ? a->err : r;
+        a->busy = 0;
+        pthread_cond_broadcast(&a->cv);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return NULL;
+}
+
+/* Wait for the running job; 0, or -1 with errno when a job failed. */
+static int seq_wait(struct eg_seqwriter *a)
+{
+    pthread_mutex_lock(&a->mu);
+    while (a->busy)
+        pthread_cond_wait(&a->cv, &a->mu);
+    const int err = a->err;
+    pthread_mutex_unlock(&a->mu);
+    if (err)
+        errno = err;
+    return err ? -1 : 0;
+}
+
+int eg_seqout_init_async(eg_seqout *q, eg_outfile *w, size_t cap)
+{
+    if (eg_seqout_init(q, w, cap))
+        return -1;
+    struct eg_seqwriter *a = calloc(1, sizeof *a);
+    if (!a || !(a->spare = aligned_alloc(EG_OUT_ALIGN, cap))) {
+        free(a);
+        return 0; /* synchronous */
+    }
+    a->w = w;
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cv, NULL);
+    if (pthread_create(&a->th, NULL, seq_writer, a)) {
+        pthread_mutex_destroy(&a->mu);
+        pthread_cond_destroy(&a->cv);
+        free(a->spare);
+        free(a);
+        return 0;
+    }
+    q->aw = a;
+    return 0;
+}
+
 /* Write the staged bytes up to the last whole block (all of them if final),
- * keeping the rest at the front of the stage. */
+ * keeping the rest at the front of the stage. Async: the whole blocks go to
+ * the writer thread with this stage, and the rest moves to the other. */
 static int seq_drain(eg_seqout *q, int final)
 {
     const uint64_t end = q->bw + q->n;
     const uint64_t cut = final ? end : end / EG_OUT_ALIGN * EG_OUT_ALIGN;
+    struct eg_seqwriter *a = q->aw;
+    if (a && seq_wait(a))
+        return -1;
+    if (a && !final && cut > q->s) {
+        const size_t keep = (size_t)(end - cut);
+        memcpy(a->spare, q->stage + (cut - q->bw), keep);
+        pthread_mutex_lock(&a->mu);
+        a->buf = q->stage;
+        a->bw = q->bw;
+        a->s = q->s;
+        a->e = cut;
+        a->busy = 1;
+        unsigned char *next = a->spare;
+        a->spare = q->stage;
+        pthread_cond_broadcast(&a->cv);
+        pthread_mutex_unlock(&a->mu);
+        q->stage = next;
+        q->bw = q->s = cut;
+        q->n = keep;
+        return 0;
+    }
     if (cut > q->s && eg_outfile_put(q->w, q->stage, q->bw, q->s, cut))
         return -1;
     if (cut > q->s)
@@ -146,6 +237,21 @@ int eg_seqout_flush(eg_seqout *q)
 
 void eg_seqout_free(eg_seqout *q)
 {
+    struct eg_seqwriter *a = q->aw;
+    if (a) {
+        pthread_mutex_lock(&a->mu);
+        while (a->busy)
+            pthread_cond_wait(&a->cv, &a->mu);
+        a->quit = 1;
+        pthread_cond_broadcast(&a->cv);
+        pthread_mutex_unlock(&a->mu);
+        pthread_join(a->th, NULL);
+        pthread_mutex_destroy(&a->mu);
+        pthread_cond_destroy(&a->cv);
+        free(a->spare);
+        free(a);
+        q->aw = NULL;
+    }
     free(q->stage);
     q->stage = NULL;
 }

@@ -1298,7 +1298,7 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
     eg_outfile w = {-1, -1};
     eg_seqout q = {0};
     eg_status ret = begin_counts(c, tmp, &ts, &w);
-    if (!ret && eg_seqout_init(&q, &w, OUT_STAGE))
+    if (!ret && eg_seqout_init_async(&q, &w, OUT_STAGE))
         ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
     if (ret)
         return finish_counts(c, st, ts, &w, tmp, ret);
@@ -1783,7 +1783,7 @@ static eg_status write_partitioned(counter *c, eg_count_stats *st, size_t allowe
     eg_outfile w = {-1, -1};
     eg_seqout q = {0};
     eg_status ret = begin_counts(c, tmp, &ts, &w);
-    if (!ret && eg_seqout_init(&q, &w, OUT_STAGE))
+    if (!ret && eg_seqout_init_async(&q, &w, OUT_STAGE))
         ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
     if (ret)
         return finish_counts(c, st, ts, &w, tmp, ret);

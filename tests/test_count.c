@@ -197,7 +197,8 @@ TEST(count_range_partitions_on_skewed_inputs)
 /* The counts file's writer (base/outfile.c): partitions at random offsets
  * (some inside one block, some on block boundaries), written by two threads
  * in a shuffled order through small stages, and one stream appended in
- * pieces, hold exactly the bytes a plain write would. */
+ * pieces (written in place, or by a writer thread), hold exactly the bytes a
+ * plain write would. */
 TEST(outfile_ranges_and_stream_hold_the_bytes)
 {
     enum { L = 3 << 20, CUTS = 300 };
@@ -226,8 +227,8 @@ TEST(outfile_ranges_and_stream_hold_the_bytes)
         order[i] = order[j];
         order[j] = x;
     }
-    for (int mode = 0; mode < 2; mode++) {
-        const char *path = t_tmp_path(mode ? "stream.out" : "ranges.out");
+    for (int mode = 0; mode < 3; mode++) { /* ranges; a stream; a stream with a writer thread */
+        const char *path = t_tmp_path(mode == 0 ? "ranges.out" : mode == 1 ? "stream.out" : "async.out");
         eg_outfile w;
         REQUIRE(eg_outfile_open(&w, path) == 0);
         CHECK(pwrite(w.fd, want, head, 0) == (ssize_t)head);
@@ -263,7 +264,9 @@ TEST(outfile_ranges_and_stream_hold_the_bytes)
             }
         } else {
             eg_seqout q;
-            REQUIRE(eg_seqout_init(&q, &w, 8 * 4096) == 0);
+            REQUIRE((mode == 1 ? eg_seqout_init(&q, &w, 8 * 4096)
+                               : eg_seqout_init_async(&q, &w, 8 * 4096)) == 0);
+            CHECK(mode == 1 || q.aw != NULL);
             eg_seqout_seek(&q, head);
             for (uint64_t at = head; at < L && !failed;) {
                 size_t n = (size_t)(t_rand(&rs) % 50000);
