@@ -175,6 +175,21 @@ static inline int thread_num(void)
 #endif
 }
 
+/* This thread's share [*a, *b) of n items in the current team (of *team
+ * threads); its number. */
+static inline int thread_slice(size_t n, size_t *a, size_t *b, int *team)
+{
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+    const int t = 0, T = 1;
+#endif
+    *a = n * (size_t)t / (size_t)T;
+    *b = n * (size_t)(t + 1) / (size_t)T;
+    *team = T;
+    return t;
+}
+
 /* The partition of a key: how many splitters are <= it (branch-free binary
  * search; P is a power of two). */
 static inline size_t part_of(const counter *c, kkey k)
@@ -828,12 +843,9 @@ static eg_status flush_keys(counter *c)
 #pragma omp parallel num_threads(nt)
 #endif
     {
-#ifdef _OPENMP
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-        const int t = 0, T = 1;
-#endif
-        size_t a = n * (size_t)t / (size_t)T, b = n * (size_t)(t + 1) / (size_t)T;
+        size_t a, b;
+        int T;
+        const int t = thread_slice(n, &a, &b, &T);
         size_t *h = c->hist + (size_t)t * P;
         for (size_t i = a; i < b; i++) {
             const size_t p = part_of(c, KEY_AT(c->khi, c->klo, i));
@@ -1135,7 +1147,8 @@ static eg_status write_header(counter *c, int fd, const eg_count_stats *st, cons
 
 /* The start of writing a counts file: the temporary file (its name into
  * tmp) and the threads' statistics (with their top-k heaps). */
-static eg_status begin_counts(counter *c, char tmp[1100], eg_count_stats **ts, eg_outfile *w)
+static eg_status begin_counts(counter *c, char tmp[1100], eg_count_stats **ts, eg_outfile *w,
+                              eg_seqout *q)
 {
     const eg_count_opts *o = c->o;
     snprintf(tmp, 1100, "%s.tmp.%ld", o->output, (long)getpid());
@@ -1147,6 +1160,11 @@ static eg_status begin_counts(counter *c, char tmp[1100], eg_count_stats **ts, e
                 return eg_fail(c->err, EG_ENOMEM, "out of memory");
     if (eg_outfile_open(w, tmp))
         return eg_fail(c->err, EG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+    if (q) { /* written in order, after the header (only in `ordered`) */
+        if (eg_seqout_init_async(q, w, OUT_STAGE))
+            return eg_fail(c->err, EG_ENOMEM, "out of memory");
+        eg_seqout_seek(q, header_bytes(o->max_ngram));
+    }
     return EG_OK;
 }
 
@@ -1216,7 +1234,7 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
     }
     eg_count_stats *ts = NULL;
     eg_outfile w = {-1, -1};
-    eg_status ret = begin_counts(c, tmp, &ts, &w);
+    eg_status ret = begin_counts(c, tmp, &ts, &w, NULL);
     if (ret)
         goto done;
     /* the whole length first: the writes then land inside the file */
@@ -1289,7 +1307,6 @@ static int merge_some(counter *c, part_merge *pm, eg_count_stats *ts)
 
 static eg_status write_counts(counter *c, eg_count_stats *st)
 {
-    const eg_count_opts *o = c->o;
     if (c->n_runs == 0)
         return write_counts_ranges(c, st);
     sort_partitions(c);
@@ -1297,14 +1314,13 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
     eg_count_stats *ts = NULL;
     eg_outfile w = {-1, -1};
     eg_seqout q = {0};
-    eg_status ret = begin_counts(c, tmp, &ts, &w);
-    if (!ret && eg_seqout_init_async(&q, &w, OUT_STAGE))
-        ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
-    if (ret)
+    eg_status ret = begin_counts(c, tmp, &ts, &w, &q);
+    if (ret) {
+        eg_seqout_free(&q);
         return finish_counts(c, st, ts, &w, tmp, ret);
+    }
     const size_t R = c->n_runs, P = c->P;
     const long long PP = (long long)P;
-    eg_seqout_seek(&q, header_bytes(o->max_ngram)); /* written in order: only in `ordered` */
     int failed = 0, bad_run = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(c->nt) reduction(| : failed, bad_run)
@@ -1536,12 +1552,9 @@ static eg_status scatter_keys(counter *c)
 #pragma omp parallel num_threads(c->nt) reduction(| : full)
 #endif
     {
-#ifdef _OPENMP
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-        const int t = 0, T = 1;
-#endif
-        const size_t a = n * (size_t)t / (size_t)T, b = n * (size_t)(t + 1) / (size_t)T;
+        size_t a, b;
+        int T;
+        const int t = thread_slice(n, &a, &b, &T);
         uint32_t *head = c->ks_head + (size_t)t * P, *tail = c->ks_tail + (size_t)t * P,
                  *fill = c->ks_fill + (size_t)t * P;
         unsigned char *const line = (unsigned char *)(c->ks_line + (size_t)t * P * LINE_KEYS);
@@ -1777,17 +1790,15 @@ static int lt_count(counter *c, ltable *t, size_t p, size_t hint)
  * of the budget: the caller counts with tables instead. */
 static eg_status write_partitioned(counter *c, eg_count_stats *st, size_t allowed, int *redo)
 {
-    const eg_count_opts *o = c->o;
     char tmp[1100];
     eg_count_stats *ts = NULL;
     eg_outfile w = {-1, -1};
     eg_seqout q = {0};
-    eg_status ret = begin_counts(c, tmp, &ts, &w);
-    if (!ret && eg_seqout_init_async(&q, &w, OUT_STAGE))
-        ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
-    if (ret)
+    eg_status ret = begin_counts(c, tmp, &ts, &w, &q);
+    if (ret) {
+        eg_seqout_free(&q);
         return finish_counts(c, st, ts, &w, tmp, ret);
-    eg_seqout_seek(&q, header_bytes(o->max_ngram));
+    }
     const long long PP = (long long)c->P;
     int failed = 0, big = 0;
 #ifdef _OPENMP
@@ -1856,6 +1867,24 @@ static eg_status counter_begin(counter *c, const eg_count_opts *o, eg_count_stat
     return EG_OK;
 }
 
+/* What both exact methods do first: the shared checks, the output path and
+ * the threads. */
+static eg_status exact_begin(counter *c, const eg_count_opts *o, eg_count_stats *st,
+                             eg_status (*sink)(counter *), eg_err *err)
+{
+    eg_status ret = counter_begin(c, o, st, sink, err);
+    if (ret)
+        return ret;
+    if (!o->output)
+        return eg_fail(err, EG_EINVAL, "count: no output path");
+#ifdef _OPENMP
+    c->nt = o->n_threads > 0 ? o->n_threads : omp_get_max_threads();
+#else
+    c->nt = 1;
+#endif
+    return EG_OK;
+}
+
 /* Partition first (see above), where the key stream fits 60% of the budget;
  * *declined (nothing done, st cleared) where it does not, or where a key
  * range outgrew a thread's share of the rest: then the tables count. */
@@ -1864,16 +1893,9 @@ static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, e
 {
     counter c;
     *declined = 0;
-    eg_status ret = counter_begin(&c, o, st, scatter_keys, err);
+    eg_status ret = exact_begin(&c, o, st, scatter_keys, err);
     if (ret)
         return ret;
-    if (!o->output)
-        return eg_fail(err, EG_EINVAL, "count: no output path");
-#ifdef _OPENMP
-    c.nt = o->n_threads > 0 ? o->n_threads : omp_get_max_threads();
-#else
-    c.nt = 1;
-#endif
     const size_t mem = o->memory ? o->memory : ((size_t)1 << 30);
     const uint64_t tokens = input_tokens(o), H = o->max_ngram - 1;
     *declined = 1; /* until the stream is known to fit */
@@ -1975,16 +1997,9 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
             return r;
     }
     counter c;
-    eg_status ret = counter_begin(&c, o, st, flush_keys, err);
+    eg_status ret = exact_begin(&c, o, st, flush_keys, err);
     if (ret)
         return ret;
-    if (!o->output)
-        return eg_fail(err, EG_EINVAL, "count: no output path");
-#ifdef _OPENMP
-    c.nt = o->n_threads > 0 ? o->n_threads : omp_get_max_threads();
-#else
-    c.nt = 1;
-#endif
     /* the budget: a quarter for two key buffers, the rest for the tables */
     const size_t mem = o->memory ? o->memory : ((size_t)1 << 30);
     if (mem < ((size_t)1 << 20))
