@@ -1786,8 +1786,8 @@ static int lt_count(counter *c, ltable *t, size_t p, size_t hint)
 
 /* Count every partition in order and write the counts file: threads count
  * and encode partitions side by side; the records go out in order (OpenMP
- * `ordered`). 1 (nothing written) when a partition outgrew a thread's share
- * of the budget: the caller counts with tables instead. */
+ * `ordered`). When a partition outgrows a thread's share of the budget,
+ * nothing is left written and *redo is set: the caller counts with tables. */
 static eg_status write_partitioned(counter *c, eg_count_stats *st, size_t allowed, int *redo)
 {
     char tmp[1100];

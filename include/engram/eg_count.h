@@ -99,8 +99,10 @@ typedef struct eg_count_stats {
     uint32_t entry_bytes; /* exact counting: bytes per table entry (12, 16 or 24) */
     uint32_t method;      /* exact counting: the eg_count_method that ran */
     uint32_t partitions;  /* exact counting: key ranges */
-    double seconds_count; /* reading and counting (and spilling) */
-    double seconds_merge; /* the final sort, merge and write */
+    double seconds_count; /* reading and counting (and spilling); partition
+                           * first: reading and scattering */
+    double seconds_merge; /* the final sort, merge and write; partition first:
+                           * counting the ranges, sorting and writing */
     eg_ngram_top *top[EG_COUNT_MAX_ORDER + 1]; /* top_k each, most frequent first */
     size_t n_top[EG_COUNT_MAX_ORDER + 1];
 } eg_count_stats;
