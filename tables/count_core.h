@@ -1572,13 +1572,13 @@ static eg_status scatter_keys(counter *c)
         for (size_t i = a, g = G; i < b; i++, g++) {
             if (g == G) {
                 const size_t m = b - i < G ? b - i : G;
-                for (size_t j = 0; j < m; j++) {
-                    kg[j] = KEY_AT(khi, klo, i + j);
+                for (size_t j = 0; j < G; j++) { /* a short last group repeats a key */
+                    kg[j] = KEY_AT(khi, klo, j < m ? i + j : i);
                     pg[j] = 0;
                 }
                 for (size_t step = P / 2; step; step >>= 1)
                     for (size_t j = 0; j < G; j++)
-                        pg[j] += j < m && spl[pg[j] + step - 1] <= kg[j] ? step : 0;
+                        pg[j] += spl[pg[j] + step - 1] <= kg[j] ? step : 0;
                 g = 0;
             }
             const size_t p = pg[g];
