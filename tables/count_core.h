@@ -1145,37 +1145,52 @@ static eg_status write_header(counter *c, int fd, const eg_count_stats *st, cons
     return EG_OK;
 }
 
-/* The start of writing a counts file: the temporary file (its name into
- * tmp) and the threads' statistics (with their top-k heaps). */
-static eg_status begin_counts(counter *c, char tmp[1100], eg_count_stats **ts, eg_outfile *w,
-                              eg_seqout *q)
+/* A counts file being written: its temporary name, the threads' statistics
+ * (with their top-k heaps), the file, and for the writers that write in
+ * order, their sequential writer. */
+typedef struct {
+    char tmp[1100];
+    eg_count_stats *ts;
+    eg_outfile w;
+    eg_seqout q;
+} counts_out;
+
+/* The start of writing a counts file (out zeroed by the caller); `ordered`:
+ * the records follow the header through out->q (only in `ordered`). Whatever
+ * happens, finish_counts ends it. */
+static eg_status begin_counts(counter *c, counts_out *out, int ordered)
 {
     const eg_count_opts *o = c->o;
-    snprintf(tmp, 1100, "%s.tmp.%ld", o->output, (long)getpid());
-    if (!(*ts = calloc((size_t)c->nt, sizeof **ts)))
+    out->w.fd = out->w.dfd = -1;
+    snprintf(out->tmp, sizeof out->tmp, "%s.tmp.%ld", o->output, (long)getpid());
+    if (!(out->ts = calloc((size_t)c->nt, sizeof *out->ts)))
         return eg_fail(c->err, EG_ENOMEM, "out of memory");
     for (int t = 0; t < c->nt && o->top_k; t++)
         for (uint32_t n = 2; n <= o->max_ngram; n++)
-            if (!((*ts)[t].top[n] = calloc(o->top_k, sizeof *(*ts)[t].top[n])))
+            if (!(out->ts[t].top[n] = calloc(o->top_k, sizeof *out->ts[t].top[n])))
                 return eg_fail(c->err, EG_ENOMEM, "out of memory");
-    if (eg_outfile_open(w, tmp))
-        return eg_fail(c->err, EG_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-    if (q) { /* written in order, after the header (only in `ordered`) */
-        if (eg_seqout_init_async(q, w, OUT_STAGE))
+    if (eg_outfile_open(&out->w, out->tmp))
+        return eg_fail(c->err, EG_EIO, "%s: cannot create: %s", out->tmp, strerror(errno));
+    if (ordered) {
+        if (eg_seqout_init_async(&out->q, &out->w, OUT_STAGE))
             return eg_fail(c->err, EG_ENOMEM, "out of memory");
-        eg_seqout_seek(q, header_bytes(o->max_ngram));
+        eg_seqout_seek(&out->q, header_bytes(o->max_ngram));
     }
     return EG_OK;
 }
 
-/* The end of writing a counts file: the threads' statistics summed, the
- * header, fsync, and the rename into place (or the file removed on error). */
-static eg_status finish_counts(counter *c, eg_count_stats *st, eg_count_stats *ts, eg_outfile *w,
-                               const char *tmp, eg_status ret)
+/* The end of writing a counts file (the records flushed): the threads'
+ * statistics summed, the header, fsync, and the rename into place (or the
+ * file removed on error). */
+static eg_status finish_counts(counter *c, eg_count_stats *st, counts_out *out, eg_status ret)
 {
     const eg_count_opts *o = c->o;
     const uint32_t N = o->max_ngram;
     const int T = c->nt;
+    eg_count_stats *ts = out->ts;
+    eg_outfile *w = &out->w;
+    const char *tmp = out->tmp;
+    eg_seqout_free(&out->q);
     if (ret)
         goto done;
     for (int t = 0; t < T; t++)
@@ -1224,7 +1239,6 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
     const uint32_t N = o->max_ngram;
     const int T = c->nt;
     const size_t P = c->P;
-    char tmp[1100];
     compact_partitions(c);
     uint64_t at = header_bytes(N);
     for (size_t p = 0; p <= P; p++) { /* pbytes[p] becomes partition p's offset */
@@ -1232,14 +1246,13 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
         c->pbytes[p] = at;
         at += b;
     }
-    eg_count_stats *ts = NULL;
-    eg_outfile w = {-1, -1};
-    eg_status ret = begin_counts(c, tmp, &ts, &w, NULL);
+    counts_out out = {0};
+    eg_status ret = begin_counts(c, &out, 0);
     if (ret)
         goto done;
     /* the whole length first: the writes then land inside the file */
-    if (ftruncate(w.fd, (off_t)at)) {
-        ret = eg_fail(c->err, EG_EIO, "%s: cannot size: %s", tmp, strerror(errno));
+    if (ftruncate(out.w.fd, (off_t)at)) {
+        ret = eg_fail(c->err, EG_EIO, "%s: cannot size: %s", out.tmp, strerror(errno));
         goto done;
     }
     int failed = 0;
@@ -1251,7 +1264,7 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
         const int t = thread_num();
         entry *stmp = sort_buffer(c);
         eg_seqout q;
-        failed |= eg_seqout_init(&q, &w, OUT_STAGE) != 0;
+        failed |= eg_seqout_init(&q, &out.w, OUT_STAGE) != 0;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -1266,7 +1279,7 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
                 if (!r)
                     failed = 1;
                 else
-                    q.n += emit_record(c, &pt->slot[i], &ts[t], r);
+                    q.n += emit_record(c, &pt->slot[i], &out.ts[t], r);
             }
             failed |= eg_seqout_flush(&q) != 0;
         }
@@ -1274,9 +1287,9 @@ static eg_status write_counts_ranges(counter *c, eg_count_stats *st)
         free(stmp);
     }
     if (failed)
-        ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed", out.tmp);
 done:
-    return finish_counts(c, st, ts, &w, tmp, ret);
+    return finish_counts(c, st, &out, ret);
 }
 
 /* With spills, partition p of the output merges table p with frame p of
@@ -1310,15 +1323,10 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
     if (c->n_runs == 0)
         return write_counts_ranges(c, st);
     sort_partitions(c);
-    char tmp[1100];
-    eg_count_stats *ts = NULL;
-    eg_outfile w = {-1, -1};
-    eg_seqout q = {0};
-    eg_status ret = begin_counts(c, tmp, &ts, &w, &q);
-    if (ret) {
-        eg_seqout_free(&q);
-        return finish_counts(c, st, ts, &w, tmp, ret);
-    }
+    counts_out out = {0};
+    eg_status ret = begin_counts(c, &out, 1);
+    if (ret)
+        return finish_counts(c, st, &out, ret);
     const size_t R = c->n_runs, P = c->P;
     const long long PP = (long long)P;
     int failed = 0, bad_run = 0;
@@ -1359,7 +1367,7 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
                 pm.wn = 0;
                 if (!failed && merger_init(&pm.m, pm.src, 1 + R))
                     bad_run = 1;
-                done = failed || bad_run ? 1 : merge_some(c, &pm, &ts[t]);
+                done = failed || bad_run ? 1 : merge_some(c, &pm, &out.ts[t]);
                 bad_run |= done < 0;
             }
 #ifdef _OPENMP
@@ -1368,14 +1376,14 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
             for (;;) {
                 if (failed || bad_run)
                     break;
-                if (pm.wn && eg_seqout_write(&q, pm.buf, pm.wn)) {
+                if (pm.wn && eg_seqout_write(&out.q, pm.buf, pm.wn)) {
                     failed = 1;
                     break;
                 }
                 pm.wn = 0;
                 if (done)
                     break;
-                done = merge_some(c, &pm, &ts[t]);
+                done = merge_some(c, &pm, &out.ts[t]);
                 bad_run |= done < 0;
             }
             free(pm.m.heap);
@@ -1388,11 +1396,10 @@ static eg_status write_counts(counter *c, eg_count_stats *st)
     if (bad_run)
         ret = eg_fail(c->err, EG_EFORMAT, "a spill run is corrupt");
     else if (failed)
-        ret = eg_fail(c->err, EG_EIO, "%s: write failed", tmp);
-    else if (eg_seqout_flush(&q))
-        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
-    eg_seqout_free(&q);
-    return finish_counts(c, st, ts, &w, tmp, ret);
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed", out.tmp);
+    else if (eg_seqout_flush(&out.q))
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", out.tmp, strerror(errno));
+    return finish_counts(c, st, &out, ret);
 }
 
 /* ---- the driver ---------------------------------------------------------------------- */
@@ -1790,15 +1797,10 @@ static int lt_count(counter *c, ltable *t, size_t p, size_t hint)
  * nothing is left written and *redo is set: the caller counts with tables. */
 static eg_status write_partitioned(counter *c, eg_count_stats *st, size_t allowed, int *redo)
 {
-    char tmp[1100];
-    eg_count_stats *ts = NULL;
-    eg_outfile w = {-1, -1};
-    eg_seqout q = {0};
-    eg_status ret = begin_counts(c, tmp, &ts, &w, &q);
-    if (ret) {
-        eg_seqout_free(&q);
-        return finish_counts(c, st, ts, &w, tmp, ret);
-    }
+    counts_out out = {0};
+    eg_status ret = begin_counts(c, &out, 1);
+    if (ret)
+        return finish_counts(c, st, &out, ret);
     const long long PP = (long long)c->P;
     int failed = 0, big = 0;
 #ifdef _OPENMP
@@ -1821,13 +1823,13 @@ static eg_status write_partitioned(counter *c, eg_count_stats *st, size_t allowe
                 } else {
                     hint = lt.used > 1024 ? lt.used : 1024;
                     for (size_t i = 0; i < lt.used; i++)
-                        bytes += emit_record(c, &lt.slot[i], &ts[t], lt.out + bytes);
+                        bytes += emit_record(c, &lt.slot[i], &out.ts[t], lt.out + bytes);
                 }
             }
 #ifdef _OPENMP
 #pragma omp ordered
 #endif
-            if (!failed && !big && bytes && eg_seqout_write(&q, lt.out, bytes))
+            if (!failed && !big && bytes && eg_seqout_write(&out.q, lt.out, bytes))
                 failed = 1;
         }
         free(lt.slot);
@@ -1837,11 +1839,10 @@ static eg_status write_partitioned(counter *c, eg_count_stats *st, size_t allowe
     if (big) {
         *redo = 1;
         ret = eg_fail(c->err, EG_ENOMEM, "count: a key range outgrew its share of the budget");
-    } else if (failed || eg_seqout_flush(&q)) {
-        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
+    } else if (failed || eg_seqout_flush(&out.q)) {
+        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", out.tmp, strerror(errno));
     }
-    eg_seqout_free(&q);
-    return finish_counts(c, st, ts, &w, tmp, ret);
+    return finish_counts(c, st, &out, ret);
 }
 
 /* What exact and approximate counting share before they start. */
