@@ -65,16 +65,12 @@ int eg_outfile_put(eg_outfile *w, const unsigned char *buf, uint64_t bw, uint64_
     if (w->dfd >= 0 && a0 < a1) {
         if (s < a0 && pwrite_all(w->fd, buf + (s - bw), a0 - s, s))
             return -1;
-        if (pwrite_all(w->dfd, buf + (a0 - bw), a1 - a0, a0)) {
-            if (errno != EINVAL)
-                return -1;
-            /* the device wants a larger alignment: no direct writes from here on */
-            int d = w->dfd;
-            w->dfd = -1;
-            close(d);
-            if (pwrite_all(w->fd, buf + (a0 - bw), a1 - a0, a0))
-                return -1;
-        }
+        /* EINVAL: the device wants a larger alignment; these blocks go
+         * through the plain descriptor (the descriptors stay as they are:
+         * other threads may be writing through them) */
+        if (pwrite_all(w->dfd, buf + (a0 - bw), a1 - a0, a0) &&
+            (errno != EINVAL || pwrite_all(w->fd, buf + (a0 - bw), a1 - a0, a0)))
+            return -1;
         return a1 < e ? pwrite_all(w->fd, buf + (a1 - bw), e - a1, a1) : 0;
     }
     return pwrite_all(w->fd, buf + (s - bw), e - s, s);
