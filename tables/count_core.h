@@ -100,6 +100,56 @@ static unsigned fof_bucket(uint64_t c)
     return b < EG_FOF_BUCKETS ? b : EG_FOF_BUCKETS - 1;
 }
 
+/* ---- open-addressing tables (linear probing) ------------------------------------ */
+
+/* A hash's home slot in a table of cap slots (multiply-shift). */
+static inline size_t slot_of(uint64_t h, size_t cap)
+{
+    return (size_t)(((u128)(uint32_t)h * cap) >> 32);
+}
+
+/* Add count to key (hi, lo) with hash h; *used counts the slots taken. */
+static inline void table_put(entry *slot, size_t cap, size_t *used, uint64_t hi, uint64_t lo,
+                             uint64_t h, uint64_t count)
+{
+    size_t s = slot_of(h, cap);
+    for (;;) {
+        entry *e = &slot[s];
+        if (E_HI(*e) == hi && e->lo == lo) {
+            e->count += count;
+            return;
+        }
+        if (!E_USED(*e)) {
+            E_SET_HI(*e, hi);
+            e->lo = lo;
+            e->count = count;
+            ++*used;
+            return;
+        }
+        if (++s == cap)
+            s = 0;
+    }
+}
+
+/* The used entries of slot[0, cap), in order, into dst (slot itself
+ * compacts in place); their number. */
+static size_t used_entries(const entry *slot, size_t cap, entry *dst)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < cap; i++)
+        if (E_USED(slot[i]))
+            dst[k++] = slot[i];
+    return k;
+}
+
+/* Rehash n entries into a cleared table of cap slots. */
+static void table_refill(entry *slot, size_t cap, const entry *e, size_t n)
+{
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++)
+        table_put(slot, cap, &used, E_HI(e[i]), e[i].lo, mix_key(E_HI(e[i]), e[i].lo), e[i].count);
+}
+
 /* ---- the counting state ----------------------------------------------------- */
 
 /* A partition's table: `cap` slots at the start of its region (see "Table
@@ -156,10 +206,9 @@ typedef struct counter_ {
     size_t ks_bytes, ks_chunks, ks_next; /* reserved; chunks; the next free (atomic) */
     uint32_t *ks_link;                   /* per chunk: the next of its list */
     uint32_t *ks_head, *ks_tail, *ks_fill; /* nt * P */
-    kkey *ks_line;                         /* nt * P lines (see scatter_keys) */
+    unsigned char *ks_line;                /* nt * P lines of 64 bytes (see scatter_keys) */
     kkey *ks_base;    /* per partition: its lowest key; keys are stored less it */
     uint8_t *ks_kb;   /* per partition: bytes per stored key (narrow: half a kkey) */
-    int ks_full;
     /* where full key buffers go: the tables (exact) or the sketches (approx) */
     eg_status (*sink)(struct counter_ *c);
     void *sketch;
@@ -253,19 +302,10 @@ static int pt_grow(counter *c, ptable *t)
     }
 #endif
     entry *keep = c->scratch[th];
-    size_t k = 0;
-    for (size_t i = 0; i < t->cap; i++)
-        if (E_USED(t->slot[i]))
-            keep[k++] = t->slot[i];
+    const size_t k = used_entries(t->slot, t->cap, keep);
     memset(t->slot, 0, t->cap * sizeof *t->slot);
     t->cap = ncap;
-    for (size_t i = 0; i < k; i++) {
-        size_t s = (size_t)(((u128)(uint32_t)mix_key(E_HI(keep[i]), keep[i].lo) * ncap) >> 32);
-        while (E_USED(t->slot[s]))
-            if (++s == ncap)
-                s = 0;
-        t->slot[s] = keep[i];
-    }
+    table_refill(t->slot, ncap, keep, k);
     return 0;
 }
 
@@ -399,12 +439,12 @@ static size_t insert_part(counter *c, size_t p, size_t from, size_t to)
             t->stuck = 1; /* fills to 90%, then spills */
         if (i + AHEAD < to) {
             const uint64_t ha = c->sh[i + AHEAD];
-            __builtin_prefetch(&t->slot[(size_t)(((u128)(uint32_t)ha * t->cap) >> 32)], 1);
+            __builtin_prefetch(&t->slot[slot_of(ha, t->cap)], 1);
         }
         const size_t limit = t->cap - t->cap / 10;
         const uint64_t hi = KHI(c->shi, i), lo = c->slo[i];
         const uint64_t h = c->sh[i];
-        size_t s = (size_t)(((u128)(uint32_t)h * t->cap) >> 32);
+        size_t s = slot_of(h, t->cap);
         for (;;) {
             entry *e = &t->slot[s];
             if (E_HI(*e) == hi && e->lo == lo) {
@@ -539,14 +579,10 @@ static void compact_partitions(counter *c)
 #endif
     for (long long p = 0; p < P; p++) {
         ptable *t = &c->part[p];
-        size_t w = 0;
+        t->used = used_entries(t->slot, t->cap, t->slot);
         uint64_t bytes = 0;
-        for (size_t i = 0; i < t->cap; i++)
-            if (E_USED(t->slot[i])) {
-                bytes += 4 * (uint64_t)(key_of(&t->slot[i]) >> ORDER_SHIFT) + 8;
-                t->slot[w++] = t->slot[i];
-            }
-        t->used = w;
+        for (size_t i = 0; i < t->used; i++)
+            bytes += 4 * (uint64_t)(key_of(&t->slot[i]) >> ORDER_SHIFT) + 8;
         c->pbytes[p] = bytes;
     }
 }
@@ -1524,13 +1560,11 @@ static void range_bases(counter *c)
     }
 }
 
-/* Keys per 64-byte line. Keys reach their chunk a whole line at a time,
- * from a line per thread and partition that stays in cache (software write
- * combining), with stores that bypass the cache: the chunks' lines are then
- * never read before they are written. */
-#define LINE_KEYS (64 / sizeof(kkey))
-
-static inline void put_line(kkey *dst, const kkey *src)
+/* Keys reach their chunk a 64-byte line at a time, from a line per thread
+ * and partition that stays in cache (software write combining), with stores
+ * that bypass the cache: the chunks' lines are then never read before they
+ * are written. */
+static inline void put_line(void *dst, const void *src)
 {
 #if defined(__x86_64__) || defined(__SSE2__)
     for (size_t i = 0; i < 64 / 16; i++)
@@ -1564,7 +1598,7 @@ static eg_status scatter_keys(counter *c)
         const int t = thread_slice(n, &a, &b, &T);
         uint32_t *head = c->ks_head + (size_t)t * P, *tail = c->ks_tail + (size_t)t * P,
                  *fill = c->ks_fill + (size_t)t * P;
-        unsigned char *const line = (unsigned char *)(c->ks_line + (size_t)t * P * LINE_KEYS);
+        unsigned char *const line = c->ks_line + (size_t)t * P * 64;
         unsigned char *const ks = (unsigned char *)c->ks;
         uint32_t *const link = c->ks_link;
         const size_t chunks = c->ks_chunks;
@@ -1616,8 +1650,7 @@ static eg_status scatter_keys(counter *c)
             }
             fill[p] = f;
             if (f % 64 == 0)
-                put_line((kkey *)(void *)(ks + (size_t)tail[p] * CHUNK_BYTES + f - 64),
-                         (const kkey *)(const void *)l);
+                put_line(ks + (size_t)tail[p] * CHUNK_BYTES + f - 64, l);
         }
 #if defined(__x86_64__) || defined(__SSE2__)
         _mm_sfence(); /* the streamed lines before anyone reads them */
@@ -1636,7 +1669,7 @@ static void drain_lines(counter *c)
         const uint32_t f = c->ks_fill[i]; /* bytes */
         if (c->ks_tail[i] != NO_CHUNK && f % 64)
             memcpy((unsigned char *)c->ks + (size_t)c->ks_tail[i] * CHUNK_BYTES + f / 64 * 64,
-                   c->ks_line + i * LINE_KEYS, f % 64);
+                   c->ks_line + i * 64, f % 64);
     }
 }
 
@@ -1651,33 +1684,6 @@ typedef struct {
     size_t out_cap;
     size_t bytes, allowed; /* what these take; the most they may */
 } ltable;
-
-static inline size_t lt_slot(uint64_t h, size_t cap)
-{
-    return (size_t)(((u128)(uint32_t)h * cap) >> 32);
-}
-
-static inline void lt_put(entry *slot, size_t cap, size_t *used, uint64_t hi, uint64_t lo,
-                          uint64_t h, uint64_t count)
-{
-    size_t s = lt_slot(h, cap);
-    for (;;) {
-        entry *e = &slot[s];
-        if (E_HI(*e) == hi && e->lo == lo) {
-            e->count += count;
-            return;
-        }
-        if (!E_USED(*e)) {
-            E_SET_HI(*e, hi);
-            e->lo = lo;
-            e->count = count;
-            ++*used;
-            return;
-        }
-        if (++s == cap)
-            s = 0;
-    }
-}
 
 /* Make room: buffers grown with realloc within the thread's allowance. */
 static int lt_reserve(ltable *t, void **p, size_t *cap, size_t want, size_t unit)
@@ -1712,16 +1718,19 @@ static int lt_grow(ltable *t)
 {
     if (lt_reserve(t, (void **)&t->tmp, &t->tmp_cap, t->used, sizeof(entry)))
         return -1;
-    size_t k = 0;
-    for (size_t i = 0; i < t->cap; i++)
-        if (E_USED(t->slot[i]))
-            t->tmp[k++] = t->slot[i];
+    const size_t k = used_entries(t->slot, t->cap, t->tmp);
     if (lt_start(t, 2 * t->cap))
         return -1;
-    for (size_t i = 0; i < k; i++)
-        lt_put(t->slot, t->cap, &t->used, E_HI(t->tmp[i]), t->tmp[i].lo,
-               mix_key(E_HI(t->tmp[i]), t->tmp[i].lo), t->tmp[i].count);
+    table_refill(t->slot, t->cap, t->tmp, k);
+    t->used = k;
     return 0;
+}
+
+/* The bytes chunk k of list i (thread x partition) holds: all of them but
+ * in the list's last. */
+static inline size_t chunk_used(const counter *c, size_t i, uint32_t k)
+{
+    return k == c->ks_tail[i] ? c->ks_fill[i] : CHUNK_BYTES;
 }
 
 /* Count partition p's keys (every thread's chunks) into t; -1 when its table
@@ -1734,8 +1743,7 @@ static int lt_count(counter *c, ltable *t, size_t p, size_t hint)
     size_t keys = 0;
     for (int th = 0; th < c->nt; th++)
         for (uint32_t k = c->ks_head[(size_t)th * P + p]; k != NO_CHUNK; k = c->ks_link[k])
-            keys += (k == c->ks_tail[(size_t)th * P + p] ? c->ks_fill[(size_t)th * P + p]
-                                                          : CHUNK_BYTES) / kb;
+            keys += chunk_used(c, (size_t)th * P + p, k) / kb;
     /* distinct n-grams are at most the keys; the last partition's count is
      * the better guess (the splitters balance distinct n-grams) */
     const size_t want = hint < keys ? hint : keys;
@@ -1749,8 +1757,7 @@ static int lt_count(counter *c, ltable *t, size_t p, size_t hint)
     uint64_t h[CHUNK_BYTES / sizeof(nkey)];
     for (int th = 0; th < c->nt; th++)
         for (uint32_t k = c->ks_head[(size_t)th * P + p]; k != NO_CHUNK; k = c->ks_link[k]) {
-            const size_t m = (k == c->ks_tail[(size_t)th * P + p] ? c->ks_fill[(size_t)th * P + p]
-                                                                   : CHUNK_BYTES) / kb;
+            const size_t m = chunk_used(c, (size_t)th * P + p, k) / kb;
             const unsigned char *ck = (const unsigned char *)c->ks + (size_t)k * CHUNK_BYTES;
             if (kb == sizeof(nkey))
                 for (size_t i = 0; i < m; i++) {
@@ -1770,17 +1777,13 @@ static int lt_count(counter *c, ltable *t, size_t p, size_t hint)
                 if (t->used * 10 >= t->cap * 7 && lt_grow(t))
                     return -1;
                 if (i + AHEAD < m)
-                    __builtin_prefetch(&t->slot[lt_slot(h[i + AHEAD], t->cap)], 1);
-                lt_put(t->slot, t->cap, &t->used, (uint64_t)(kk[i] >> 32 >> 32),
+                    __builtin_prefetch(&t->slot[slot_of(h[i + AHEAD], t->cap)], 1);
+                table_put(t->slot, t->cap, &t->used, (uint64_t)(kk[i] >> 32 >> 32),
                        (uint64_t)kk[i], h[i], 1);
             }
         }
     /* compact to the front, then sort */
-    size_t w = 0;
-    for (size_t i = 0; i < t->cap; i++)
-        if (E_USED(t->slot[i]))
-            t->slot[w++] = t->slot[i];
-    t->used = w;
+    const size_t w = t->used = used_entries(t->slot, t->cap, t->slot);
 #if KW == 1
     if (lt_reserve(t, (void **)&t->tmp, &t->tmp_cap, w, sizeof(entry)))
         return -1;
