@@ -79,6 +79,19 @@ void *eg_big_alloc(size_t bytes)
     return p;
 }
 
+void eg_big_populate(void *p, size_t bytes)
+{
+#ifdef MADV_POPULATE_WRITE
+    const uintptr_t pg = 4096, from = ((uintptr_t)p + pg - 1) & ~(pg - 1),
+                    to = ((uintptr_t)p + bytes) & ~(pg - 1);
+    if (to > from)
+        (void)madvise((void *)from, to - from, MADV_POPULATE_WRITE); /* may fail: a hint */
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 void eg_big_free(void *p, size_t bytes)
 {
     if (p)

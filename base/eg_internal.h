@@ -81,6 +81,10 @@ eg_status eg_map_file(const char *path, void **map, size_t *len, eg_err *err);
  * when the mapping fails. Free with eg_big_free(p, the same bytes). */
 void *eg_big_alloc(size_t bytes);
 void eg_big_free(void *p, size_t bytes);
+/* Fault the whole pages of [p, p + bytes) in for writing now (a hint, where
+ * the kernel has MADV_POPULATE_WRITE): much cheaper here than faulting them
+ * one at a time on first touch, above all for huge pages. */
+void eg_big_populate(void *p, size_t bytes);
 
 /* Writing a large file without filling the page cache (base/outfile.c):
  * whole aligned blocks go to the disk with O_DIRECT from the caller's
