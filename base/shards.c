@@ -548,12 +548,15 @@ eg_status eg_shard_read(const eg_shard *s, uint64_t first, size_t n, uint32_t *o
                        (unsigned long long)first, n, (unsigned long long)s->n_tokens);
     const size_t item = s->wide ? 4 : 2;
     unsigned char buf[1 << 16];
+    /* 32-bit little-endian ids on a little-endian machine: read in place */
+    const int direct = s->wide && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
     for (size_t done = 0; done < n;) {
-        size_t k = n - done < sizeof buf / item ? n - done : sizeof buf / item;
+        size_t k = direct ? n - done : n - done < sizeof buf / item ? n - done : sizeof buf / item;
         off_t at = (off_t)(s->data_off + (first + done) * item);
         size_t want = k * item, got = 0;
+        unsigned char *to = direct ? (unsigned char *)(out + done) : buf;
         while (got < want) {
-            ssize_t r = pread(s->fd, buf + got, want - got, at + (off_t)got);
+            ssize_t r = pread(s->fd, to + got, want - got, at + (off_t)got);
             if (r < 0 && errno == EINTR)
                 continue;
             if (r <= 0)
@@ -562,10 +565,10 @@ eg_status eg_shard_read(const eg_shard *s, uint64_t first, size_t n, uint32_t *o
                                r < 0 ? strerror(errno) : "file shrank");
             got += (size_t)r;
         }
-        if (s->wide)
+        if (!direct && s->wide)
             for (size_t i = 0; i < k; i++)
                 out[done + i] = eg_get_le32(buf + 4 * i);
-        else
+        else if (!direct)
             for (size_t i = 0; i < k; i++)
                 out[done + i] = (uint32_t)buf[2 * i] | (uint32_t)buf[2 * i + 1] << 8;
         done += k;

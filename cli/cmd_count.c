@@ -1,4 +1,5 @@
 /* cmd_count.c - `engram count`: n-gram counts over compressed token shards. */
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <stdlib.h>
@@ -38,6 +39,9 @@ static const char count_usage[] =
     "                             the keys into ranges in memory first and counts each in\n"
     "                             cache (where the keys take <= 60%% of the budget); tables\n"
     "                             counts as it reads, spilling sorted runs (any budget)\n"
+    "      --passes N             partition first: read the input N times, each pass\n"
+    "                             holding about 1/N of the key stream in memory\n"
+    "                             (default: 3 when the stream exceeds 1 GiB, else 1)\n"
     "      --wide-keys            two-word keys even where one word holds every n-gram\n"
     "      --wide-counts          64-bit counts in the tables even below 2^32 tokens\n"
     "                             (the same output, slower; for tests and benchmarks)\n"
@@ -85,7 +89,7 @@ static void print_gram(FILE *f, const eg_vocab_projection *vp, const uint32_t *i
 
 int cmd_count(int argc, char **argv)
 {
-    enum { O_PAD = 256, O_DOCS, O_TMP, O_APPROX, O_JSON, O_WIDE, O_WIDE_COUNTS, O_METHOD };
+    enum { O_PAD = 256, O_DOCS, O_TMP, O_APPROX, O_JSON, O_WIDE, O_WIDE_COUNTS, O_METHOD, O_PASSES };
     static const struct option opts[] = {{"tokenizer", required_argument, 0, 't'},
                                          {"projection", required_argument, 0, 'p'},
                                          {"compressed-vocab", required_argument, 0, 'V'},
@@ -103,6 +107,7 @@ int cmd_count(int argc, char **argv)
                                          {"wide-keys", no_argument, 0, O_WIDE},
                                          {"wide-counts", no_argument, 0, O_WIDE_COUNTS},
                                          {"method", required_argument, 0, O_METHOD},
+                                         {"passes", required_argument, 0, O_PASSES},
                                          {"json", no_argument, 0, O_JSON},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},
@@ -136,6 +141,15 @@ int cmd_count(int argc, char **argv)
                 return cli_error("--method: '%s' is not auto, partition or tables", optarg);
             }
             break;
+        case O_PASSES: {
+            char *end;
+            errno = 0;
+            const unsigned long n_pass = strtoul(optarg, &end, 10);
+            if (errno || end == optarg || *end || n_pass < 1 || n_pass > 4096)
+                return cli_error("--passes: '%s' is not a whole number from 1 to 4096", optarg);
+            o.passes = (uint32_t)n_pass;
+            break;
+        }
         case O_JSON: json = 1; break;
         case 'q': quiet = 1; break;
         case 'V':
@@ -305,6 +319,8 @@ int cmd_count(int argc, char **argv)
             json_object_set_new(root, "method",
                                 json_string(st.method == EG_COUNT_PARTITION ? "partition" : "tables"));
             json_object_set_new(root, "partitions", json_integer((json_int_t)st.partitions));
+            json_object_set_new(root, "passes", json_integer((json_int_t)st.passes));
+            json_object_set_new(root, "passes_redone", json_integer((json_int_t)st.passes_redone));
         }
         json_object_set_new(root, "peak_rss_mib", json_real(cli_peak_rss_mib()));
         json_dumpf(root, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);

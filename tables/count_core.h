@@ -209,8 +209,17 @@ typedef struct counter_ {
     unsigned char *ks_line;                /* nt * P lines of 64 bytes (see scatter_keys) */
     kkey *ks_base;    /* per partition: its lowest key; keys are stored less it */
     uint8_t *ks_kb;   /* per partition: bytes per stored key (narrow: half a kkey) */
+    uint32_t *ks_est; /* per partition: the sample's keys in it (of ks_est_n) */
+    size_t ks_est_n;
+    /* a pass scatters the keys of ranges [g_p0, g_p1), keys [g_lo, g_lo +
+     * g_span), into at most ks_limit chunks (the window); ks_over: it did not fit */
+    size_t ks_limit, g_p0, g_p1;
+    kkey g_lo, g_span;
+    int ks_over;
+    uint32_t pass, passes; /* for progress */
     /* where full key buffers go: the tables (exact) or the sketches (approx) */
     eg_status (*sink)(struct counter_ *c);
+    int sink_tokens; /* the sink makes its own keys from the block's tokens */
     void *sketch;
 } counter;
 
@@ -325,13 +334,27 @@ static int splitters_from(counter *c, kkey *k, size_t m)
     qsort(k, m, sizeof *k, cmp_kkey);
     size_t d = 0;
     for (size_t i = 0; i < m; i++)
-        if (!d || k[i] != k[d - 1])
-            k[d++] = k[i];
+        d += !i || k[i] != k[i - 1];
     if (!d)
         return 0;
-    for (size_t j = 0; j + 1 < c->P; j++)
-        c->spl[j] = k[(size_t)((u128)(j + 1) * d / c->P)];
+    /* the ((j + 1) d / P)-th distinct key, walking the sorted sample */
+    for (size_t i = 0, seen = 0, j = 0; i < m && j + 1 < c->P; i++) {
+        if (i && k[i] == k[i - 1])
+            continue;
+        while (j + 1 < c->P && (size_t)((u128)(j + 1) * d / c->P) == seen)
+            c->spl[j++] = k[i];
+        seen++;
+    }
     c->have_spl = 1;
+    if (c->ks_est) { /* each range's share of the sample's keys (repeats too) */
+        memset(c->ks_est, 0, c->P * sizeof *c->ks_est);
+        for (size_t i = 0, p = 0; i < m; i++) {
+            while (p + 1 < c->P && c->spl[p] <= k[i])
+                p++;
+            c->ks_est[p]++;
+        }
+        c->ks_est_n = m;
+    }
     return 1;
 }
 
@@ -941,8 +964,10 @@ static eg_status flush_keys(counter *c)
  * in front (xb), and per position how far back its own sequence reaches, at
  * most N-1 (db); several sequences share a block. flush_block generates the
  * keys of every position in parallel, N-1 per position in fixed slots, and
- * hands them to the sink. */
-static eg_status flush_block(counter *c)
+ * hands them to the sink (partition first's sink makes them itself). */
+
+/* The block's keys into klo (and khi): N-1 per position. */
+static void block_keys(counter *c)
 {
     const uint32_t N = c->o->max_ngram, H = N - 1;
     const unsigned b = c->bits;
@@ -954,13 +979,13 @@ static eg_status flush_block(counter *c)
 #pragma omp parallel for schedule(static) num_threads(c->nt) if (n > 65536)
 #endif
     for (long long i = 0; i < n; i++) {
-        u128 v = x[i];
+        kkey v = x[i];
         const size_t o = (size_t)i * H;
         for (uint32_t k = 1; k <= H; k++) {
             /* order k+1: ids x[i-k..i], oldest first = most significant */
             const uint32_t id = k <= d[i] ? x[i - (long long)k] : pad;
-            v |= (u128)id << (b * k);
-            const u128 key = (u128)(k + 1) << ORDER_SHIFT | v;
+            v |= (kkey)id << (b * k);
+            const kkey key = (kkey)(k + 1) << ORDER_SHIFT | v;
 #if KW == 2
             c->khi[o + k - 1] = (uint64_t)(key >> 64);
 #endif
@@ -968,11 +993,49 @@ static eg_status flush_block(counter *c)
         }
     }
     c->kn = (size_t)n * H;
+}
+
+static eg_status flush_block(counter *c)
+{
+    if (!c->sink_tokens)
+        block_keys(c);
     eg_status st = c->sink(c);
     /* the last H tokens of the stream become the next block's history */
+    const uint32_t H = c->o->max_ngram - 1;
     memmove(c->xb, c->xb + c->xn, H * sizeof *c->xb);
     c->xn = 0;
     return st;
+}
+
+/* Project n ids in place and check them (ids outside the projection, or
+ * compressed ids >= V'): the checks as one maximum each, which vectorizes;
+ * the first offender named only when there is one. */
+static eg_status project_ids(const eg_count_opts *o, uint32_t *x, size_t n, const char *path,
+                             uint64_t pos, eg_err *err)
+{
+    uint32_t most = 0;
+    for (size_t i = 0; i < n; i++)
+        most = x[i] > most ? x[i] : most;
+    if (o->proj) {
+        if (most >= o->n_proj)
+            for (size_t i = 0; i < n; i++)
+                if (x[i] >= o->n_proj)
+                    return eg_fail(err, EG_ERANGE,
+                                   "%s: token %llu is id %u, outside the projection's %zu ids",
+                                   path, (unsigned long long)(pos + i), x[i], o->n_proj);
+        most = 0;
+        for (size_t i = 0; i < n; i++) {
+            x[i] = o->proj[x[i]];
+            most = x[i] > most ? x[i] : most;
+        }
+    }
+    if (most >= o->vprime)
+        for (size_t i = 0; i < n; i++)
+            if (x[i] >= o->vprime)
+                return eg_fail(err, EG_ERANGE, "%s: token %llu: compressed id %u >= V' = %llu",
+                               path, (unsigned long long)(pos + i), x[i],
+                               (unsigned long long)o->vprime);
+    return EG_OK;
 }
 
 static eg_status count_segment(counter *c, const eg_shard *s, const char *path, uint64_t a,
@@ -987,30 +1050,22 @@ static eg_status count_segment(counter *c, const eg_shard *s, const char *path, 
         eg_status st = eg_shard_read(s, pos, n, x, c->err);
         if (st)
             return st;
-        for (size_t i = 0; i < n; i++) {
-            uint32_t id = x[i];
-            if (o->proj) {
-                if (id >= o->n_proj)
-                    return eg_fail(c->err, EG_ERANGE,
-                                   "%s: token %llu is id %u, outside the projection's %zu ids",
-                                   path, (unsigned long long)(pos + i), id, o->n_proj);
-                id = o->proj[id];
-            }
-            if (id >= o->vprime)
-                return eg_fail(c->err, EG_ERANGE, "%s: token %llu: compressed id %u >= V' = %llu",
-                               path, (unsigned long long)(pos + i), id,
-                               (unsigned long long)o->vprime);
-            x[i] = id;
-            c->db[c->xn + i] = (uint8_t)(in_seq + i < H ? in_seq + i : H);
-        }
+        if ((st = project_ids(o, x, n, path, pos, c->err)))
+            return st;
+        /* how far back each position's sequence reaches: H past its first H */
+        size_t i = 0;
+        for (; i < n && in_seq + i < H; i++)
+            c->db[c->xn + i] = (uint8_t)(in_seq + i);
+        memset(c->db + c->xn + i, (int)H, n - i);
         c->xn += n;
         in_seq += n;
         pos += n;
         if (c->xn == c->B && (st = flush_block(c)))
             return st;
         *done_tokens += n;
-        if (o->progress)
-            o->progress(*done_tokens, total, o->progress_ctx);
+        if (o->progress) /* partition first: every pass reads the input */
+            o->progress(c->pass * total + *done_tokens, (c->passes ? c->passes : 1) * total,
+                        o->progress_ctx);
     }
     return EG_OK;
 }
@@ -1052,6 +1107,7 @@ static void counter_free(counter *c)
     free(c->ks_line);
     free(c->ks_base);
     free(c->ks_kb);
+    free(c->ks_est);
 }
 
 /* ---- the counts file -------------------------------------------------------------- */
@@ -1586,80 +1642,65 @@ static inline void put_line(void *dst, const void *src)
 #define POP_CHUNKS (((size_t)32 << 20) / CHUNK_BYTES)
 static void populate_chunks(counter *c, size_t first)
 {
-    if (first >= c->ks_chunks)
+    if (first >= c->ks_limit)
         return;
-    const size_t m = c->ks_chunks - first < POP_CHUNKS ? c->ks_chunks - first : POP_CHUNKS;
+    const size_t m = c->ks_limit - first < POP_CHUNKS ? c->ks_limit - first : POP_CHUNKS;
     eg_big_populate((unsigned char *)c->ks + first * CHUNK_BYTES, m * CHUNK_BYTES);
 }
 
-/* Per thread and partition: append to the current chunk, taking a new one
- * (from one shared counter) when it is full. */
-static eg_status scatter_keys(counter *c)
+/* What one thread of the scatter holds: its chunk lists and lines, and the
+ * pass's ranges. */
+typedef struct {
+    uint32_t *head, *tail, *fill;
+    unsigned char *line;
+    size_t p0, np;
+    const kkey *spl; /* np - 1 splitters between the pass's ranges */
+} scatter_thread;
+
+/* Append m keys (all of the pass's ranges) to their ranges' current chunks,
+ * taking a new chunk (from one shared counter) when one is full; -1 when the
+ * window's chunks run out. */
+static int scatter_some(counter *c, scatter_thread *s, const kkey *keys, size_t m)
 {
-    const size_t n = c->kn, P = c->P;
-    if (!n)
-        return EG_OK;
-    if (!c->have_spl) {
-        eg_status st = choose_splitters(c);
-        if (st)
-            return st;
-    }
-    if (!c->ks_kb[0])
-        range_bases(c);
-    int full = 0;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(c->nt) reduction(| : full)
-#endif
-    {
-        size_t a, b;
-        int T;
-        const int t = thread_slice(n, &a, &b, &T);
-        uint32_t *head = c->ks_head + (size_t)t * P, *tail = c->ks_tail + (size_t)t * P,
-                 *fill = c->ks_fill + (size_t)t * P;
-        unsigned char *const line = c->ks_line + (size_t)t * P * 64;
-        unsigned char *const ks = (unsigned char *)c->ks;
-        uint32_t *const link = c->ks_link;
-        const size_t chunks = c->ks_chunks;
-        const uint64_t *const khi = c->khi, *const klo = c->klo;
-        const kkey *const base = c->ks_base;
-        const uint8_t *const kb = c->ks_kb;
-        (void)khi;
-        const kkey *const spl = c->spl;
-        enum { G = 8 }; /* lookups side by side: a binary search is a chain of loads */
-        kkey kg[G];
+    unsigned char *const ks = (unsigned char *)c->ks;
+    const kkey *const base = c->ks_base;
+    const uint8_t *const kb = c->ks_kb;
+    uint32_t *const head = s->head, *const tail = s->tail, *const fill = s->fill;
+    enum { G = 8 }; /* lookups side by side: a binary search is a chain of loads */
+    for (size_t i = 0; i < m; i += G) {
         size_t pg[G];
-        for (size_t i = a, g = G; i < b; i++, g++) {
-            if (g == G) {
-                const size_t m = b - i < G ? b - i : G;
-                for (size_t j = 0; j < G; j++) { /* a short last group repeats a key */
-                    kg[j] = KEY_AT(khi, klo, j < m ? i + j : i);
-                    pg[j] = 0;
-                }
-                for (size_t step = P / 2; step; step >>= 1)
-                    for (size_t j = 0; j < G; j++)
-                        pg[j] += spl[pg[j] + step - 1] <= kg[j] ? step : 0;
-                g = 0;
-            }
-            const size_t p = pg[g];
+        kkey kg[G];
+        for (size_t j = 0; j < G; j++) { /* a short last group repeats a key */
+            kg[j] = keys[i + j < m ? i + j : i];
+            pg[j] = 0;
+        }
+        /* the range: the splitters <= the key (the answer stays in
+         * [pg, pg + len)) */
+        for (size_t len = s->np; len > 1;) {
+            const size_t half = len / 2;
+            for (size_t j = 0; j < G; j++)
+                pg[j] += s->spl[pg[j] + half - 1] <= kg[j] ? half : 0;
+            len -= half;
+        }
+        for (size_t g = 0; g < G && i + g < m; g++) {
+            const size_t p = s->p0 + pg[g];
             const kkey d = kg[g] - base[p];
             uint32_t f = fill[p]; /* bytes */
             if (f == CHUNK_BYTES) {
                 const size_t nc = __atomic_fetch_add(&c->ks_next, 1, __ATOMIC_RELAXED);
-                if (nc >= chunks) {
-                    full = 1;
-                    break;
-                }
+                if (nc >= c->ks_limit)
+                    return -1;
                 if (nc % POP_CHUNKS == 0)
                     populate_chunks(c, nc + POP_CHUNKS);
-                link[nc] = NO_CHUNK;
+                c->ks_link[nc] = NO_CHUNK;
                 if (tail[p] == NO_CHUNK)
                     head[p] = (uint32_t)nc;
                 else
-                    link[tail[p]] = (uint32_t)nc;
+                    c->ks_link[tail[p]] = (uint32_t)nc;
                 tail[p] = (uint32_t)nc;
                 f = 0;
             }
-            unsigned char *l = line + p * 64;
+            unsigned char *l = s->line + p * 64;
             if (kb[p] == sizeof(nkey)) {
                 const nkey v = (nkey)d;
                 memcpy(l + f % 64, &v, sizeof v);
@@ -1672,13 +1713,100 @@ static eg_status scatter_keys(counter *c)
             if (f % 64 == 0)
                 put_line(ks + (size_t)tail[p] * CHUNK_BYTES + f - 64, l);
         }
+    }
+    return 0;
+}
+
+/* The keys of position i (orders 2..H+1) that fall in [glo, glo + gspan),
+ * at out; returns how many. */
+static inline __attribute__((always_inline)) size_t
+pass_keys(const uint32_t *x, uint32_t di, size_t i, uint32_t H, unsigned bits, uint32_t pad,
+          kkey glo, kkey gspan, kkey *out)
+{
+    kkey v = x[i];
+    size_t m = 0;
+    for (uint32_t k = 1; k <= H; k++) {
+        /* order k+1: ids x[i-k..i], oldest first = most significant */
+        const uint32_t id = k <= di ? x[(long long)i - (long long)k] : pad;
+        v |= (kkey)id << (bits * k);
+        const kkey key = (kkey)(k + 1) << ORDER_SHIFT | v;
+        out[m] = key;
+        m += (kkey)(key - glo) < gspan;
+    }
+    return m;
+}
+
+/* The sink of partition first: each thread makes the keys of its share of
+ * the block's positions, keeps those of this pass's ranges (c->g_*) and
+ * scatters them. When the window's chunks run out, c->ks_over is set and the
+ * pass stops (the caller redoes it with fewer ranges). */
+static eg_status scatter_block(counter *c)
+{
+    const size_t n = c->xn, P = c->P;
+    if (!n)
+        return EG_OK;
+    if (!c->have_spl) { /* no sample: splitters from this first block's keys */
+        block_keys(c);
+        eg_status st = choose_splitters(c);
+        c->kn = 0;
+        if (st)
+            return st;
+        range_bases(c);
+        c->g_span = range_end(c, P - 1) - c->g_lo;
+    }
+    const uint32_t H = c->o->max_ngram - 1;
+    const unsigned bits = c->bits;
+    const uint32_t pad = (uint32_t)c->o->pad;
+    const uint32_t *const x = c->xb + H;
+    const uint8_t *const d = c->db;
+    const kkey glo = c->g_lo, gspan = c->g_span;
+    int full = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(c->nt) reduction(| : full)
+#endif
+    {
+        size_t a, b;
+        int T;
+        const int t = thread_slice(n, &a, &b, &T);
+        scatter_thread s = {c->ks_head + (size_t)t * P, c->ks_tail + (size_t)t * P,
+                            c->ks_fill + (size_t)t * P, c->ks_line + (size_t)t * P * 64,
+                            c->g_p0, c->g_p1 - c->g_p0, c->spl + c->g_p0};
+        enum { BATCH = 512 };
+        kkey kbuf[BATCH + EG_COUNT_MAX_ORDER];
+        size_t m = 0;
+        /* the common orders as constants: the loop over k unrolls, branch free */
+#define GEN_LOOP(HH)                                                                       \
+    for (size_t i = a; i < b && !full; i++) {                                              \
+        m += pass_keys(x, d[i], i, HH, bits, pad, glo, gspan, kbuf + m);                   \
+        if (m >= BATCH) {                                                                  \
+            full = scatter_some(c, &s, kbuf, m) != 0;                                      \
+            m = 0;                                                                         \
+        }                                                                                  \
+    }
+        switch (H) {
+        case 1:
+            GEN_LOOP(1)
+            break;
+        case 2:
+            GEN_LOOP(2)
+            break;
+        case 3:
+            GEN_LOOP(3)
+            break;
+        default:
+            GEN_LOOP(H)
+        }
+#undef GEN_LOOP
+        if (!full && m)
+            full = scatter_some(c, &s, kbuf, m) != 0;
 #if defined(__x86_64__) || defined(__SSE2__)
         _mm_sfence(); /* the streamed lines before anyone reads them */
 #endif
     }
-    c->kn = 0;
-    if (full) /* cannot happen: the stream was sized to the input's tokens */
-        return eg_fail(c->err, EG_ENOMEM, "count: the key stream outgrew its reservation");
+    if (full) {
+        c->ks_over = 1;
+        return eg_fail(c->err, EG_ENOMEM, "count: the key stream outgrew its window");
+    }
     return EG_OK;
 }
 
@@ -1700,10 +1828,11 @@ typedef struct {
     size_t cap, used, mem; /* slots in use as the table; allocated */
     entry *tmp;            /* radix sort / rehash: tmp_cap entries */
     size_t tmp_cap;
-    nkey *ka, *kt; /* a narrow range's keys and the radix sort's other half */
-    size_t ka_cap, kt_cap;
+    unsigned char *ka, *kt; /* a range's stored keys and the radix sort's other half */
+    size_t ka_cap, kt_cap;  /* bytes */
     unsigned char *out; /* the partition's records */
     size_t out_cap;
+    size_t hint; /* the last range's distinct n-grams: the next table's size */
     size_t bytes, allowed; /* what these take; the most they may */
 } ltable;
 
@@ -1832,97 +1961,109 @@ static void lt_release(ltable *t, void **p, size_t *cap, size_t unit)
     *cap = 0;
 }
 
-/* LSD radix sort of n narrow keys below 2^bits between a and tmp, in as few
- * passes of at most 11 bits as cover them (a pass is skipped where every key
- * has the same digit); hist holds RADIX_DIGITS * 2^11 counters. Returns the
- * array the sorted keys ended in. */
+/* Sorting a key range: its stored keys (4 or 8 bytes: a key less the range's
+ * lowest) go through an LSD radix sort over the bits the range spans, in as
+ * few passes of at most 11 bits as cover them (a pass is skipped where every
+ * key has the same digit), and their runs become the records. One function
+ * per stored width; hist holds RADIX_DIGITS * 2^11 counters. Returns the
+ * records' bytes at t->out, or SIZE_MAX when they outgrow the allowance. */
 #define RADIX_BITS 11
-#define RADIX_DIGITS ((8 * sizeof(nkey) + RADIX_BITS - 1) / RADIX_BITS)
-static nkey *radix_sort_nkeys(nkey *a, nkey *tmp, size_t n, unsigned bits, size_t *hist)
-{
-    if (!bits || n < 2)
-        return a;
-    const unsigned D = (bits + RADIX_BITS - 1) / RADIX_BITS, w = (bits + D - 1) / D;
-    const size_t R = (size_t)1 << w;
-    const nkey mask = (nkey)(R - 1);
-    memset(hist, 0, D * R * sizeof *hist);
-    nkey any = 0, all = (nkey)~(nkey)0;
-    for (size_t i = 0; i < n; i++) {
-        const nkey k = a[i];
-        any |= k;
-        all &= k;
-        for (unsigned d = 0; d < D; d++)
-            hist[d * R + ((k >> (w * d)) & mask)]++;
+#define RADIX_DIGITS ((64 + RADIX_BITS - 1) / RADIX_BITS)
+#define SORT_RANGE(NAME, T)                                                                 \
+    static size_t sort_range_##NAME(const counter *c, ltable *t, size_t n, unsigned bits,   \
+                                    kkey base, size_t *hist, eg_count_stats *ts, size_t *hint) \
+    {                                                                                      \
+        T *src = (T *)(void *)t->ka, *dst = (T *)(void *)t->kt;                            \
+        if (bits && n > 1) {                                                               \
+            const unsigned D = (bits + RADIX_BITS - 1) / RADIX_BITS, w = (bits + D - 1) / D; \
+            const size_t R = (size_t)1 << w;                                               \
+            const T mask = (T)(R - 1);                                                     \
+            memset(hist, 0, D * R * sizeof *hist);                                         \
+            T any = 0, all = (T)~(T)0;                                                     \
+            for (size_t i = 0; i < n; i++) {                                               \
+                const T k = src[i];                                                        \
+                any |= k;                                                                  \
+                all &= k;                                                                  \
+                for (unsigned d = 0; d < D; d++)                                           \
+                    hist[d * R + ((k >> (w * d)) & mask)]++;                               \
+            }                                                                              \
+            for (unsigned d = 0; d < D; d++) {                                             \
+                if ((((any ^ all) >> (w * d)) & mask) == 0)                                \
+                    continue;                                                              \
+                size_t *h = hist + d * R, off = 0;                                         \
+                for (size_t v = 0; v < R; v++) {                                           \
+                    const size_t m = h[v];                                                 \
+                    h[v] = off;                                                            \
+                    off += m;                                                              \
+                }                                                                          \
+                for (size_t i = 0; i < n; i++) {                                           \
+                    const T k = src[i];                                                    \
+                    dst[h[(k >> (w * d)) & mask]++] = k;                                   \
+                }                                                                          \
+                T *x = src;                                                                \
+                src = dst;                                                                 \
+                dst = x;                                                                   \
+            }                                                                              \
+        }                                                                                  \
+        const T *a = src;                                                                  \
+        size_t distinct = n > 0, bytes = 0;                                                \
+        for (size_t i = 1; i < n; i++)                                                     \
+            distinct += a[i] != a[i - 1];                                                  \
+        if (lt_reserve(t, (void **)&t->out, &t->out_cap, distinct * MAX_RECORD + 1, 1))    \
+            return SIZE_MAX;                                                               \
+        for (size_t i = 0, j; i < n; i = j) {                                              \
+            for (j = i + 1; j < n && a[j] == a[i];)                                        \
+                j++;                                                                       \
+            const kkey key = base + a[i];                                                  \
+            entry e;                                                                       \
+            e.lo = (uint64_t)key;                                                          \
+            E_SET_HI(e, (uint64_t)(key >> 32 >> 32));                                      \
+            e.count = (uint64_t)(j - i); /* narrows to the entry's count type: it fits */  \
+            bytes += emit_record(c, &e, ts, t->out + bytes);                               \
+        }                                                                                  \
+        *hint = distinct > 1024 ? distinct : 1024;                                         \
+        return bytes;                                                                      \
     }
-    nkey *src = a, *dst = tmp;
-    for (unsigned d = 0; d < D; d++) {
-        if ((((any ^ all) >> (w * d)) & mask) == 0)
-            continue;
-        size_t *h = hist + d * R, off = 0;
-        for (size_t v = 0; v < R; v++) {
-            const size_t m = h[v];
-            h[v] = off;
-            off += m;
-        }
-        for (size_t i = 0; i < n; i++) {
-            const nkey k = src[i];
-            dst[h[(k >> (w * d)) & mask]++] = k;
-        }
-        nkey *x = src;
-        src = dst;
-        dst = x;
-    }
-    return src;
-}
+#if KW == 1
+SORT_RANGE(u32, uint32_t)
+#endif
+SORT_RANGE(u64, uint64_t)
 
-/* Count partition p into records at t->out, in key order: by a radix sort of
- * its keys where they are narrow and the sort fits the thread's allowance
- * (no table to probe: on Zipfian text about twice as fast), else in a table.
- * Returns the records' bytes, or SIZE_MAX when neither fits. */
+/* Count partition p into records at t->out, in key order: by sorting its
+ * keys where they are stored in 4 or 8 bytes and the sort fits the thread's
+ * allowance (no table to probe: measured about twice as fast on Zipfian
+ * text), else in a table. Returns the records' bytes, or SIZE_MAX when
+ * neither fits. */
 static size_t count_range(counter *c, ltable *t, size_t p, size_t *hint, size_t *hist,
                           eg_count_stats *ts)
 {
-    const size_t keys = range_keys(c, p), P = c->P;
+    const size_t keys = range_keys(c, p), P = c->P, kb = c->ks_kb[p];
     const kkey base = c->ks_base[p];
-    size_t bytes = 0;
-    if (c->ks_kb[p] == sizeof(nkey)) {
-        if (!lt_reserve(t, (void **)&t->ka, &t->ka_cap, keys, sizeof(nkey)) &&
-            !lt_reserve(t, (void **)&t->kt, &t->kt_cap, keys, sizeof(nkey))) {
-            size_t m = 0;
+    if (kb <= 8) {
+        if (!lt_reserve(t, (void **)&t->ka, &t->ka_cap, keys * kb, 1) &&
+            !lt_reserve(t, (void **)&t->kt, &t->kt_cap, keys * kb, 1)) {
+            size_t m = 0; /* bytes */
             for (int th = 0; th < c->nt; th++)
                 for (uint32_t k = c->ks_head[(size_t)th * P + p]; k != NO_CHUNK; k = c->ks_link[k]) {
                     const size_t u = chunk_used(c, (size_t)th * P + p, k);
-                    memcpy((unsigned char *)t->ka + m * sizeof(nkey),
-                           (const unsigned char *)c->ks + (size_t)k * CHUNK_BYTES, u);
-                    m += u / sizeof(nkey);
+                    memcpy(t->ka + m, (const unsigned char *)c->ks + (size_t)k * CHUNK_BYTES, u);
+                    m += u;
                 }
-            const nkey span = (nkey)(range_end(c, p) - base - 1); /* narrow: it fits */
+            const kkey span = range_end(c, p) - base - 1; /* fits the stored width */
             unsigned bits = 0;
-            while (bits < 8 * sizeof(nkey) && (span >> bits))
+            while (bits < 8 * kb && (span >> bits))
                 bits++;
-            const nkey *a = radix_sort_nkeys(t->ka, t->kt, m, bits, hist);
-            size_t distinct = m > 0;
-            for (size_t i = 1; i < m; i++)
-                distinct += a[i] != a[i - 1];
-            if (lt_reserve(t, (void **)&t->out, &t->out_cap, distinct * MAX_RECORD + 1, 1))
-                return SIZE_MAX;
-            for (size_t i = 0, j; i < m; i = j) {
-                for (j = i + 1; j < m && a[j] == a[i];)
-                    j++;
-                const kkey key = base + a[i];
-                entry e;
-                e.lo = (uint64_t)key;
-                E_SET_HI(e, (uint64_t)(key >> 32 >> 32));
-                e.count = (uint64_t)(j - i); /* narrows to the entry's count type: it fits */
-                bytes += emit_record(c, &e, ts, t->out + bytes);
-            }
-            *hint = distinct > 1024 ? distinct : 1024;
-            return bytes;
+#if KW == 1
+            if (kb == 4)
+                return sort_range_u32(c, t, m / kb, bits, base, hist, ts, hint);
+#endif
+            return sort_range_u64(c, t, m / kb, bits, base, hist, ts, hint);
         }
         /* the table may fit where the sort does not: it holds distinct keys */
-        lt_release(t, (void **)&t->ka, &t->ka_cap, sizeof(nkey));
-        lt_release(t, (void **)&t->kt, &t->kt_cap, sizeof(nkey));
+        lt_release(t, (void **)&t->ka, &t->ka_cap, 1);
+        lt_release(t, (void **)&t->kt, &t->kt_cap, 1);
     }
+    size_t bytes = 0;
     if (lt_count(c, t, p, *hint, keys) ||
         lt_reserve(t, (void **)&t->out, &t->out_cap, t->used * MAX_RECORD + 1, 1))
         return SIZE_MAX;
@@ -1932,36 +2073,29 @@ static size_t count_range(counter *c, ltable *t, size_t p, size_t *hint, size_t 
     return bytes;
 }
 
-/* Count every partition in order and write the counts file: threads count
- * and encode partitions side by side; the records go out in order (OpenMP
- * `ordered`). When a partition outgrows a thread's share of the budget,
- * nothing is left written and *redo is set: the caller counts with tables. */
-static eg_status write_partitioned(counter *c, eg_count_stats *st, size_t allowed, int *redo)
+/* Count ranges [p0, p1) and append their records in order: threads count
+ * and encode ranges side by side (each with its ltable and radix counters,
+ * kept from pass to pass); the records go out in order (OpenMP `ordered`).
+ * *big: a range outgrew a thread's share of the budget; *failed: a write. */
+static void write_ranges(counter *c, counts_out *out, ltable *lts, size_t *hist, size_t p0,
+                         size_t p1, int *failed_, int *big_)
 {
-    counts_out out = {0};
-    eg_status ret = begin_counts(c, &out, 1);
-    if (ret)
-        return finish_counts(c, st, &out, ret);
-    const long long PP = (long long)c->P;
+    const long long a = (long long)p0, b = (long long)p1;
     int failed = 0, big = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(c->nt) reduction(| : failed, big)
 #endif
     {
         const int t = thread_num();
-        ltable lt = {0};
-        lt.allowed = allowed;
-        size_t hint = c->ks_chunks * CHUNK / c->P; /* the first: its share of the keys */
-        size_t *hist = malloc(RADIX_DIGITS * ((size_t)1 << RADIX_BITS) * sizeof *hist);
-        if (!hist)
-            big = 1;
+        ltable *lt = &lts[t];
+        size_t *h = hist + (size_t)t * RADIX_DIGITS * ((size_t)1 << RADIX_BITS);
 #ifdef _OPENMP
 #pragma omp for ordered schedule(dynamic, 1)
 #endif
-        for (long long p = 0; p < PP; p++) {
+        for (long long p = a; p < b; p++) {
             size_t bytes = 0;
             if (!failed && !big) {
-                bytes = count_range(c, &lt, (size_t)p, &hint, hist, &out.ts[t]);
+                bytes = count_range(c, lt, (size_t)p, &lt->hint, h, &out->ts[t]);
                 if (bytes == SIZE_MAX) {
                     big = 1;
                     bytes = 0;
@@ -1970,23 +2104,46 @@ static eg_status write_partitioned(counter *c, eg_count_stats *st, size_t allowe
 #ifdef _OPENMP
 #pragma omp ordered
 #endif
-            if (!failed && !big && bytes && eg_seqout_write(&out.q, lt.out, bytes))
+            if (!failed && !big && bytes && eg_seqout_write(&out->q, lt->out, bytes))
                 failed = 1;
         }
-        free(lt.slot);
-        free(lt.tmp);
-        free(lt.ka);
-        free(lt.kt);
-        free(lt.out);
-        free(hist);
     }
-    if (big) {
-        *redo = 1;
-        ret = eg_fail(c->err, EG_ENOMEM, "count: a key range outgrew its share of the budget");
-    } else if (failed || eg_seqout_flush(&out.q)) {
-        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", out.tmp, strerror(errno));
+    *failed_ |= failed;
+    *big_ |= big;
+}
+
+/* The chunks a range's stored keys take, estimated from the sample (with a
+ * part-filled chunk per thread); and all ranges'. */
+static double range_chunks(const counter *c, size_t p, uint64_t keys)
+{
+    const double k = (double)c->ks_est[p] / (double)c->ks_est_n * (double)keys;
+    return k * c->ks_kb[p] / CHUNK_BYTES + c->nt;
+}
+
+static double plan_chunks(const counter *c, uint64_t keys)
+{
+    double all = 0;
+    for (size_t p = 0; p < c->P; p++)
+        all += range_chunks(c, p, keys);
+    return all;
+}
+
+/* The ranges from p0 on whose stored keys, estimated from the sample, take
+ * about `window` chunks (one range at least); all of them without a
+ * sample. */
+static size_t plan_pass(const counter *c, size_t p0, size_t window, uint64_t keys)
+{
+    if (!c->have_spl || !c->ks_est_n)
+        return c->P;
+    double used = 0;
+    size_t p = p0;
+    for (; p < c->P; p++) {
+        const double chunks = range_chunks(c, p, keys);
+        if (p > p0 && used + chunks / 2 > (double)window) /* the nearer edge */
+            break;
+        used += chunks;
     }
-    return finish_counts(c, st, &out, ret);
+    return p;
 }
 
 /* What exact and approximate counting share before they start. */
@@ -2038,7 +2195,8 @@ static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, e
 {
     counter c;
     *declined = 0;
-    eg_status ret = exact_begin(&c, o, st, scatter_keys, err);
+    eg_status ret = exact_begin(&c, o, st, scatter_block, err);
+    c.sink_tokens = 1;
     if (ret)
         return ret;
     const size_t mem = o->memory ? o->memory : ((size_t)1 << 30);
@@ -2080,39 +2238,115 @@ static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, e
     c.khi = malloc(c.kcap * sizeof *c.khi);
 #endif
     c.spl = calloc(c.P, sizeof *c.spl);
-    if (!c.ks || !c.ks_link || !c.ks_head || !c.ks_tail || !c.ks_fill || !c.ks_line || !c.ks_base || !c.ks_kb || !c.klo ||
-        (KW == 2 && !c.khi) || !c.spl || alloc_block(&c)) {
+    c.ks_est = calloc(c.P, sizeof *c.ks_est);
+    ltable *lts = calloc((size_t)c.nt, sizeof *lts);
+    size_t *hist = malloc((size_t)c.nt * RADIX_DIGITS * ((size_t)1 << RADIX_BITS) * sizeof *hist);
+    if (!c.ks || !c.ks_link || !c.ks_head || !c.ks_tail || !c.ks_fill || !c.ks_line ||
+        !c.ks_base || !c.ks_kb || !c.klo || (KW == 2 && !c.khi) || !c.spl || !c.ks_est || !lts ||
+        !hist || alloc_block(&c)) {
+        free(lts);
+        free(hist);
         counter_free(&c);
         return EG_OK;
     }
     *declined = 0;
-    for (size_t i = 0; i < (size_t)c.nt * c.P; i++) {
-        c.ks_head[i] = c.ks_tail[i] = NO_CHUNK;
-        c.ks_fill[i] = CHUNK_BYTES;
+    for (int t = 0; t < c.nt; t++) {
+        lts[t].allowed = (mem - fixed) / (size_t)c.nt;
+        lts[t].hint = keys / c.P; /* the first range: its share of the keys */
     }
     st->buffer_bytes = c.ks_bytes + c.kcap * sizeof(kkey);
     const double t0 = now_s();
-    populate_chunks(&c, 0);
     sample_splitters(&c);
-    ret = for_each_segment(o, exact_segment, &c, &st->tokens, err);
-    if (!ret)
-        ret = flush_block(&c);
-    if (!ret)
-        drain_lines(&c);
-    const double t1 = now_s();
-    int redo = 0;
-    if (!ret)
-        ret = write_partitioned(&c, st, (mem - fixed) / (size_t)c.nt, &redo);
-    st->seconds_count = t1 - t0;
-    st->seconds_merge = now_s() - t1;
+    if (c.have_spl)
+        range_bases(&c);
+    /* the window: chunks for about 1/passes of the stream (estimated from
+     * the sample), planned to 7/8 of it (the estimate's slack); a pass whose
+     * ranges outgrow it is redone with fewer */
+    size_t window = chunks;
+    if (c.have_spl && c.ks_est_n) {
+        const double stream = (double)plan_chunks(&c, keys) * CHUNK_BYTES;
+        const uint32_t want = o->passes ? o->passes : stream > (double)(1u << 30) ? 3 : 1;
+        if (want > 1)
+            window = (size_t)(stream / want / CHUNK_BYTES * 8 / 7) + 1;
+        window = window < chunks ? window : chunks;
+    }
+    c.passes = 1;
+    if (c.have_spl && c.ks_est_n) {
+        size_t n = 0;
+        for (size_t p0 = 0; p0 < c.P; n++)
+            p0 = plan_pass(&c, p0, window / 8 * 7, keys);
+        c.passes = (uint32_t)n;
+    }
+    counts_out out = {0};
+    ret = begin_counts(&c, &out, 1);
+    double t_scatter = 0;
+    int failed = 0, big = 0;
+    for (size_t p0 = 0; !ret && p0 < c.P; c.pass++) {
+        size_t p1 = plan_pass(&c, p0, window / 8 * 7, keys);
+        c.ks_limit = window;
+        const double ta = now_s();
+        for (;;) { /* the pass; again with fewer ranges when they outgrow the window */
+            const kkey lowest = (kkey)2 << ORDER_SHIFT;
+            c.g_p0 = p0;
+            c.g_p1 = p1;
+            c.g_lo = p0 ? c.spl[p0 - 1] : lowest;
+            c.g_span = range_end(&c, p1 - 1) - c.g_lo;
+            c.ks_next = 0;
+            for (size_t i = 0; i < (size_t)c.nt * c.P; i++) {
+                c.ks_head[i] = c.ks_tail[i] = NO_CHUNK;
+                c.ks_fill[i] = CHUNK_BYTES;
+            }
+            populate_chunks(&c, 0);
+            ret = for_each_segment(o, exact_segment, &c, &st->tokens, err);
+            if (!ret)
+                ret = flush_block(&c);
+            if (!ret || !c.ks_over || c.ks_limit == chunks)
+                break;
+            c.ks_over = 0; /* fewer ranges; one range gets the whole reservation */
+            c.xn = 0;
+            if (p1 - p0 > 1)
+                p1 = p0 + (p1 - p0) / 2;
+            else
+                c.ks_limit = chunks;
+            c.passes++;
+            c.pass++;
+            st->passes_redone++;
+        }
+        if (!ret)
+            drain_lines(&c);
+        t_scatter += now_s() - ta;
+        if (!ret) {
+            write_ranges(&c, &out, lts, hist, p0, p1, &failed, &big);
+            if (big)
+                ret = eg_fail(c.err, EG_ENOMEM, "count: a key range outgrew its share of the budget");
+            else if (failed)
+                ret = eg_fail(c.err, EG_EIO, "%s: write failed: %s", out.tmp, strerror(errno));
+        }
+        p0 = p1;
+    }
+    if (!ret && eg_seqout_flush(&out.q))
+        ret = eg_fail(c.err, EG_EIO, "%s: write failed: %s", out.tmp, strerror(errno));
+    ret = finish_counts(&c, st, &out, ret);
+    st->seconds_count = t_scatter;
+    st->seconds_merge = now_s() - t0 - t_scatter;
     st->key_words = KW;
     st->entry_bytes = (uint32_t)sizeof(entry);
     st->method = EG_COUNT_PARTITION;
     st->partitions = (uint32_t)c.P;
+    st->passes = c.passes;
     if (ret)
         eg_count_stats_free(st);
+    for (int t = 0; t < c.nt; t++) {
+        free(lts[t].slot);
+        free(lts[t].tmp);
+        free(lts[t].ka);
+        free(lts[t].kt);
+        free(lts[t].out);
+    }
+    free(lts);
+    free(hist);
     counter_free(&c);
-    if (redo) {
+    if (big) {
         *declined = 1;
         return EG_OK;
     }

@@ -191,7 +191,52 @@ TEST(count_range_partitions_on_skewed_inputs)
     CHECK_MSG(strstr(t_cli_stdout(), "\"method\": \"partition\""), "one thread: %s",
               t_cli_stdout());
     check_counts(out, x, LEN, 1000, 3, 0);
+    /* several passes over the input: the sample puts nearly every key in the
+     * ranges of one n-gram, so passes planned over the other ranges outgrow
+     * their window and are redone with fewer ranges */
+    REQUIRE(t_cli("count %s -V 5000 -n 3 --pad 0 -T 1000 -m 16M -j 1 -o %s --json --method partition "
+                  "--passes 8", in, out) == 0);
+    CHECK_MSG(strstr(t_cli_stdout(), "\"method\": \"partition\""), "passes: %s", t_cli_stdout());
+    const char *pr = strstr(t_cli_stdout(), "\"passes_redone\": ");
+    CHECK_MSG(pr && atoi(pr + 17) > 0, "a redone pass: %s", t_cli_stdout());
+    check_counts(out, x, LEN, 1000, 3, 0);
     free(x);
+}
+
+/* Partition first in several passes (each scattering the keys of the next
+ * key ranges only) writes the counts file of one pass, byte for byte, on
+ * the shared corpus, one- and two-word keys, 1 and 2 threads. */
+TEST(count_partition_passes_write_the_same_file)
+{
+    if (!t_shared())
+        SKIP("../shared absent");
+    const char *ids_path = t_shared_path("golden/tinyshakespeare.deepseek-v3.ids.u32");
+    const char *proj_path = t_shared_path("golden/deepseek-v3.projection.u32");
+    static const char *const flag[2] = {"", " --wide-keys"};
+    for (int w = 0; w < 2; w++) {
+        void *one = NULL;
+        size_t n1 = 0;
+        for (int passes = 1; passes <= 7; passes += 3) {
+            const char *out = t_tmp_path("passes.counts");
+            REQUIRE(t_cli("count %s -p %s -n 3 --pad 2 -T 4096 -m 256M -j %d -o %s --json "
+                          "--method partition --passes %d%s",
+                          ids_path, proj_path, 1 + (passes > 1), out, passes, flag[w]) == 0);
+            const char *pp = strstr(t_cli_stdout(), "\"passes\": ");
+            CHECK_MSG(pp && atoi(pp + 10) >= passes, "%d passes asked: %s", passes, t_cli_stdout());
+            size_t n;
+            void *q = t_read_file(out, &n);
+            REQUIRE(q);
+            if (!one) {
+                one = q;
+                n1 = n;
+            } else {
+                CHECK_MSG(n == n1 && !memcmp(q, one, n), "%d passes%s: the file differs", passes,
+                          flag[w]);
+                free(q);
+            }
+        }
+        free(one);
+    }
 }
 
 /* The counts file's writer (base/outfile.c): partitions at random offsets
@@ -329,8 +374,9 @@ TEST(count_bad_input)
     REQUIRE(t_write_file(t_tmp_path("p4.u32"), proj, sizeof proj) == 0);
     static const char *const expect[] = {
         "not a whole number of uint32", "compressed id 99 >= V' = 10", "unknown shard format",
-        "id 99, outside the projection's 4 ids", "too small to make progress"};
-    for (int i = 0; i < 5; i++) {
+        "id 99, outside the projection's 4 ids", "too small to make progress",
+        "--passes: '0' is not a whole number from 1 to 4096"};
+    for (int i = 0; i < 6; i++) {
         const char *out = t_tmp_path("bad.counts");
         int rc = -1;
         switch (i) {
@@ -340,7 +386,8 @@ TEST(count_bad_input)
         case 3:
             rc = t_cli("count %s -p %s -o %s", t_tmp_path("big.u32"), t_tmp_path("p4.u32"), out);
             break;
-        default: rc = t_cli("count %s -V 1000 -m 100k -o %s", t_tmp_path("big.u32"), out);
+        case 4: rc = t_cli("count %s -V 1000 -m 100k -o %s", t_tmp_path("big.u32"), out); break;
+        default: rc = t_cli("count %s -V 1000 --passes 0 -o %s", t_tmp_path("big.u32"), out);
         }
         CHECK_MSG(rc != 0 && rc < 128, "case %d: exit %d", i, rc);
         CHECK_MSG(strstr(t_cli_stderr(), expect[i]) != NULL, "case %d: '%s'", i, t_cli_stderr());

@@ -65,6 +65,12 @@ typedef struct eg_count_opts {
                       * 64-bit ones; non-zero: always 64-bit (tests,
                       * benchmarks). The output is the same. */
     int method; /* eg_count_method: how exact counting goes (output the same) */
+    uint32_t passes; /* partition first: read the input this many times, each pass
+                      * scattering the keys of the next key ranges only, so that
+                      * the stream in memory is about 1/passes of it. 0: auto
+                      * (3 when the stream exceeds 1 GiB, else 1: fresh memory
+                      * is the largest cost of the scatter, above all on VMs;
+                      * see docs/BENCHMARKS.md). The output is the same. */
 } eg_count_opts;
 
 /* Exact counting's two methods (eg_count_opts.method; eg_count_stats.method
@@ -99,6 +105,8 @@ typedef struct eg_count_stats {
     uint32_t entry_bytes; /* exact counting: bytes per table entry (12, 16 or 24) */
     uint32_t method;      /* exact counting: the eg_count_method that ran */
     uint32_t partitions;  /* exact counting: key ranges */
+    uint32_t passes;      /* partition first: passes over the input (eg_count_opts.passes) */
+    uint32_t passes_redone; /* of them: redone with fewer ranges (the sample misjudged) */
     double seconds_count; /* reading and counting (and spilling); partition
                            * first: reading and scattering */
     double seconds_merge; /* the final sort, merge and write; partition first:
