@@ -215,6 +215,9 @@ typedef struct counter_ {
      * g_span), into at most ks_limit chunks (the window); ks_over: it did not fit */
     size_t ks_limit, g_p0, g_p1;
     kkey g_lo, g_span;
+    kkey *tree;            /* the pass's splitters as a search tree (see tree_build) */
+    size_t tree_off[8];    /* where each level starts; level 0: the splitters */
+    unsigned tree_levels;
     int ks_over;
     uint32_t pass, passes; /* for progress */
     /* where full key buffers go: the tables (exact) or the sketches (approx) */
@@ -1108,6 +1111,7 @@ static void counter_free(counter *c)
     free(c->ks_base);
     free(c->ks_kb);
     free(c->ks_est);
+    free(c->tree);
 }
 
 /* ---- the counts file -------------------------------------------------------------- */
@@ -1648,16 +1652,109 @@ static void populate_chunks(counter *c, size_t first)
     eg_big_populate((unsigned char *)c->ks + first * CHUNK_BYTES, m * CHUNK_BYTES);
 }
 
+/* Which of the pass's ranges a key falls in: the splitters between them as
+ * a static search tree of 16-way nodes (an S-tree): level 0 is the
+ * splitters, padded with the largest key to whole nodes; each level above
+ * holds the last key of every node below, up to a single node. A lookup is
+ * one node per level, counting the keys <= it (two AVX-512 compares, no
+ * chain of dependent branches). tree_build: for ranges [p0, p1); -1 when
+ * out of memory. */
+#define TREE_W 16
+static int tree_build(counter *c, size_t p0, size_t p1)
+{
+    const size_t ns = p1 - p0 - 1; /* splitters between them */
+    size_t len[8], total = 0;
+    unsigned L = 0;
+    /* level 0 ends with the largest key at least once: so does every node
+     * above a last node, and a count never points past a level's last node */
+    for (size_t n = ns + 1;; n = len[L - 1] / TREE_W) {
+        len[L] = (n + TREE_W - 1) / TREE_W * TREE_W;
+        c->tree_off[L] = total;
+        total += len[L++];
+        if (len[L - 1] == TREE_W)
+            break;
+    }
+    kkey *t = realloc(c->tree, total * sizeof *t);
+    if (!t)
+        return -1;
+    c->tree = t;
+    c->tree_levels = L;
+    const kkey most = ~(kkey)0;
+    for (size_t i = 0; i < len[0]; i++)
+        t[i] = i < ns ? c->spl[p0 + i] : most;
+    for (unsigned l = 1; l < L; l++)
+        for (size_t i = 0; i < len[l]; i++) {
+            const size_t j = i * TREE_W + TREE_W - 1;
+            t[c->tree_off[l] + i] = j < len[l - 1] ? t[c->tree_off[l - 1] + j] : most;
+        }
+    return 0;
+}
+
+/* The pass's range (0 .. np-1) of each of m keys, at out. */
+#if KW == 1 && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+/* a node: two 8-lane compares, their masks counted */
+__attribute__((target("avx512f,popcnt"))) static void
+tree_find_avx512(const kkey *t, const size_t *off, unsigned levels, const kkey *keys, size_t m,
+                 uint32_t *out)
+{
+    for (size_t i = 0; i < m; i++) {
+        const __m512i k = _mm512_set1_epi64((long long)keys[i]);
+        size_t at = 0;
+        for (unsigned l = levels; l-- > 0;) {
+            const kkey *b = t + off[l] + at * TREE_W;
+            const unsigned lo = _mm512_cmple_epu64_mask(_mm512_loadu_si512((const void *)b), k),
+                           hi = _mm512_cmple_epu64_mask(_mm512_loadu_si512((const void *)(b + 8)), k);
+            at = at * TREE_W + (size_t)__builtin_popcount(lo) + (size_t)__builtin_popcount(hi);
+        }
+        out[i] = (uint32_t)at;
+    }
+}
+#define TREE_AVX512 1
+#endif
+
+static void tree_find(const kkey *t, const size_t *off, unsigned levels, const kkey *keys,
+                      size_t m, uint32_t *out)
+{
+#ifdef TREE_AVX512
+    if (__builtin_cpu_supports("avx512f")) {
+        tree_find_avx512(t, off, levels, keys, m, out);
+        return;
+    }
+#endif
+    /* elsewhere: a branch-free binary search over level 0 (the splitters,
+     * padded), G keys side by side (each search is a chain of loads) */
+    const size_t n0 = levels > 1 ? off[1] : TREE_W;
+    enum { G = 8 };
+    for (size_t i = 0; i < m; i += G) {
+        size_t at[G];
+        kkey k[G];
+        for (size_t j = 0; j < G; j++) { /* a short last group repeats a key */
+            k[j] = keys[i + j < m ? i + j : i];
+            at[j] = 0;
+        }
+        /* the answer, the keys <= k, stays in [at, at + len) */
+        for (size_t len = n0 + 1; len > 1;) {
+            const size_t half = len / 2;
+            for (size_t j = 0; j < G; j++)
+                at[j] += t[at[j] + half - 1] <= k[j] ? half : 0;
+            len -= half;
+        }
+        for (size_t j = 0; j < G && i + j < m; j++)
+            out[i + j] = (uint32_t)at[j];
+    }
+}
+
 /* What one thread of the scatter holds: its chunk lists and lines, and the
- * pass's ranges. */
+ * pass's first range. */
 typedef struct {
     uint32_t *head, *tail, *fill;
     unsigned char *line;
-    size_t p0, np;
-    const kkey *spl; /* np - 1 splitters between the pass's ranges */
+    size_t p0;
 } scatter_thread;
 
-/* Append m keys (all of the pass's ranges) to their ranges' current chunks,
+#define SCATTER_BATCH (512 + EG_COUNT_MAX_ORDER)
+/* Append m <= SCATTER_BATCH keys (all of the pass's ranges) to their ranges' current chunks,
  * taking a new chunk (from one shared counter) when one is full; -1 when the
  * window's chunks run out. */
 static int scatter_some(counter *c, scatter_thread *s, const kkey *keys, size_t m)
@@ -1666,53 +1763,38 @@ static int scatter_some(counter *c, scatter_thread *s, const kkey *keys, size_t 
     const kkey *const base = c->ks_base;
     const uint8_t *const kb = c->ks_kb;
     uint32_t *const head = s->head, *const tail = s->tail, *const fill = s->fill;
-    enum { G = 8 }; /* lookups side by side: a binary search is a chain of loads */
-    for (size_t i = 0; i < m; i += G) {
-        size_t pg[G];
-        kkey kg[G];
-        for (size_t j = 0; j < G; j++) { /* a short last group repeats a key */
-            kg[j] = keys[i + j < m ? i + j : i];
-            pg[j] = 0;
+    uint32_t pg[SCATTER_BATCH];
+    tree_find(c->tree, c->tree_off, c->tree_levels, keys, m, pg);
+    for (size_t g = 0; g < m; g++) {
+        const size_t p = s->p0 + pg[g];
+        const kkey d = keys[g] - base[p];
+        uint32_t f = fill[p]; /* bytes */
+        if (f == CHUNK_BYTES) {
+            const size_t nc = __atomic_fetch_add(&c->ks_next, 1, __ATOMIC_RELAXED);
+            if (nc >= c->ks_limit)
+                return -1;
+            if (nc % POP_CHUNKS == 0)
+                populate_chunks(c, nc + POP_CHUNKS);
+            c->ks_link[nc] = NO_CHUNK;
+            if (tail[p] == NO_CHUNK)
+                head[p] = (uint32_t)nc;
+            else
+                c->ks_link[tail[p]] = (uint32_t)nc;
+            tail[p] = (uint32_t)nc;
+            f = 0;
         }
-        /* the range: the splitters <= the key (the answer stays in
-         * [pg, pg + len)) */
-        for (size_t len = s->np; len > 1;) {
-            const size_t half = len / 2;
-            for (size_t j = 0; j < G; j++)
-                pg[j] += s->spl[pg[j] + half - 1] <= kg[j] ? half : 0;
-            len -= half;
+        unsigned char *l = s->line + p * 64;
+        if (kb[p] == sizeof(nkey)) {
+            const nkey v = (nkey)d;
+            memcpy(l + f % 64, &v, sizeof v);
+            f += sizeof v;
+        } else {
+            memcpy(l + f % 64, &d, sizeof d);
+            f += sizeof d;
         }
-        for (size_t g = 0; g < G && i + g < m; g++) {
-            const size_t p = s->p0 + pg[g];
-            const kkey d = kg[g] - base[p];
-            uint32_t f = fill[p]; /* bytes */
-            if (f == CHUNK_BYTES) {
-                const size_t nc = __atomic_fetch_add(&c->ks_next, 1, __ATOMIC_RELAXED);
-                if (nc >= c->ks_limit)
-                    return -1;
-                if (nc % POP_CHUNKS == 0)
-                    populate_chunks(c, nc + POP_CHUNKS);
-                c->ks_link[nc] = NO_CHUNK;
-                if (tail[p] == NO_CHUNK)
-                    head[p] = (uint32_t)nc;
-                else
-                    c->ks_link[tail[p]] = (uint32_t)nc;
-                tail[p] = (uint32_t)nc;
-                f = 0;
-            }
-            unsigned char *l = s->line + p * 64;
-            if (kb[p] == sizeof(nkey)) {
-                const nkey v = (nkey)d;
-                memcpy(l + f % 64, &v, sizeof v);
-                f += sizeof v;
-            } else {
-                memcpy(l + f % 64, &d, sizeof d);
-                f += sizeof d;
-            }
-            fill[p] = f;
-            if (f % 64 == 0)
-                put_line(ks + (size_t)tail[p] * CHUNK_BYTES + f - 64, l);
-        }
+        fill[p] = f;
+        if (f % 64 == 0)
+            put_line(ks + (size_t)tail[p] * CHUNK_BYTES + f - 64, l);
     }
     return 0;
 }
@@ -1753,6 +1835,8 @@ static eg_status scatter_block(counter *c)
             return st;
         range_bases(c);
         c->g_span = range_end(c, P - 1) - c->g_lo;
+        if (tree_build(c, 0, P))
+            return eg_fail(c->err, EG_ENOMEM, "out of memory");
     }
     const uint32_t H = c->o->max_ngram - 1;
     const unsigned bits = c->bits;
@@ -1770,9 +1854,9 @@ static eg_status scatter_block(counter *c)
         const int t = thread_slice(n, &a, &b, &T);
         scatter_thread s = {c->ks_head + (size_t)t * P, c->ks_tail + (size_t)t * P,
                             c->ks_fill + (size_t)t * P, c->ks_line + (size_t)t * P * 64,
-                            c->g_p0, c->g_p1 - c->g_p0, c->spl + c->g_p0};
-        enum { BATCH = 512 };
-        kkey kbuf[BATCH + EG_COUNT_MAX_ORDER];
+                            c->g_p0};
+        enum { BATCH = SCATTER_BATCH - EG_COUNT_MAX_ORDER };
+        kkey kbuf[SCATTER_BATCH];
         size_t m = 0;
         /* the common orders as constants: the loop over k unrolls, branch free */
 #define GEN_LOOP(HH)                                                                       \
@@ -2291,6 +2375,10 @@ static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, e
             c.g_p1 = p1;
             c.g_lo = p0 ? c.spl[p0 - 1] : lowest;
             c.g_span = range_end(&c, p1 - 1) - c.g_lo;
+            if (tree_build(&c, p0, p1)) {
+                ret = eg_fail(c.err, EG_ENOMEM, "out of memory");
+                break;
+            }
             c.ks_next = 0;
             for (size_t i = 0; i < (size_t)c.nt * c.P; i++) {
                 c.ks_head[i] = c.ks_tail[i] = NO_CHUNK;
