@@ -203,6 +203,27 @@ TEST(count_range_partitions_on_skewed_inputs)
     free(x);
 }
 
+/* A key range that is one n-gram repeated: its sort (keys and their other
+ * half) outgrows a thread's share of the budget, the range is counted in a
+ * table instead (which holds distinct keys only), exactly. (With 48 MiB and
+ * 2 threads the (7, 7) range takes that path; checked when written.) */
+TEST(count_partition_repeated_range_falls_back_to_a_table)
+{
+    enum { LEN = 1000000 };
+    uint32_t *x = malloc(LEN * sizeof *x);
+    REQUIRE(x);
+    uint64_t r = 3;
+    for (size_t i = 0; i < LEN; i++)
+        x[i] = i % 50 ? 7 : (uint32_t)(t_rand(&r) % 5000);
+    const char *in = t_tmp_path("same.u32"), *out = t_tmp_path("same.counts");
+    REQUIRE(t_write_file(in, x, LEN * sizeof *x) == 0);
+    REQUIRE(t_cli("count %s -V 5000 -n 3 --pad 0 -T 1000 -m 48M -j 2 -o %s --json --method partition",
+                  in, out) == 0);
+    CHECK_MSG(strstr(t_cli_stdout(), "\"method\": \"partition\""), "%s", t_cli_stdout());
+    check_counts(out, x, LEN, 1000, 3, 0);
+    free(x);
+}
+
 /* Partition first in several passes (each scattering the keys of the next
  * key ranges only) writes the counts file of one pass, byte for byte, on
  * the shared corpus, one- and two-word keys, 1 and 2 threads. */
