@@ -2,14 +2,13 @@
  * eg_count.h - exact n-gram counting over compressed token streams within a
  * memory budget, the counts file, approximate sketches, and table planning.
  *
- * Counting: n-grams are packed into 128-bit keys (order, then the ids oldest
- * first), generated a block at a time, scattered into hash partitions and
- * counted in per-partition open-addressing tables (in parallel, one thread a
- * partition, so each table stays hot in cache). When a table fills, every
- * partition is sorted and merged into one sorted run, compressed with zstd, on
- * disk; at the end the runs and the tables are merged (k-way), summing equal
- * n-grams, into the counts file. Memory: the tables and two key buffers,
- * sized from the budget.
+ * Counting: n-grams are packed into keys of one or two 64-bit words (order,
+ * then the ids oldest first), generated a block at a time and counted by
+ * key range, so that sorted ranges laid end to end are the sorted output.
+ * Partition first (the key stream in memory, in one or more passes, each
+ * range sorted in cache) where the stream fits the budget; else tables that
+ * count as they read, spill sorted zstd runs when full and merge them per
+ * range at the end (see eg_count_method). Memory stays within the budget.
  *
  * Counts file (version 1, little-endian):
  *   "EGCOUNT1" (8 bytes); u32 version = 1; u32 max_ngram N; u64 V';
@@ -75,9 +74,10 @@ typedef struct eg_count_opts {
 
 /* Exact counting's two methods (eg_count_opts.method; eg_count_stats.method
  * says which ran). Partition first: every key of the input is scattered into
- * many key ranges held in memory (tokens x (N-1) keys of 8 or 16 bytes),
- * then each range is counted in a table that fits a core's cache, sorted
- * and written; chosen when that key stream takes at most 60% of the budget.
+ * many key ranges held in memory (tokens x (N-1) keys of 8 or 16 bytes, in
+ * eg_count_opts.passes passes over the input), then each range is counted
+ * in cache (its keys radix sorted, or in a table) and written in order;
+ * chosen when that key stream takes at most 60% of the budget.
  * Tables: keys are counted as they come in one table per key range, grown
  * within the budget, spilling sorted runs to disk when full and merging
  * them at the end (any budget). AUTO picks the first where it fits. */
