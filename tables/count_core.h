@@ -1849,18 +1849,27 @@ static eg_status scatter_block(counter *c)
 #pragma omp parallel num_threads(c->nt) reduction(| : full)
 #endif
     {
-        size_t a, b;
-        int T;
-        const int t = thread_slice(n, &a, &b, &T);
+        const int t = thread_num();
         scatter_thread s = {c->ks_head + (size_t)t * P, c->ks_tail + (size_t)t * P,
                             c->ks_fill + (size_t)t * P, c->ks_line + (size_t)t * P * 64,
                             c->g_p0};
         enum { BATCH = SCATTER_BATCH - EG_COUNT_MAX_ORDER };
+        const size_t S = 16 * (size_t)c->nt;
+#ifdef _OPENMP
+#define SLICES_FOR _Pragma("omp for schedule(dynamic, 1) nowait")
+#else
+#define SLICES_FOR
+#endif
         kkey kbuf[SCATTER_BATCH];
         size_t m = 0;
-        /* the common orders as constants: the loop over k unrolls, branch free */
+        /* the common orders as constants: the loop over k unrolls, branch
+         * free. Slices are handed out as threads free up: how many keys a
+         * slice keeps varies (the pass's ranges), a static split would leave
+         * one thread waiting. */
 #define GEN_LOOP(HH)                                                                       \
-    for (size_t i = a; i < b && !full; i++) {                                              \
+    SLICES_FOR                                                                             \
+    for (long long q = 0; q < (long long)S; q++)                                           \
+        for (size_t i = n * (size_t)q / S, b = n * (size_t)(q + 1) / S; i < b && !full; i++) { \
         m += pass_keys(x, d[i], i, HH, bits, pad, glo, gspan, kbuf + m);                   \
         if (m >= BATCH) {                                                                  \
             full = scatter_some(c, &s, kbuf, m) != 0;                                      \
@@ -1881,6 +1890,7 @@ static eg_status scatter_block(counter *c)
             GEN_LOOP(H)
         }
 #undef GEN_LOOP
+#undef SLICES_FOR
         if (!full && m)
             full = scatter_some(c, &s, kbuf, m) != 0;
 #if defined(__x86_64__) || defined(__SSE2__)
