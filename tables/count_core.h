@@ -969,6 +969,25 @@ static eg_status flush_keys(counter *c)
  * keys of every position in parallel, N-1 per position in fixed slots, and
  * hands them to the sink (partition first's sink makes them itself). */
 
+/* The keys of position i (orders 2..H+1; di: how far back its sequence
+ * reaches) that fall in [glo, glo + gspan), at out; returns how many. */
+static inline __attribute__((always_inline)) size_t
+position_keys(const uint32_t *x, uint32_t di, size_t i, uint32_t H, unsigned bits, uint32_t pad,
+              kkey glo, kkey gspan, kkey *out)
+{
+    kkey v = x[i];
+    size_t m = 0;
+    for (uint32_t k = 1; k <= H; k++) {
+        /* order k+1: ids x[i-k..i], oldest first = most significant */
+        const uint32_t id = k <= di ? x[(long long)i - (long long)k] : pad;
+        v |= (kkey)id << (bits * k);
+        const kkey key = (kkey)(k + 1) << ORDER_SHIFT | v;
+        out[m] = key;
+        m += (kkey)(key - glo) < gspan;
+    }
+    return m;
+}
+
 /* The block's keys into klo (and khi): N-1 per position. */
 static void block_keys(counter *c)
 {
@@ -982,17 +1001,14 @@ static void block_keys(counter *c)
 #pragma omp parallel for schedule(static) num_threads(c->nt) if (n > 65536)
 #endif
     for (long long i = 0; i < n; i++) {
-        kkey v = x[i];
+        kkey key[EG_COUNT_MAX_ORDER];
         const size_t o = (size_t)i * H;
-        for (uint32_t k = 1; k <= H; k++) {
-            /* order k+1: ids x[i-k..i], oldest first = most significant */
-            const uint32_t id = k <= d[i] ? x[i - (long long)k] : pad;
-            v |= (kkey)id << (b * k);
-            const kkey key = (kkey)(k + 1) << ORDER_SHIFT | v;
+        position_keys(x, d[i], (size_t)i, H, b, pad, 0, ~(kkey)0, key); /* every key */
+        for (uint32_t k = 0; k < H; k++) {
 #if KW == 2
-            c->khi[o + k - 1] = (uint64_t)(key >> 64);
+            c->khi[o + k] = (uint64_t)(key[k] >> 64);
 #endif
-            c->klo[o + k - 1] = (uint64_t)key;
+            c->klo[o + k] = (uint64_t)key[k];
         }
     }
     c->kn = (size_t)n * H;
@@ -1799,25 +1815,6 @@ static int scatter_some(counter *c, scatter_thread *s, const kkey *keys, size_t 
     return 0;
 }
 
-/* The keys of position i (orders 2..H+1) that fall in [glo, glo + gspan),
- * at out; returns how many. */
-static inline __attribute__((always_inline)) size_t
-pass_keys(const uint32_t *x, uint32_t di, size_t i, uint32_t H, unsigned bits, uint32_t pad,
-          kkey glo, kkey gspan, kkey *out)
-{
-    kkey v = x[i];
-    size_t m = 0;
-    for (uint32_t k = 1; k <= H; k++) {
-        /* order k+1: ids x[i-k..i], oldest first = most significant */
-        const uint32_t id = k <= di ? x[(long long)i - (long long)k] : pad;
-        v |= (kkey)id << (bits * k);
-        const kkey key = (kkey)(k + 1) << ORDER_SHIFT | v;
-        out[m] = key;
-        m += (kkey)(key - glo) < gspan;
-    }
-    return m;
-}
-
 /* The sink of partition first: each thread makes the keys of its share of
  * the block's positions, keeps those of this pass's ranges (c->g_*) and
  * scatters them. When the window's chunks run out, c->ks_over is set and the
@@ -1870,7 +1867,7 @@ static eg_status scatter_block(counter *c)
     SLICES_FOR                                                                             \
     for (long long q = 0; q < (long long)S; q++)                                           \
         for (size_t i = n * (size_t)q / S, b = n * (size_t)(q + 1) / S; i < b && !full; i++) { \
-        m += pass_keys(x, d[i], i, HH, bits, pad, glo, gspan, kbuf + m);                   \
+        m += position_keys(x, d[i], i, HH, bits, pad, glo, gspan, kbuf + m);               \
         if (m >= BATCH) {                                                                  \
             full = scatter_some(c, &s, kbuf, m) != 0;                                      \
             m = 0;                                                                         \
