@@ -7,7 +7,7 @@ key stream in memory); beside it in the same script,
 `sort | uniq -c` on the same n-grams as text for a slice; peak memory against
 the budget. The counts are checked against numpy's for the slice.
 
-usage: scripts/bench_count.py [--engram build/engram] [--tokens 500M] [--slice 2M]
+usage: scripts/bench_count.py [--engram build/engram] [--tokens 500M] [--slice 2M] [--settle 25]
 """
 import argparse
 import json
@@ -44,6 +44,10 @@ def zipf_stream(path, n, vocab=100_000, s=1.1, seed=0):
 
 
 def run_count(a, path, mem, threads, out, extra=()):
+    # VMs hand freed guest memory back to the host after a while (free page
+    # reporting); a run right after a big one finds its pages still backed and
+    # touches them much faster. Each run starts from the settled state.
+    time.sleep(a.settle)
     r = subprocess.run([a.engram, "count", path, "-V", "100000", "--pad", "0", "-n", "3", "-T", "4096",
                         "-m", mem, "-j", str(threads), "-k", "0", "-o", out, "--json", *extra],
                        check=True, capture_output=True, text=True)
@@ -58,6 +62,8 @@ def main():
     ap.add_argument("--slice", default="2M")
     ap.add_argument("--ample", default="16G")
     ap.add_argument("--small", default="512M")
+    ap.add_argument("--settle", type=float, default=25.0,
+                    help="seconds to wait before each run (freed memory goes back to the host)")
     a = ap.parse_args()
     n, sl = parse_count(a.tokens), parse_count(a.slice)
     os.makedirs(a.work, exist_ok=True)
