@@ -18,6 +18,7 @@
 #include <zstd.h>
 #if defined(__x86_64__) || defined(__SSE2__)
 #include <emmintrin.h>
+#include <immintrin.h>
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -206,7 +207,7 @@ typedef struct counter_ {
     size_t ks_bytes, ks_chunks, ks_next; /* reserved; chunks; the next free (atomic) */
     uint32_t *ks_link;                   /* per chunk: the next of its list */
     uint32_t *ks_head, *ks_tail, *ks_fill; /* nt * P */
-    unsigned char *ks_line;                /* nt * P lines of 64 bytes (see scatter_keys) */
+    unsigned char *ks_line;                /* nt * P lines of 64 bytes (see put_line) */
     kkey *ks_base;    /* per partition: its lowest key; keys are stored less it */
     uint8_t *ks_kb;   /* per partition: bytes per stored key (narrow: half a kkey) */
     uint32_t *ks_est; /* per partition: the sample's keys in it (of ks_est_n) */
@@ -1708,7 +1709,6 @@ static int tree_build(counter *c, size_t p0, size_t p1)
 
 /* The pass's range (0 .. np-1) of each of m keys, at out. */
 #if KW == 1 && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
 /* a node: two 8-lane compares, their masks counted */
 __attribute__((target("avx512f,popcnt"))) static void
 tree_find_avx512(const kkey *t, const size_t *off, unsigned levels, const kkey *keys, size_t m,
@@ -2056,10 +2056,11 @@ static void lt_release(ltable *t, void **p, size_t *cap, size_t unit)
  * lowest) go through an LSD radix sort over the bits the range spans, in as
  * few passes of at most 11 bits as cover them (a pass is skipped where every
  * key has the same digit), and their runs become the records. One function
- * per stored width; hist holds RADIX_DIGITS * 2^11 counters. Returns the
+ * per stored width; hist holds RADIX_HIST counters. Returns the
  * records' bytes at t->out, or SIZE_MAX when they outgrow the allowance. */
 #define RADIX_BITS 11
 #define RADIX_DIGITS ((64 + RADIX_BITS - 1) / RADIX_BITS)
+#define RADIX_HIST (RADIX_DIGITS * ((size_t)1 << RADIX_BITS)) /* counters per thread */
 #define SORT_RANGE(NAME, T)                                                                 \
     static size_t sort_range_##NAME(const counter *c, ltable *t, size_t n, unsigned bits,   \
                                     kkey base, size_t *hist, eg_count_stats *ts, size_t *hint) \
@@ -2179,7 +2180,7 @@ static void write_ranges(counter *c, counts_out *out, ltable *lts, size_t *hist,
     {
         const int t = thread_num();
         ltable *lt = &lts[t];
-        size_t *h = hist + (size_t)t * RADIX_DIGITS * ((size_t)1 << RADIX_BITS);
+        size_t *h = hist + (size_t)t * RADIX_HIST;
 #ifdef _OPENMP
 #pragma omp for ordered schedule(dynamic, 1)
 #endif
@@ -2331,7 +2332,7 @@ static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, e
     c.spl = calloc(c.P, sizeof *c.spl);
     c.ks_est = calloc(c.P, sizeof *c.ks_est);
     ltable *lts = calloc((size_t)c.nt, sizeof *lts);
-    size_t *hist = malloc((size_t)c.nt * RADIX_DIGITS * ((size_t)1 << RADIX_BITS) * sizeof *hist);
+    size_t *hist = malloc((size_t)c.nt * RADIX_HIST * sizeof *hist);
     if (!c.ks || !c.ks_link || !c.ks_head || !c.ks_tail || !c.ks_fill || !c.ks_line ||
         !c.ks_base || !c.ks_kb || !c.klo || (KW == 2 && !c.khi) || !c.spl || !c.ks_est || !lts ||
         !hist || alloc_block(&c)) {
@@ -2350,22 +2351,22 @@ static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, e
     sample_splitters(&c);
     if (c.have_spl)
         range_bases(&c);
-    /* the window: chunks for about 1/passes of the stream (estimated from
-     * the sample), planned to 7/8 of it (the estimate's slack); a pass whose
-     * ranges outgrow it is redone with fewer */
-    size_t window = chunks;
-    if (c.have_spl && c.ks_est_n) {
-        const double stream = (double)plan_chunks(&c, keys) * CHUNK_BYTES;
-        const uint32_t want = o->passes ? o->passes : stream > (double)(1u << 30) ? 3 : 1;
-        if (want > 1)
-            window = (size_t)(stream / want / CHUNK_BYTES * 8 / 7) + 1;
-        window = window < chunks ? window : chunks;
-    }
+    /* passes are planned to about 1/passes of the stream (estimated from the
+     * sample) each; the window they may fill is 8/7 of that (the estimate's
+     * slack); a pass whose ranges outgrow it is redone with fewer */
+    size_t window = chunks, target = chunks / 8 * 7;
     c.passes = 1;
     if (c.have_spl && c.ks_est_n) {
+        const double stream = plan_chunks(&c, keys);
+        const uint32_t want = o->passes ? o->passes
+                                        : stream * CHUNK_BYTES > (double)(1u << 30) ? 3 : 1;
+        if (want > 1 && (size_t)(stream / want * 8 / 7) + 1 < chunks) {
+            window = (size_t)(stream / want * 8 / 7) + 1;
+            target = window / 8 * 7;
+        }
         size_t n = 0;
         for (size_t p0 = 0; p0 < c.P; n++)
-            p0 = plan_pass(&c, p0, window / 8 * 7, keys);
+            p0 = plan_pass(&c, p0, target, keys);
         c.passes = (uint32_t)n;
     }
     counts_out out = {0};
@@ -2373,7 +2374,7 @@ static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, e
     double t_scatter = 0;
     int failed = 0, big = 0;
     for (size_t p0 = 0; !ret && p0 < c.P; c.pass++) {
-        size_t p1 = plan_pass(&c, p0, window / 8 * 7, keys);
+        size_t p1 = plan_pass(&c, p0, target, keys);
         c.ks_limit = window;
         const double ta = now_s();
         for (;;) { /* the pass; again with fewer ranges when they outgrow the window */
