@@ -142,10 +142,8 @@ int cmd_count(int argc, char **argv)
             }
             break;
         case O_PASSES: {
-            char *end;
-            errno = 0;
-            const unsigned long n_pass = strtoul(optarg, &end, 10);
-            if (errno || end == optarg || *end || n_pass < 1 || n_pass > 4096)
+            uint64_t n_pass;
+            if (cli_parse_u64(optarg, &n_pass) || n_pass < 1 || n_pass > 4096)
                 return cli_error("--passes: '%s' is not a whole number from 1 to 4096", optarg);
             o.passes = (uint32_t)n_pass;
             break;
