@@ -1,5 +1,4 @@
 /* cmd_count.c - `engram count`: n-gram counts over compressed token shards. */
-#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <stdlib.h>
