@@ -35,9 +35,11 @@ static int cmp_gram_num(const void *a, const void *b)
     return cmp_ids(x->ids, y->ids, x->n);
 }
 
-/* Check a counts file against the independent count of x[0..len). */
-static void check_counts(const char *path, const uint32_t *x, size_t len, uint64_t T,
-                         uint32_t N, uint32_t pad)
+/* Check a counts file against the independent count of x[0..len), whose
+ * sequences start every T tokens, or where starts is not NULL at the ns
+ * ascending positions starts[] (documents; starts[0] == 0). */
+static void check_counts_at(const char *path, const uint32_t *x, size_t len, uint64_t T,
+                            const uint64_t *starts, size_t ns, uint32_t N, uint32_t pad)
 {
     eg_counts *c = NULL;
     eg_err err;
@@ -49,8 +51,10 @@ static void check_counts(const char *path, const uint32_t *x, size_t len, uint64
     CHECK_EQ(eg_counts_pad(c), pad);
     gram *g = malloc(len * sizeof *g);
     for (uint32_t n = 2; n <= N && g; n++) {
-        for (size_t t = 0; t < len; t++) {
-            size_t s0 = t - t % T; /* sequence start */
+        for (size_t t = 0, q = 0; t < len; t++) {
+            while (starts && q + 1 < ns && starts[q + 1] <= t)
+                q++;
+            size_t s0 = starts ? starts[q] : t - t % T; /* sequence start */
             g[t].n = n;
             memset(g[t].ids, 0, sizeof g[t].ids);
             for (uint32_t k = 0; k < n; k++) {
@@ -78,6 +82,12 @@ static void check_counts(const char *path, const uint32_t *x, size_t len, uint64
     }
     free(g);
     eg_counts_close(c);
+}
+
+static void check_counts(const char *path, const uint32_t *x, size_t len, uint64_t T,
+                         uint32_t N, uint32_t pad)
+{
+    check_counts_at(path, x, len, T, NULL, 0, N, pad);
 }
 
 TEST(count_exact_vs_sort_on_shared_corpus_with_spills)
@@ -383,6 +393,51 @@ TEST(count_docs_and_order4_small)
     REQUIRE(eg_counts_get(c, 4, 0, ids, &cnt) == EG_OK);
     CHECK(ids[0] == 0 && ids[1] == 0 && ids[2] == 0 && ids[3] == 5 && cnt == 1);
     eg_counts_close(c);
+}
+
+/* Documents of every length (1 token up, many shorter than the N-1 tokens
+ * of history) read many at a time, across block boundaries: 4-grams equal
+ * the independent count, with tables in memory and with spills and
+ * partition first in one pass and in several (16-bit Megatron tokens). */
+TEST(count_docs_many_short_documents)
+{
+    enum { LEN = 150000 };
+    uint32_t *x = malloc(LEN * sizeof *x);
+    uint64_t *starts = malloc(LEN * sizeof *starts);
+    REQUIRE(x && starts);
+    uint64_t r = 11;
+    for (size_t i = 0; i < LEN; i++) {
+        const uint64_t u = t_rand(&r) % 3000;
+        x[i] = (uint32_t)(u * u / 3000); /* skewed */
+    }
+    eg_shard_writer *w = NULL;
+    eg_err err;
+    const char *in = t_tmp_path("mdocs");
+    REQUIRE(eg_shard_writer_open(in, EG_SHARD_MEGATRON, 3000, 0, &w, &err) == EG_OK);
+    size_t ns = 0;
+    for (size_t at = 0; at < LEN;) {
+        const uint64_t k = t_rand(&r) % 8;
+        size_t len = k < 4 ? 1 + k : 1 + t_rand(&r) % 2500; /* half of them 1..4 tokens */
+        len = len < LEN - at ? len : LEN - at;
+        starts[ns++] = at;
+        REQUIRE(eg_shard_writer_add_doc(w, x + at, len, &err) == EG_OK);
+        at += len;
+    }
+    REQUIRE(eg_shard_writer_finish(w, &err) == EG_OK);
+    eg_shard_writer_free(w);
+    static const char *const how[4] = {"-m 256M --method tables", "-m 2M --method tables",
+                                       "-m 256M --method partition",
+                                       "-m 256M --method partition --passes 3"};
+    for (int k = 0; k < 4; k++) {
+        const char *out = t_tmp_path("mdocs.counts");
+        REQUIRE(t_cli("count %s -V 3000 -n 4 --pad 0 --docs -j 2 -o %s --json %s", in, out,
+                      how[k]) == 0);
+        CHECK_MSG((strstr(t_cli_stdout(), "\"spills\": 0,") == NULL) == (k == 1),
+                  "case %d: spills", k);
+        check_counts_at(out, x, LEN, 0, starts, ns, 4, 0);
+    }
+    free(starts);
+    free(x);
 }
 
 TEST(count_bad_input)
