@@ -1058,6 +1058,39 @@ static eg_status project_ids(const eg_count_opts *o, uint32_t *x, size_t n, cons
     return EG_OK;
 }
 
+/* Read and project tokens [pos, pos + n) of a shard into x: the threads
+ * side by side, each a slice (the copy from the page cache and the checks
+ * were a fifth of the scatter's time when one thread did them while the
+ * other waited); the first failing slice reports. */
+static eg_status read_tokens(counter *c, const eg_shard *s, const char *path, uint64_t pos,
+                             size_t n, uint32_t *x)
+{
+    enum { MIN_SLICE = 1 << 16, MOST = 16 /* readers */ };
+    const int nt = n < 2 * (size_t)MIN_SLICE ? 1 : c->nt < MOST ? c->nt : MOST;
+    if (nt == 1) {
+        eg_status st = eg_shard_read(s, pos, n, x, c->err);
+        return st ? st : project_ids(c->o, x, n, path, pos, c->err);
+    }
+    eg_status sts[MOST] = {0};
+    eg_err errs[MOST];
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+#endif
+    for (int t = 0; t < nt; t++) {
+        const size_t i = n * (size_t)t / (size_t)nt, j = n * (size_t)(t + 1) / (size_t)nt;
+        sts[t] = eg_shard_read(s, pos + i, j - i, x + i, &errs[t]);
+        if (!sts[t])
+            sts[t] = project_ids(c->o, x + i, j - i, path, pos + i, &errs[t]);
+    }
+    for (int t = 0; t < nt; t++)
+        if (sts[t]) {
+            if (c->err)
+                *c->err = errs[t];
+            return sts[t];
+        }
+    return EG_OK;
+}
+
 /* Count tokens [a, b) of a shard. Sequences (each padded at its start) begin
  * every `seq` tokens from a on, or, where starts is not NULL, at the ns
  * ascending positions starts[] (starts[0] == a: documents). A block's worth
@@ -1073,10 +1106,8 @@ static eg_status count_segment(counter *c, const eg_shard *s, const char *path, 
     for (uint64_t pos = a; pos < b;) {
         size_t n = (size_t)(b - pos < c->B - c->xn ? b - pos : c->B - c->xn);
         uint32_t *x = c->xb + H + c->xn;
-        eg_status st = eg_shard_read(s, pos, n, x, c->err);
+        eg_status st = read_tokens(c, s, path, pos, n, x);
         if (st)
-            return st;
-        if ((st = project_ids(o, x, n, path, pos, c->err)))
             return st;
         /* how far back each position's sequence reaches: H past its first H
          * (a later sequence's first positions overwrite an earlier's) */

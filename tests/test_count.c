@@ -469,6 +469,24 @@ TEST(count_bad_input)
         CHECK_MSG(strstr(t_cli_stderr(), expect[i]) != NULL, "case %d: '%s'", i, t_cli_stderr());
         CHECK_MSG(!t_file_exists(out), "case %d: output left", i);
     }
+    /* blocks are read by the threads side by side: of two bad ids in
+     * different threads' slices, the first is named, with both methods */
+    enum { LONG = 1 << 20 };
+    uint32_t *x = calloc(LONG, sizeof *x);
+    REQUIRE(x);
+    x[300001] = 12;
+    x[900001] = 13;
+    REQUIRE(t_write_file(t_tmp_path("bad2.u32"), x, LONG * sizeof *x) == 0);
+    free(x);
+    for (int k = 0; k < 2; k++) {
+        const char *out = t_tmp_path("bad2.counts");
+        const int rc = t_cli("count %s -V 10 -j 2 -m 256M --method %s -o %s", t_tmp_path("bad2.u32"),
+                             k ? "partition" : "tables", out);
+        CHECK_MSG(rc != 0 && rc < 128, "two bad ids, case %d: exit %d", k, rc);
+        CHECK_MSG(strstr(t_cli_stderr(), "token 300001: compressed id 12 >= V' = 10"),
+                  "two bad ids, case %d: '%s'", k, t_cli_stderr());
+        CHECK_MSG(!t_file_exists(out), "two bad ids, case %d: output left", k);
+    }
     /* a truncated counts file is refused by the reader */
     uint32_t ok[6] = {1, 2, 3, 1, 2, 3};
     REQUIRE(t_write_file(t_tmp_path("ok.u32"), ok, sizeof ok) == 0);
