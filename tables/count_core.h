@@ -1783,16 +1783,19 @@ __attribute__((target("avx512f,popcnt"))) static void
 tree_find_avx512(const kkey *t, const size_t *off, unsigned levels, const kkey *keys, size_t m,
                  uint32_t *out)
 {
-    for (size_t i = 0; i < m; i++) {
-        const __m512i k = _mm512_set1_epi64((long long)keys[i]);
-        size_t at = 0;
-        for (unsigned l = levels; l-- > 0;) {
-            const kkey *b = t + off[l] + at * TREE_W;
+    /* level by level over all m keys: each step is independent of the
+     * others at its level (no chain of dependent loads per key to wait on) */
+    for (size_t i = 0; i < m; i++)
+        out[i] = 0;
+    for (unsigned l = levels; l-- > 0;) {
+        const kkey *tl = t + off[l];
+        for (size_t i = 0; i < m; i++) {
+            const __m512i k = _mm512_set1_epi64((long long)keys[i]);
+            const kkey *b = tl + (size_t)out[i] * TREE_W;
             const unsigned lo = _mm512_cmple_epu64_mask(_mm512_loadu_si512((const void *)b), k),
                            hi = _mm512_cmple_epu64_mask(_mm512_loadu_si512((const void *)(b + 8)), k);
-            at = at * TREE_W + (size_t)__builtin_popcount(lo) + (size_t)__builtin_popcount(hi);
+            out[i] = out[i] * TREE_W + (uint32_t)__builtin_popcount(lo | hi << 8);
         }
-        out[i] = (uint32_t)at;
     }
 }
 #define TREE_AVX512 1
