@@ -1227,6 +1227,13 @@ static void top_offer(eg_count_stats *st, uint32_t n, size_t k, const eg_ngram_t
     }
 }
 
+/* Whether a count could enter order n's top k (a cheap test before
+ * top_offer: below the worst kept of a full heap it cannot). */
+static inline int top_may_take(const eg_count_stats *st, uint32_t n, size_t k, uint64_t count)
+{
+    return st->top[n] && (st->n_top[n] < k || count >= st->top[n][0].count);
+}
+
 static int cmp_top(const void *a, const void *b)
 {
     const eg_ngram_top *x = a, *y = b;
@@ -1274,7 +1281,7 @@ static size_t emit_record(const counter *c, const entry *e, eg_count_stats *st,
     st->total[n] += count;
     st->singletons[n] += count == 1;
     st->fof[n][fof_bucket(count)]++;
-    if (c->o->top_k) {
+    if (c->o->top_k && top_may_take(st, n, c->o->top_k, count)) {
         eg_ngram_top t;
         memset(&t, 0, sizeof t);
         memcpy(t.ids, ids, n * sizeof *ids);
@@ -1282,6 +1289,70 @@ static size_t emit_record(const counter *c, const entry *e, eg_count_stats *st,
         top_offer(st, n, c->o->top_k, &t);
     }
     return 4 * (size_t)n + 8;
+}
+
+/* Records of m runs of sorted keys (base + rk[j], ending one before key
+ * index re[j]; *prev: where the first starts), at out; returns their bytes.
+ * Runs of one order (nearly always) take a loop with the order fixed and
+ * the statistics kept locally. */
+#define RUNS_W 1024 /* runs gathered at a time */
+static size_t emit_runs(const counter *c, eg_count_stats *st, unsigned char *out, kkey base,
+                        const uint64_t *rk, const uint64_t *re, size_t m, size_t *prev)
+{
+    if (!m)
+        return 0;
+    size_t bytes = 0, at = *prev;
+    const size_t first = at;
+    *prev = (size_t)re[m - 1];
+    const uint32_t n = (uint32_t)((base + rk[0]) >> ORDER_SHIFT);
+    if ((uint32_t)((base + rk[m - 1]) >> ORDER_SHIFT) != n) {
+        for (size_t j = 0; j < m; j++) {
+            const kkey key = base + rk[j];
+            entry e;
+            e.lo = (uint64_t)key;
+            E_SET_HI(e, (uint64_t)(key >> 32 >> 32));
+            e.count = (uint64_t)(re[j] - at); /* narrows to the entry's count type: it fits */
+            at = (size_t)re[j];
+            bytes += emit_record(c, &e, st, out + bytes);
+        }
+        return bytes;
+    }
+    const unsigned bits = c->bits;
+    const uint64_t mask = c->idmask;
+    const size_t rec = 4 * (size_t)n + 8, top_k = c->o->top_k;
+    uint64_t singles = 0, fof[EG_FOF_BUCKETS] = {0};
+    for (size_t j = 0; j < m; j++) {
+        const uint64_t count = re[j] - at;
+        at = (size_t)re[j];
+#if KW == 1
+        uint64_t v = (uint64_t)(base + rk[j]);
+#else
+        u128 v = base + rk[j];
+#endif
+        unsigned char *p = out + bytes;
+        for (uint32_t k = n; k-- > 0;) {
+            eg_put_le32(p + 4 * k, (uint32_t)(v & mask));
+            v >>= bits;
+        }
+        eg_put_le64(p + 4 * n, count);
+        bytes += rec;
+        singles += count == 1;
+        fof[fof_bucket(count)]++;
+        if (top_k && top_may_take(st, n, top_k, count)) {
+            eg_ngram_top t;
+            memset(&t, 0, sizeof t);
+            for (uint32_t k = 0; k < n; k++)
+                t.ids[k] = eg_get_le32(p + 4 * k);
+            t.count = count;
+            top_offer(st, n, top_k, &t);
+        }
+    }
+    st->distinct[n] += m;
+    st->total[n] += re[m - 1] - first;
+    st->singletons[n] += singles;
+    for (unsigned b = 0; b < EG_FOF_BUCKETS; b++)
+        st->fof[n][b] += fof[b];
+    return bytes;
 }
 
 static eg_status write_header(counter *c, int fd, const eg_count_stats *st, const char *path)
@@ -2175,16 +2246,23 @@ static void lt_release(ltable *t, void **p, size_t *cap, size_t unit)
             distinct += a[i] != a[i - 1];                                                  \
         if (lt_reserve(t, (void **)&t->out, &t->out_cap, distinct * MAX_RECORD + 1, 1))    \
             return SIZE_MAX;                                                               \
-        for (size_t i = 0, j; i < n; i = j) {                                              \
-            for (j = i + 1; j < n && a[j] == a[i];)                                        \
-                j++;                                                                       \
-            const kkey key = base + a[i];                                                  \
-            entry e;                                                                       \
-            e.lo = (uint64_t)key;                                                          \
-            E_SET_HI(e, (uint64_t)(key >> 32 >> 32));                                      \
-            e.count = (uint64_t)(j - i); /* narrows to the entry's count type: it fits */  \
-            bytes += emit_record(c, &e, ts, t->out + bytes);                               \
+        /* the runs' ends, gathered without a branch per key, then their records */       \
+        uint64_t rk[RUNS_W], re[RUNS_W];                                                   \
+        size_t m = 0, prev = 0;                                                            \
+        for (size_t i = 0; i + 1 < n; i++) {                                               \
+            rk[m] = a[i];                                                                  \
+            re[m] = i + 1;                                                                 \
+            m += a[i] != a[i + 1];                                                         \
+            if (m == RUNS_W) {                                                             \
+                bytes += emit_runs(c, ts, t->out + bytes, base, rk, re, m, &prev);         \
+                m = 0;                                                                     \
+            }                                                                              \
         }                                                                                  \
+        if (n) {                                                                           \
+            rk[m] = a[n - 1];                                                              \
+            re[m++] = n;                                                                   \
+        }                                                                                  \
+        bytes += emit_runs(c, ts, t->out + bytes, base, rk, re, m, &prev);                 \
         *hint = distinct > 1024 ? distinct : 1024;                                         \
         return bytes;                                                                      \
     }

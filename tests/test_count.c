@@ -501,6 +501,72 @@ TEST(count_bad_input)
     CHECK(strstr(err.msg, "cut.counts"));
 }
 
+/* The top k of each order: count first, then (ties) the smaller ids as
+ * memory compares them, as eg_count_stats documents it. */
+typedef struct {
+    uint32_t ids[8];
+    uint64_t count;
+} top_rec;
+
+static int cmp_top_rec(const void *a, const void *b)
+{
+    const top_rec *x = a, *y = b;
+    if (x->count != y->count)
+        return x->count > y->count ? -1 : 1;
+    return memcmp(x->ids, y->ids, sizeof x->ids);
+}
+
+/* The JSON top lists equal the top k of the counts file itself, with every
+ * method (ties are frequent at these small counts). */
+TEST(count_top_k_matches_the_counts_file)
+{
+    enum { LEN = 300000, K = 25 };
+    uint32_t *x = malloc(LEN * sizeof *x);
+    REQUIRE(x);
+    uint64_t r = 5;
+    for (size_t i = 0; i < LEN; i++) {
+        const uint64_t u = t_rand(&r) % 2000;
+        x[i] = (uint32_t)(u * u / 2000);
+    }
+    const char *in = t_tmp_path("topk.u32"), *out = t_tmp_path("topk.counts");
+    REQUIRE(t_write_file(in, x, LEN * sizeof *x) == 0);
+    free(x);
+    static const char *const how[3] = {"--method tables", "--method partition",
+                                       "--method partition --passes 3"};
+    for (int h = 0; h < 3; h++) {
+        REQUIRE(t_cli("count %s -V 2000 -n 3 --pad 0 -T 1000 -m 256M -j 2 -k %d -o %s --json %s",
+                      in, K, out, how[h]) == 0);
+        json_error_t je;
+        json_t *j = json_loads(t_cli_stdout(), 0, &je);
+        REQUIRE(j);
+        eg_counts *c = NULL;
+        eg_err err;
+        REQUIRE(eg_counts_open(out, &c, &err) == EG_OK);
+        for (uint32_t n = 2; n <= 3; n++) {
+            const size_t m = eg_counts_distinct(c, n);
+            top_rec *all = calloc(m, sizeof *all);
+            REQUIRE(all);
+            for (size_t i = 0; i < m; i++)
+                REQUIRE(eg_counts_get(c, n, i, all[i].ids, &all[i].count) == EG_OK);
+            qsort(all, m, sizeof *all, cmp_top_rec);
+            json_t *top = json_object_get(json_array_get(json_object_get(j, "orders"), n - 2), "top");
+            CHECK_MSG(json_array_size(top) == K, "%s, order %u: %zu in the top", how[h], n,
+                      json_array_size(top));
+            size_t bad = 0;
+            for (size_t i = 0; i < K && i < json_array_size(top); i++) {
+                json_t *e = json_array_get(top, i), *ids = json_object_get(e, "ids");
+                bad += (uint64_t)json_integer_value(json_object_get(e, "count")) != all[i].count;
+                for (uint32_t k = 0; k < n; k++)
+                    bad += (uint32_t)json_integer_value(json_array_get(ids, k)) != all[i].ids[k];
+            }
+            CHECK_MSG(bad == 0, "%s, order %u: the top %d differs from the file's", how[h], n, K);
+            free(all);
+        }
+        eg_counts_close(c);
+        json_decref(j);
+    }
+}
+
 TEST(count_approx_close_to_exact)
 {
     if (!t_shared())
