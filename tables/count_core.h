@@ -2066,6 +2066,8 @@ typedef struct {
     size_t ka_cap, kt_cap;  /* bytes */
     unsigned char *out; /* the partition's records */
     size_t out_cap;
+    uint32_t *cnt; /* direct counting: a counter per key of a narrow range */
+    size_t cnt_cap;
     size_t hint; /* the last range's distinct n-grams: the next table's size */
     size_t bytes, allowed; /* what these take; the most they may */
 } ltable;
@@ -2118,22 +2120,31 @@ static inline size_t chunk_used(const counter *c, size_t i, uint32_t k)
     return k == c->ks_tail[i] ? c->ks_fill[i] : CHUNK_BYTES;
 }
 
+/* Every chunk of range p (every thread's, in order): its bytes at `v`, `u` of them. */
+#define FOR_RANGE_CHUNKS(c, p, v, u, BODY)                                                 \
+    for (int th_ = 0; th_ < (c)->nt; th_++)                                                \
+        for (uint32_t ch_ = (c)->ks_head[(size_t)th_ * (c)->P + (p)]; ch_ != NO_CHUNK;     \
+             ch_ = (c)->ks_link[ch_]) {                                                    \
+            const unsigned char *v = (const unsigned char *)(c)->ks + (size_t)ch_ * CHUNK_BYTES; \
+            const size_t u = chunk_used((c), (size_t)th_ * (c)->P + (p), ch_);             \
+            BODY                                                                           \
+        }
+
 /* The keys partition p holds (every thread's chunks). */
 static size_t range_keys(const counter *c, size_t p)
 {
-    const size_t P = c->P, kb = c->ks_kb[p];
-    size_t keys = 0;
-    for (int th = 0; th < c->nt; th++)
-        for (uint32_t k = c->ks_head[(size_t)th * P + p]; k != NO_CHUNK; k = c->ks_link[k])
-            keys += chunk_used(c, (size_t)th * P + p, k) / kb;
-    return keys;
+    size_t bytes = 0;
+    FOR_RANGE_CHUNKS(c, p, v, u, {
+        (void)v;
+        bytes += u;
+    })
+    return bytes / c->ks_kb[p];
 }
 
 /* Count partition p's keys (every thread's chunks) into t; -1 when its table
  * would outgrow the thread's allowance. */
 static int lt_count(counter *c, ltable *t, size_t p, size_t hint, size_t keys)
 {
-    const size_t P = c->P;
     const size_t kb = c->ks_kb[p];
     const kkey base = c->ks_base[p];
     /* distinct n-grams are at most the keys; the last partition's count is
@@ -2147,33 +2158,31 @@ static int lt_count(counter *c, ltable *t, size_t p, size_t hint, size_t keys)
     enum { AHEAD = 8 };
     kkey kk[CHUNK_BYTES / sizeof(nkey)];
     uint64_t h[CHUNK_BYTES / sizeof(nkey)];
-    for (int th = 0; th < c->nt; th++)
-        for (uint32_t k = c->ks_head[(size_t)th * P + p]; k != NO_CHUNK; k = c->ks_link[k]) {
-            const size_t m = chunk_used(c, (size_t)th * P + p, k) / kb;
-            const unsigned char *ck = (const unsigned char *)c->ks + (size_t)k * CHUNK_BYTES;
-            if (kb == sizeof(nkey))
-                for (size_t i = 0; i < m; i++) {
-                    nkey v;
-                    memcpy(&v, ck + i * sizeof v, sizeof v);
-                    kk[i] = base + v;
-                }
-            else
-                for (size_t i = 0; i < m; i++) {
-                    kkey v;
-                    memcpy(&v, ck + i * sizeof v, sizeof v);
-                    kk[i] = base + v;
-                }
-            for (size_t i = 0; i < m; i++)
-                h[i] = mix_key((uint64_t)(kk[i] >> 32 >> 32), (uint64_t)kk[i]);
+    FOR_RANGE_CHUNKS(c, p, ck, u, {
+        const size_t m = u / kb;
+        if (kb == sizeof(nkey))
             for (size_t i = 0; i < m; i++) {
-                if (t->used * 10 >= t->cap * 7 && lt_grow(t))
-                    return -1;
-                if (i + AHEAD < m)
-                    __builtin_prefetch(&t->slot[slot_of(h[i + AHEAD], t->cap)], 1);
-                table_put(t->slot, t->cap, &t->used, (uint64_t)(kk[i] >> 32 >> 32),
-                       (uint64_t)kk[i], h[i], 1);
+                nkey v;
+                memcpy(&v, ck + i * sizeof v, sizeof v);
+                kk[i] = base + v;
             }
+        else
+            for (size_t i = 0; i < m; i++) {
+                kkey v;
+                memcpy(&v, ck + i * sizeof v, sizeof v);
+                kk[i] = base + v;
+            }
+        for (size_t i = 0; i < m; i++)
+            h[i] = mix_key((uint64_t)(kk[i] >> 32 >> 32), (uint64_t)kk[i]);
+        for (size_t i = 0; i < m; i++) {
+            if (t->used * 10 >= t->cap * 7 && lt_grow(t))
+                return -1;
+            if (i + AHEAD < m)
+                __builtin_prefetch(&t->slot[slot_of(h[i + AHEAD], t->cap)], 1);
+            table_put(t->slot, t->cap, &t->used, (uint64_t)(kk[i] >> 32 >> 32), (uint64_t)kk[i],
+                      h[i], 1);
         }
+    })
     /* compact to the front, then sort */
     const size_t w = t->used = used_entries(t->slot, t->cap, t->slot);
 #if KW == 1
@@ -2271,6 +2280,44 @@ SORT_RANGE(u32, uint32_t)
 #endif
 SORT_RANGE(u64, uint64_t)
 
+/* Direct counting, for ranges at most 2^DIRECT_BITS keys wide with at least
+ * one stored key per DIRECT_SPARSE of their width: a counter per key (in L2)
+ * taken straight from the chunks, then a scan of the counters; no sort. */
+#define DIRECT_BITS 17
+#define DIRECT_SPARSE 16
+static size_t count_direct(counter *c, ltable *t, size_t p, size_t span, size_t *hint,
+                           eg_count_stats *ts)
+{
+    uint32_t *cnt = t->cnt;
+    memset(cnt, 0, span * sizeof *cnt);
+    FOR_RANGE_CHUNKS(c, p, v, u, {
+        const uint32_t *k = (const uint32_t *)(const void *)v;
+        for (size_t i = 0; i < u / sizeof *k; i++)
+            cnt[k[i]]++;
+    })
+    size_t distinct = 0;
+    for (size_t v = 0; v < span; v++)
+        distinct += cnt[v] != 0;
+    if (lt_reserve(t, (void **)&t->out, &t->out_cap, distinct * MAX_RECORD + 1, 1))
+        return SIZE_MAX;
+    uint64_t rk[RUNS_W], re[RUNS_W];
+    size_t m = 0, prev = 0, bytes = 0;
+    uint64_t upto = 0;
+    for (size_t v = 0; v < span; v++) { /* the nonzero counters as runs, no branch per key */
+        rk[m] = v;
+        upto += cnt[v];
+        re[m] = upto;
+        m += cnt[v] != 0;
+        if (m == RUNS_W) {
+            bytes += emit_runs(c, ts, t->out + bytes, c->ks_base[p], rk, re, m, &prev);
+            m = 0;
+        }
+    }
+    bytes += emit_runs(c, ts, t->out + bytes, c->ks_base[p], rk, re, m, &prev);
+    *hint = distinct > 1024 ? distinct : 1024;
+    return bytes;
+}
+
 /* Count partition p into records at t->out, in key order: by sorting its
  * keys where they are stored in 4 or 8 bytes and the sort fits the thread's
  * allowance (no table to probe: measured about twice as fast on Zipfian
@@ -2279,18 +2326,24 @@ SORT_RANGE(u64, uint64_t)
 static size_t count_range(counter *c, ltable *t, size_t p, size_t *hint, size_t *hist,
                           eg_count_stats *ts)
 {
-    const size_t keys = range_keys(c, p), P = c->P, kb = c->ks_kb[p];
+    const size_t keys = range_keys(c, p), kb = c->ks_kb[p];
     const kkey base = c->ks_base[p];
+    if (kb == 4) {
+        const size_t span = (size_t)(range_end(c, p) - base); /* < 2^32: stored in 4 bytes */
+        if (span <= ((size_t)1 << DIRECT_BITS) && keys >= span / DIRECT_SPARSE &&
+            keys <= UINT32_MAX && !lt_reserve(t, (void **)&t->cnt, &t->cnt_cap, span, sizeof(uint32_t)))
+            return count_direct(c, t, p, span, hint, ts);
+    }
     if (kb <= 8) {
         if (!lt_reserve(t, (void **)&t->ka, &t->ka_cap, keys * kb, 1) &&
             !lt_reserve(t, (void **)&t->kt, &t->kt_cap, keys * kb, 1)) {
+            /* copied out first: sorting from the chunks themselves (the
+             * histogram and the first scatter reading them) measured no faster */
             size_t m = 0; /* bytes */
-            for (int th = 0; th < c->nt; th++)
-                for (uint32_t k = c->ks_head[(size_t)th * P + p]; k != NO_CHUNK; k = c->ks_link[k]) {
-                    const size_t u = chunk_used(c, (size_t)th * P + p, k);
-                    memcpy(t->ka + m, (const unsigned char *)c->ks + (size_t)k * CHUNK_BYTES, u);
-                    m += u;
-                }
+            FOR_RANGE_CHUNKS(c, p, v, u, {
+                memcpy(t->ka + m, v, u);
+                m += u;
+            })
             const kkey span = range_end(c, p) - base - 1; /* fits the stored width */
             unsigned bits = 0;
             while (bits < 8 * kb && (span >> bits))
@@ -2588,6 +2641,7 @@ static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, e
         free(lts[t].ka);
         free(lts[t].kt);
         free(lts[t].out);
+        free(lts[t].cnt);
     }
     free(lts);
     free(hist);
