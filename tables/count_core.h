@@ -1030,12 +1030,18 @@ static eg_status flush_block(counter *c)
 /* Project n ids in place and check them (ids outside the projection, or
  * compressed ids >= V'): the checks as one maximum each, which vectorizes;
  * the first offender named only when there is one. */
-static eg_status project_ids(const eg_count_opts *o, uint32_t *x, size_t n, const char *path,
-                             uint64_t pos, eg_err *err)
+EG_VEC static uint32_t max_id(const uint32_t *x, size_t n)
 {
     uint32_t most = 0;
     for (size_t i = 0; i < n; i++)
         most = x[i] > most ? x[i] : most;
+    return most;
+}
+
+static eg_status project_ids(const eg_count_opts *o, uint32_t *x, size_t n, const char *path,
+                             uint64_t pos, eg_err *err)
+{
+    uint32_t most = max_id(x, n);
     if (o->proj) {
         if (most >= o->n_proj)
             for (size_t i = 0; i < n; i++)
