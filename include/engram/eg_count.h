@@ -76,7 +76,8 @@ typedef struct eg_count_opts {
  * says which ran). Partition first: every key of the input is scattered into
  * many key ranges held in memory (tokens x (N-1) keys of 8 or 16 bytes, in
  * eg_count_opts.passes passes over the input), then each range is counted
- * in cache (its keys radix sorted, or in a table) and written in order;
+ * in cache (a counter per key where the range is narrow, else its keys radix
+ * sorted, or in a table) and written in order;
  * chosen when that key stream takes at most 60% of the budget.
  * Tables: keys are counted as they come in one table per key range, grown
  * within the budget, spilling sorted runs to disk when full and merging
