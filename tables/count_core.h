@@ -2334,6 +2334,8 @@ static size_t count_range(counter *c, ltable *t, size_t p, size_t *hint, size_t 
 {
     const size_t keys = range_keys(c, p), kb = c->ks_kb[p];
     const kkey base = c->ks_base[p];
+    if (!keys) /* an empty range (equal splitters) */
+        return 0;
     if (kb == 4) {
         const size_t span = (size_t)(range_end(c, p) - base); /* < 2^32: stored in 4 bytes */
         if (span <= ((size_t)1 << DIRECT_BITS) && keys >= span / DIRECT_SPARSE &&
