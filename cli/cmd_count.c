@@ -40,7 +40,7 @@ static const char count_usage[] =
     "                             counts as it reads, spilling sorted runs (any budget)\n"
     "      --passes N             partition first: read the input N times, each pass\n"
     "                             holding about 1/N of the key stream in memory\n"
-    "                             (default: 3 when the stream exceeds 1 GiB, else 1)\n"
+    "                             (default: 3 when the stream exceeds 128 MiB, else 1)\n"
     "      --wide-keys            two-word keys even where one word holds every n-gram\n"
     "      --wide-counts          64-bit counts in the tables even below 2^32 tokens\n"
     "                             (the same output, slower; for tests and benchmarks)\n"

@@ -2570,7 +2570,7 @@ static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, e
     if (c.have_spl && c.ks_est_n) {
         const double stream = plan_chunks(&c, keys);
         const uint32_t want = o->passes ? o->passes
-                                        : stream * CHUNK_BYTES > (double)(1u << 30) ? 3 : 1;
+                                        : stream * CHUNK_BYTES > (double)(128u << 20) ? 3 : 1;
         if (want > 1 && (size_t)(stream / want * 8 / 7) + 1 < chunks) {
             window = (size_t)(stream / want * 8 / 7) + 1;
             target = window / 8 * 7;

@@ -67,7 +67,7 @@ typedef struct eg_count_opts {
     uint32_t passes; /* partition first: read the input this many times, each pass
                       * scattering the keys of the next key ranges only, so that
                       * the stream in memory is about 1/passes of it. 0: auto
-                      * (3 when the stream exceeds 1 GiB, else 1: fresh memory
+                      * (3 when the stream exceeds 128 MiB, else 1: fresh memory
                       * is the largest cost of the scatter, above all on VMs;
                       * see docs/BENCHMARKS.md). The output is the same. */
 } eg_count_opts;
