@@ -1049,11 +1049,9 @@ static eg_status project_ids(const eg_count_opts *o, uint32_t *x, size_t n, cons
                     return eg_fail(err, EG_ERANGE,
                                    "%s: token %llu is id %u, outside the projection's %zu ids",
                                    path, (unsigned long long)(pos + i), x[i], o->n_proj);
-        most = 0;
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n; i++)
             x[i] = o->proj[x[i]];
-            most = x[i] > most ? x[i] : most;
-        }
+        most = max_id(x, n);
     }
     if (most >= o->vprime)
         for (size_t i = 0; i < n; i++)
@@ -1359,6 +1357,32 @@ static size_t emit_runs(const counter *c, eg_count_stats *st, unsigned char *out
     for (unsigned b = 0; b < EG_FOF_BUCKETS; b++)
         st->fof[n][b] += fof[b];
     return bytes;
+}
+
+/* A range's runs gathered for emit_runs, RUNS_W at a time, into records at
+ * out (bytes so far in `bytes`). runs_add offers the run of relative key k
+ * ending before key index `end`, kept when `keep` (no branch per key). */
+typedef struct {
+    uint64_t rk[RUNS_W], re[RUNS_W];
+    size_t m, prev, bytes;
+} runs;
+
+static inline void runs_add(const counter *c, eg_count_stats *st, unsigned char *out, kkey base,
+                            runs *r, uint64_t k, uint64_t end, int keep)
+{
+    r->rk[r->m] = k;
+    r->re[r->m] = end;
+    r->m += keep != 0;
+    if (r->m == RUNS_W) {
+        r->bytes += emit_runs(c, st, out + r->bytes, base, r->rk, r->re, r->m, &r->prev);
+        r->m = 0;
+    }
+}
+
+static inline size_t runs_end(const counter *c, eg_count_stats *st, unsigned char *out, kkey base,
+                              runs *r)
+{
+    return r->bytes + emit_runs(c, st, out + r->bytes, base, r->rk, r->re, r->m, &r->prev);
 }
 
 static eg_status write_header(counter *c, int fd, const eg_count_stats *st, const char *path)
@@ -2256,30 +2280,17 @@ static void lt_release(ltable *t, void **p, size_t *cap, size_t unit)
             }                                                                              \
         }                                                                                  \
         const T *a = src;                                                                  \
-        size_t distinct = n > 0, bytes = 0;                                                \
+        size_t distinct = n > 0;                                                           \
         for (size_t i = 1; i < n; i++)                                                     \
             distinct += a[i] != a[i - 1];                                                  \
         if (lt_reserve(t, (void **)&t->out, &t->out_cap, distinct * MAX_RECORD + 1, 1))    \
             return SIZE_MAX;                                                               \
-        /* the runs' ends, gathered without a branch per key, then their records */       \
-        uint64_t rk[RUNS_W], re[RUNS_W];                                                   \
-        size_t m = 0, prev = 0;                                                            \
-        for (size_t i = 0; i + 1 < n; i++) {                                               \
-            rk[m] = a[i];                                                                  \
-            re[m] = i + 1;                                                                 \
-            m += a[i] != a[i + 1];                                                         \
-            if (m == RUNS_W) {                                                             \
-                bytes += emit_runs(c, ts, t->out + bytes, base, rk, re, m, &prev);         \
-                m = 0;                                                                     \
-            }                                                                              \
-        }                                                                                  \
-        if (n) {                                                                           \
-            rk[m] = a[n - 1];                                                              \
-            re[m++] = n;                                                                   \
-        }                                                                                  \
-        bytes += emit_runs(c, ts, t->out + bytes, base, rk, re, m, &prev);                 \
+        runs r;                                                                            \
+        r.m = r.prev = r.bytes = 0;                                                        \
+        for (size_t i = 0; i < n; i++) /* a run ends where the next key differs */         \
+            runs_add(c, ts, t->out, base, &r, a[i], i + 1, i + 1 == n || a[i] != a[i + 1]); \
         *hint = distinct > 1024 ? distinct : 1024;                                         \
-        return bytes;                                                                      \
+        return runs_end(c, ts, t->out, base, &r);                                          \
     }
 #if KW == 1
 SORT_RANGE(u32, uint32_t)
@@ -2306,22 +2317,15 @@ static size_t count_direct(counter *c, ltable *t, size_t p, size_t span, size_t 
         distinct += cnt[v] != 0;
     if (lt_reserve(t, (void **)&t->out, &t->out_cap, distinct * MAX_RECORD + 1, 1))
         return SIZE_MAX;
-    uint64_t rk[RUNS_W], re[RUNS_W];
-    size_t m = 0, prev = 0, bytes = 0;
+    runs r;
+    r.m = r.prev = r.bytes = 0;
     uint64_t upto = 0;
-    for (size_t v = 0; v < span; v++) { /* the nonzero counters as runs, no branch per key */
-        rk[m] = v;
+    for (size_t v = 0; v < span; v++) { /* the nonzero counters as runs */
         upto += cnt[v];
-        re[m] = upto;
-        m += cnt[v] != 0;
-        if (m == RUNS_W) {
-            bytes += emit_runs(c, ts, t->out + bytes, c->ks_base[p], rk, re, m, &prev);
-            m = 0;
-        }
+        runs_add(c, ts, t->out, c->ks_base[p], &r, v, upto, cnt[v] != 0);
     }
-    bytes += emit_runs(c, ts, t->out + bytes, c->ks_base[p], rk, re, m, &prev);
     *hint = distinct > 1024 ? distinct : 1024;
-    return bytes;
+    return runs_end(c, ts, t->out, c->ks_base[p], &r);
 }
 
 /* Count partition p into records at t->out, in key order: by sorting its
