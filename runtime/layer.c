@@ -13,6 +13,7 @@
 #include "engram/eg_runtime.h"
 
 #define EG_LAYER_MAX_D 16384
+#define EG_LAYER_MAX_KERNEL 64
 
 static int nthreads(int n)
 {
@@ -100,6 +101,9 @@ static eg_status check(const eg_layer_dims *dm, const eg_layer_weights *w, eg_er
         return eg_fail(err, EG_EINVAL, "layer: a required weight is NULL");
     if (!dm->hc || !dm->d || !dm->De || !dm->kernel || !dm->dilation)
         return eg_fail(err, EG_EINVAL, "layer: hc, d, De, kernel and dilation must be > 0");
+    if (dm->kernel > EG_LAYER_MAX_KERNEL)
+        return eg_fail(err, EG_EUNSUPPORTED, "layer: kernel size %u > %d", dm->kernel,
+                       EG_LAYER_MAX_KERNEL);
     if (dm->d > EG_LAYER_MAX_D)
         return eg_fail(err, EG_EUNSUPPORTED, "layer: hidden size %u > %d", dm->d, EG_LAYER_MAX_D);
     if (dm->B && dm->T > SIZE_MAX / dm->B / dm->hc / dm->d / 16)
@@ -141,8 +145,30 @@ static float rms_inv(const float *x, size_t d, float eps)
     return (float)(1.0 / sqrt(ss / (double)d + (double)eps));
 }
 
+/* Decode state: per sequence the last L = (kernel-1)*dilation conv inputs
+ * (RMSNorm(v), oldest first) and how many positions it has seen. */
+struct eg_layer_state {
+    size_t B;
+    uint32_t hc, d, kernel, dilation;
+    size_t L, CH;
+    uint64_t *seen; /* [B] */
+    float *hist;    /* [B][L][CH] */
+};
+
+/* The conv input of sequence b, `back` positions before position `pos` of
+ * this call, from the state (NULL: before the sequence's start). */
+static inline const float *state_row(const eg_layer_state *st, size_t b, size_t pos, size_t back)
+{
+    if (!st)
+        return NULL;
+    const size_t before = back - pos; /* 1 .. L */
+    if (before > st->L || before > st->seen[b])
+        return NULL;
+    return st->hist + (b * st->L + (st->L - before)) * st->CH;
+}
+
 static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
-                         const float *h, fwd *f, int nt, eg_err *err)
+                         const float *h, const eg_layer_state *st, fwd *f, int nt, eg_err *err)
 {
     const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d, De = dm->De;
     const float eps_kq = dm->eps_kq > 0 ? dm->eps_kq : 1.1920929e-07f;
@@ -227,15 +253,18 @@ static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, con
 #pragma omp parallel for schedule(static) num_threads(nt) if (BT > 16)
 #endif
     for (long long tt = 0; tt < NT; tt++) {
-        const size_t t = (size_t)tt, pos = t % (T ? T : 1);
+        const size_t t = (size_t)tt, pos = t % (T ? T : 1), b = t / (T ? T : 1);
         float *y = f->Y + t * CH;
+        const float *src[EG_LAYER_MAX_KERNEL];
+        for (size_t k = 0; k < KW; k++) {
+            const size_t back = (KW - 1 - k) * dil;
+            src[k] = back <= pos ? f->C + (t - back) * CH : state_row(st, b, pos, back);
+        }
         for (size_t ch = 0; ch < CH; ch++) {
             float acc = 0;
-            for (size_t k = 0; k < KW; k++) {
-                const size_t back = (KW - 1 - k) * dil;
-                if (back <= pos)
-                    acc += w->conv[ch * KW + k] * f->C[(t - back) * CH + ch];
-            }
+            for (size_t k = 0; k < KW; k++)
+                if (src[k])
+                    acc += w->conv[ch * KW + k] * src[k][ch];
             y[ch] = acc;
         }
     }
@@ -254,7 +283,7 @@ eg_status eg_layer_forward(const eg_layer_dims *dm, const eg_layer_weights *w, c
     if (BT && (!e || !h || !out))
         return eg_fail(err, EG_EINVAL, "eg_layer_forward: NULL input or output");
     fwd f;
-    if ((st = forward(dm, w, e, h, &f, nthreads(n_threads), err)))
+    if ((st = forward(dm, w, e, h, NULL, &f, nthreads(n_threads), err)))
         return st;
     for (size_t i = 0; i < N; i++)
         out[i] = f.V[i] + f.Y[i] * sigm(f.Y[i]);
@@ -313,7 +342,7 @@ eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, 
         return eg_fail(err, EG_EINVAL, "eg_layer_backward: NULL input");
     const int nt = nthreads(n_threads);
     fwd f;
-    if ((st = forward(dm, w, e, h, &f, nt, err)))
+    if ((st = forward(dm, w, e, h, NULL, &f, nt, err)))
         return st;
     const size_t n1 = BT ? BT : 1;
     float *dY = malloc(n1 * CH * sizeof *dY), *dC = malloc(n1 * CH * sizeof *dC);
@@ -465,4 +494,104 @@ done:
     free(dKT);
     fwd_free(&f);
     return st;
+}
+
+/* ---- decoding: the forward of the next positions, with the conv's history ---- */
+
+eg_status eg_layer_state_create(size_t B, uint32_t hc, uint32_t d, uint32_t kernel,
+                                uint32_t dilation, eg_layer_state **out, eg_err *err)
+{
+    if (!out)
+        return eg_fail(err, EG_EINVAL, "eg_layer_state_create: NULL output");
+    *out = NULL;
+    if (!B || !hc || !d || !kernel || !dilation)
+        return eg_fail(err, EG_EINVAL, "eg_layer_state_create: B, hc, d, kernel and dilation must be > 0");
+    if (kernel > EG_LAYER_MAX_KERNEL || d > EG_LAYER_MAX_D)
+        return eg_fail(err, EG_EUNSUPPORTED, "eg_layer_state_create: kernel %u or d %u too large",
+                       kernel, d);
+    const size_t L = (size_t)(kernel - 1) * dilation, CH = (size_t)hc * d;
+    if (L && B > SIZE_MAX / L / CH / sizeof(float))
+        return eg_fail(err, EG_ERANGE, "eg_layer_state_create: B*L*hc*d overflows");
+    eg_layer_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return eg_fail(err, EG_ENOMEM, "eg_layer_state_create: out of memory");
+    s->B = B;
+    s->hc = hc;
+    s->d = d;
+    s->kernel = kernel;
+    s->dilation = dilation;
+    s->L = L;
+    s->CH = CH;
+    s->seen = calloc(B, sizeof *s->seen);
+    s->hist = calloc(B * (L ? L : 1) * CH, sizeof *s->hist);
+    if (!s->seen || !s->hist) {
+        eg_layer_state_free(s);
+        return eg_fail(err, EG_ENOMEM, "eg_layer_state_create: out of memory for %zu sequences", B);
+    }
+    *out = s;
+    return EG_OK;
+}
+
+void eg_layer_state_free(eg_layer_state *s)
+{
+    if (!s)
+        return;
+    free(s->seen);
+    free(s->hist);
+    free(s);
+}
+
+void eg_layer_state_reset(eg_layer_state *s, size_t b0, size_t n)
+{
+    if (!s || b0 >= s->B)
+        return;
+    if (n > s->B - b0)
+        n = s->B - b0;
+    for (size_t b = b0; b < b0 + n; b++)
+        s->seen[b] = 0;
+}
+
+uint64_t eg_layer_state_seen(const eg_layer_state *s, size_t b)
+{
+    return s && b < s->B ? s->seen[b] : 0;
+}
+
+eg_status eg_layer_decode(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                          const float *h, eg_layer_state *s, float *out, int n_threads,
+                          eg_err *err)
+{
+    eg_status st = check(dm, w, err);
+    if (st)
+        return st;
+    if (!s)
+        return eg_fail(err, EG_EINVAL, "eg_layer_decode: NULL state");
+    if (dm->B != s->B || dm->hc != s->hc || dm->d != s->d || dm->kernel != s->kernel ||
+        dm->dilation != s->dilation)
+        return eg_fail(err, EG_EINVAL,
+                       "eg_layer_decode: the state is for B=%zu hc=%u d=%u kernel=%u dilation=%u, "
+                       "the call for B=%zu hc=%u d=%u kernel=%u dilation=%u",
+                       s->B, s->hc, s->d, s->kernel, s->dilation, dm->B, dm->hc, dm->d,
+                       dm->kernel, dm->dilation);
+    const size_t T = dm->T, BT = dm->B * T, CH = s->CH, L = s->L;
+    if (!T)
+        return EG_OK;
+    if (!e || !h || !out)
+        return eg_fail(err, EG_EINVAL, "eg_layer_decode: NULL input or output");
+    fwd f;
+    if ((st = forward(dm, w, e, h, s, &f, nthreads(n_threads), err)))
+        return st;
+    for (size_t i = 0; i < BT * CH; i++)
+        out[i] = f.V[i] + f.Y[i] * sigm(f.Y[i]);
+    /* the history: the last L conv inputs of (old history, this call's) */
+    for (size_t b = 0; b < dm->B && L; b++) {
+        float *hb = s->hist + b * L * CH;
+        if (T < L)
+            memmove(hb, hb + T * CH, (L - T) * CH * sizeof *hb);
+        const size_t keep = T < L ? T : L;
+        memcpy(hb + (L - keep) * CH, f.C + (b * T + (T - keep)) * CH, keep * CH * sizeof *hb);
+    }
+    for (size_t b = 0; b < dm->B; b++)
+        s->seen[b] += T;
+    fwd_free(&f);
+    return EG_OK;
 }

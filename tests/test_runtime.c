@@ -317,6 +317,76 @@ TEST(layer_gradients_against_finite_differences)
     case_free(&c);
 }
 
+/* ---- decoding: piece by piece equals the whole sequence ---------------------------- */
+
+TEST(layer_decode_piece_by_piece_equals_the_whole_forward)
+{
+    const size_t B = 3, T = 29;
+    const uint32_t dils[2] = {3, 2};
+    for (int di = 0; di < 2; di++) {
+        layer_case c;
+        case_init(&c, B, T, 2, 8, 12, 40 + (uint64_t)di);
+        c.dm.dilation = dils[di];
+        eg_layer_weights w = case_weights(&c);
+        const size_t CH = (size_t)c.dm.hc * c.dm.d, De = c.dm.De;
+        float *whole = malloc(c.no * 4), *piece = malloc(c.no * 4);
+        eg_err err;
+        REQUIRE(!eg_layer_forward(&c.dm, &w, c.e, c.h, whole, 2, &err));
+        eg_layer_state *st = NULL;
+        REQUIRE(!eg_layer_state_create(B, c.dm.hc, c.dm.d, c.dm.kernel, c.dm.dilation, &st, &err));
+        /* a prompt of 7, then single tokens, then a piece of 5, then single tokens:
+         * pieces shorter and longer than the conv's reach (9 and 6 positions) */
+        const size_t cuts[] = {7, 1, 1, 1, 5, 1, 2, 1, 1, 10};
+        size_t t0 = 0;
+        for (size_t ci = 0; ci < sizeof cuts / sizeof cuts[0] && t0 < T; ci++) {
+            const size_t n = cuts[ci] < T - t0 ? cuts[ci] : T - t0;
+            float *e = malloc(B * n * De * 4), *h = malloc(B * n * CH * 4), *o = malloc(B * n * CH * 4);
+            for (size_t b = 0; b < B; b++) {
+                memcpy(e + b * n * De, c.e + (b * T + t0) * De, n * De * 4);
+                memcpy(h + b * n * CH, c.h + (b * T + t0) * CH, n * CH * 4);
+            }
+            eg_layer_dims dm = c.dm;
+            dm.T = n;
+            CHECK(!eg_layer_decode(&dm, &w, e, h, st, o, 1 + (int)(ci % 2), &err));
+            for (size_t b = 0; b < B; b++)
+                memcpy(piece + (b * T + t0) * CH, o + b * n * CH, n * CH * 4);
+            free(e);
+            free(h);
+            free(o);
+            t0 += n;
+        }
+        REQUIRE(t0 == T);
+        CHECK_EQ(eg_layer_state_seen(st, 1), T);
+        CHECK_MSG(!memcmp(whole, piece, c.no * 4), "dilation %u: decoded outputs differ from the whole forward",
+                  dils[di]);
+        /* a reset sequence starts afresh: its first position equals position 0 */
+        eg_layer_state_reset(st, 1, 1);
+        CHECK_EQ(eg_layer_state_seen(st, 1), 0);
+        eg_layer_dims one = c.dm;
+        one.T = 1;
+        float *e1 = malloc(B * De * 4), *h1 = malloc(B * CH * 4), *o1 = malloc(B * CH * 4);
+        for (size_t b = 0; b < B; b++) {
+            memcpy(e1 + b * De, c.e + b * T * De, De * 4);
+            memcpy(h1 + b * CH, c.h + b * T * CH, CH * 4);
+        }
+        REQUIRE(!eg_layer_decode(&one, &w, e1, h1, st, o1, 1, &err));
+        CHECK(!memcmp(o1 + CH, whole + T * CH, CH * 4));   /* sequence 1 at its start */
+        CHECK(memcmp(o1, whole, CH * 4) != 0);             /* sequence 0 is not at its start */
+        /* a call of another shape than the state is refused */
+        one.B = B + 1;
+        CHECK_EQ(eg_layer_decode(&one, &w, e1, h1, st, o1, 1, &err), EG_EINVAL);
+        CHECK(strstr(err.msg, "state") != NULL);
+        free(e1);
+        free(h1);
+        free(o1);
+        eg_layer_state_free(st);
+        eg_layer_state_free(NULL);
+        free(whole);
+        free(piece);
+        case_free(&c);
+    }
+}
+
 /* ---- training: a loop, a checkpoint, a reopen ---------------------------------------- */
 
 /* One step on layer li for the batch ids: hash, gather, forward, backward,

@@ -123,6 +123,30 @@ eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, 
                             const float *h, const float *dout, const eg_layer_grads *g,
                             int n_threads, eg_err *err);
 
+/* ---- decoding ---------------------------------------------------------------- */
+
+/* The layer's decode state for B sequences: the causal conv's last
+ * (kernel-1)*dilation inputs per sequence (everything else in the layer is
+ * per position). Created at every sequence's start; free accepts NULL. */
+typedef struct eg_layer_state eg_layer_state;
+eg_status eg_layer_state_create(size_t B, uint32_t hc, uint32_t d, uint32_t kernel,
+                                uint32_t dilation, eg_layer_state **out, eg_err *err);
+void eg_layer_state_free(eg_layer_state *s);
+/* Sequences b0 .. b0+n-1 start afresh (their next position is position 0). */
+void eg_layer_state_reset(eg_layer_state *s, size_t b0, size_t n);
+/* Positions sequence b has been given since its start. */
+uint64_t eg_layer_state_seen(const eg_layer_state *s, size_t b);
+
+/* The forward of the next T positions of each of the B sequences (e
+ * [B][T][De], h [B][T][hc][d] -> out [B][T][hc][d]), continuing from `s`,
+ * which then holds these positions too: a sequence given piece by piece (a
+ * prompt, then one token at a time) gets bit for bit the outputs of
+ * eg_layer_forward on the whole sequence. dm's B, hc, d, kernel and
+ * dilation must be the state's (EG_EINVAL otherwise). */
+eg_status eg_layer_decode(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                          const float *h, eg_layer_state *s, float *out, int n_threads,
+                          eg_err *err);
+
 /* ---- training ------------------------------------------------------------------ */
 
 /* Reduce per-position row gradients to one per unique row: rows[n] with
