@@ -3,6 +3,7 @@
  * fixed order (per output element, over tokens or inputs in index order), so
  * results do not depend on the thread count. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -25,41 +26,60 @@ static int nthreads(int n)
 #endif
 }
 
-/* C[M][N] (=, or += when acc) A[M][K] * B[K][N], row-major; rows of C in
- * blocks of 4 so each row of B is reused from cache. */
+/* The projections' products, register tiled: a tile of 4 rows by 32 columns
+ * of C stays in vector registers over the whole k loop. Every element is
+ * still its own sum over k in index order, one rounded multiply and one
+ * rounded add a step (ISO C: no contraction into FMA), so the results are
+ * those of the plain triple loop, bit for bit, for any tiling and thread
+ * count. GCC/Clang vector extensions; EG_VEC clones them for AVX-512 and
+ * AVX2. */
+typedef float v16f __attribute__((vector_size(64), aligned(4)));
+typedef double v8d __attribute__((vector_size(64), aligned(8)));
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+#define TILE_R 4
+#define TILE_C 32
+
+/* C[M][N] (=, or += when acc) A[M][K] * B[K][N], row-major. */
 EG_VEC static void gemm_nn(size_t M, size_t N, size_t K, const float *restrict A, const float *restrict B,
                     float *restrict C, int acc, int nt)
 {
-    const long long MB = (long long)((M + 3) / 4);
+    const long long MB = (long long)((M + TILE_R - 1) / TILE_R);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (M * N * K > 32768)
 #endif
     for (long long mb = 0; mb < MB; mb++) {
-        const size_t m0 = (size_t)mb * 4, mr = M - m0 < 4 ? M - m0 : 4;
-        float *c[4];
-        for (size_t r = 0; r < 4; r++)
-            c[r] = C + (m0 + (r < mr ? r : 0)) * N;
-        if (!acc)
-            for (size_t r = 0; r < mr; r++)
-                memset(c[r], 0, N * sizeof *C);
-        for (size_t k = 0; k < K; k++) {
-            const float *b = B + k * N;
-            float a[4];
-            for (size_t r = 0; r < 4; r++)
-                a[r] = r < mr ? A[(m0 + r) * K + k] : 0.0f;
-            if (mr == 4) {
-                float *restrict c0 = c[0], *restrict c1 = c[1], *restrict c2 = c[2],
-                                *restrict c3 = c[3];
-                for (size_t n = 0; n < N; n++) {
-                    c0[n] += a[0] * b[n];
-                    c1[n] += a[1] * b[n];
-                    c2[n] += a[2] * b[n];
-                    c3[n] += a[3] * b[n];
+        const size_t m0 = (size_t)mb * TILE_R, mr = M - m0 < TILE_R ? M - m0 : TILE_R;
+        size_t n0 = 0;
+        for (; n0 + TILE_C <= N; n0 += TILE_C) {
+            v16f t[TILE_R][2];
+            for (size_t r = 0; r < TILE_R; r++)
+                for (int j = 0; j < 2; j++) {
+                    if (acc && r < mr)
+                        memcpy(&t[r][j], C + (m0 + r) * N + n0 + 16 * (size_t)j, sizeof t[r][j]);
+                    else
+                        t[r][j] = (v16f){0};
                 }
-            } else {
-                for (size_t r = 0; r < mr; r++)
-                    for (size_t n = 0; n < N; n++)
-                        c[r][n] += a[r] * b[n];
+            for (size_t k = 0; k < K; k++) {
+                v16f b0, b1;
+                memcpy(&b0, B + k * N + n0, sizeof b0);
+                memcpy(&b1, B + k * N + n0 + 16, sizeof b1);
+                for (size_t r = 0; r < TILE_R; r++) {
+                    const float a = r < mr ? A[(m0 + r) * K + k] : 0.0f;
+                    t[r][0] += a * b0;
+                    t[r][1] += a * b1;
+                }
+            }
+            for (size_t r = 0; r < mr; r++)
+                memcpy(C + (m0 + r) * N + n0, t[r], sizeof t[r]);
+        }
+        for (size_t r = 0; r < mr && n0 < N; r++) { /* the last columns */
+            float *c = C + (m0 + r) * N;
+            if (!acc)
+                memset(c + n0, 0, (N - n0) * sizeof *c);
+            for (size_t k = 0; k < K; k++) {
+                const float a = A[(m0 + r) * K + k];
+                for (size_t n = n0; n < N; n++)
+                    c[n] += a * B[k * N + n];
             }
         }
     }
@@ -71,18 +91,39 @@ EG_VEC static void gemm_nn(size_t M, size_t N, size_t K, const float *restrict A
 EG_VEC static void gemm_nn_d(size_t M, size_t N, size_t K, const float *restrict A,
                       const float *restrict B, double *restrict C, int nt)
 {
-    const long long MM = (long long)M;
+    const long long MB = (long long)((M + TILE_R - 1) / TILE_R);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (M * N * K > 32768)
 #endif
-    for (long long m = 0; m < MM; m++) {
-        double *restrict c = C + (size_t)m * N;
-        memset(c, 0, N * sizeof *c);
-        for (size_t k = 0; k < K; k++) {
-            const double a = (double)A[(size_t)m * K + k];
-            const float *restrict b = B + k * N;
-            for (size_t n = 0; n < N; n++)
-                c[n] += a * (double)b[n];
+    for (long long mb = 0; mb < MB; mb++) {
+        const size_t m0 = (size_t)mb * TILE_R, mr = M - m0 < TILE_R ? M - m0 : TILE_R;
+        size_t n0 = 0;
+        for (; n0 + 16 <= N; n0 += 16) {
+            v8d t[TILE_R][2];
+            for (size_t r = 0; r < TILE_R; r++)
+                t[r][0] = t[r][1] = (v8d){0};
+            for (size_t k = 0; k < K; k++) {
+                v8f f0, f1;
+                memcpy(&f0, B + k * N + n0, sizeof f0);
+                memcpy(&f1, B + k * N + n0 + 8, sizeof f1);
+                const v8d b0 = __builtin_convertvector(f0, v8d), b1 = __builtin_convertvector(f1, v8d);
+                for (size_t r = 0; r < TILE_R; r++) {
+                    const double a = r < mr ? (double)A[(m0 + r) * K + k] : 0.0;
+                    t[r][0] += a * b0;
+                    t[r][1] += a * b1;
+                }
+            }
+            for (size_t r = 0; r < mr; r++)
+                memcpy(C + (m0 + r) * N + n0, t[r], sizeof t[r]);
+        }
+        for (size_t r = 0; r < mr && n0 < N; r++) {
+            double *c = C + (m0 + r) * N;
+            memset(c + n0, 0, (N - n0) * sizeof *c);
+            for (size_t k = 0; k < K; k++) {
+                const double a = (double)A[(m0 + r) * K + k];
+                for (size_t n = n0; n < N; n++)
+                    c[n] += a * (double)B[k * N + n];
+            }
         }
     }
 }
@@ -111,6 +152,98 @@ static eg_status check(const eg_layer_dims *dm, const eg_layer_weights *w, eg_er
     return EG_OK;
 }
 
+/* ---- the calls' workspace ----------------------------------------------------
+ * Each calling thread keeps one workspace of its largest call's size, reused
+ * by every later call (freed at the thread's exit): a training step's
+ * intermediates are megabytes, and fresh pages for them on every call (malloc
+ * and free of blocks above the mmap threshold) cost this layer three times its
+ * arithmetic. */
+typedef struct {
+    char *p;
+    size_t cap;
+} ws_arena;
+typedef struct {
+    char *p;
+    size_t off, cap;
+} bump;
+
+static pthread_key_t ws_key;
+static pthread_once_t ws_once = PTHREAD_ONCE_INIT;
+static int ws_key_ok;
+
+static void ws_destroy(void *a)
+{
+    ws_arena *w = a;
+    if (w)
+        free(w->p);
+    free(w);
+}
+
+static void ws_init(void) { ws_key_ok = pthread_key_create(&ws_key, ws_destroy) == 0; }
+
+/* A workspace of at least `bytes` for this call (NULL when out of memory). */
+static char *ws_acquire(size_t bytes)
+{
+    pthread_once(&ws_once, ws_init);
+    if (!ws_key_ok)
+        return NULL;
+    ws_arena *w = pthread_getspecific(ws_key);
+    if (!w) {
+        w = calloc(1, sizeof *w);
+        if (!w || pthread_setspecific(ws_key, w)) {
+            free(w);
+            return NULL;
+        }
+    }
+    if (w->cap < bytes) {
+        free(w->p);
+        w->cap = 0;
+        w->p = malloc(bytes);
+        if (!w->p)
+            return NULL;
+        w->cap = bytes;
+    }
+    return w->p;
+}
+
+#define WS_ALIGN 64
+static size_t ws_round(size_t n) { return (n + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN; }
+
+static void *take(bump *b, size_t bytes)
+{
+    bytes = ws_round(bytes);
+    if (bytes > b->cap - b->off)
+        return NULL;
+    void *p = b->p + b->off;
+    b->off += bytes;
+    return p;
+}
+
+/* The workspace bytes of a call: the forward's intermediates, plus the
+ * backward's when `backward`. */
+static size_t ws_bytes(const eg_layer_dims *dm, int backward)
+{
+    const size_t BT = dm->B * dm->T, n1 = BT ? BT : 1, hc = dm->hc, d = dm->d;
+    const size_t CH = hc * d;
+    size_t n = ws_round(hc * n1 * d * 8) + ws_round(n1 * d * 4) + 3 * ws_round(n1 * CH * 4) +
+               3 * ws_round(n1 * hc * 8) + 2 * ws_round(n1 * hc * 4) +
+               ws_round((size_t)dm->De * d * 4);
+    if (backward)
+        n += 3 * ws_round(n1 * CH * 4) + 2 * ws_round(n1 * d * 4) + ws_round(hc * n1 * d * 4) +
+             ws_round(n1 * hc * 8);
+    return n;
+}
+
+static eg_status ws_begin(const eg_layer_dims *dm, int backward, bump *b, eg_err *err)
+{
+    b->cap = ws_bytes(dm, backward);
+    b->off = 0;
+    b->p = ws_acquire(b->cap);
+    if (!b->p)
+        return eg_fail(err, EG_ENOMEM, "layer: out of memory for B*T = %zu tokens", dm->B * dm->T);
+    return EG_OK;
+}
+
 /* The forward intermediates that the backward pass needs. */
 typedef struct {
     size_t BT;
@@ -122,20 +255,6 @@ typedef struct {
     float *g, *rc; /* [BT][hc] */
     double *rk, *rq, *s;
 } fwd;
-
-static void fwd_free(fwd *f)
-{
-    free(f->K);
-    free(f->U);
-    free(f->V);
-    free(f->C);
-    free(f->Y);
-    free(f->rk);
-    free(f->rq);
-    free(f->s);
-    free(f->g);
-    free(f->rc);
-}
 
 static float rms_inv(const float *x, size_t d, float eps)
 {
@@ -168,7 +287,8 @@ static inline const float *state_row(const eg_layer_state *st, size_t b, size_t 
 }
 
 static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
-                         const float *h, const eg_layer_state *st, fwd *f, int nt, eg_err *err)
+                         const float *h, const eg_layer_state *st, fwd *f, bump *ws, int nt,
+                         eg_err *err)
 {
     const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d, De = dm->De;
     const float eps_kq = dm->eps_kq > 0 ? dm->eps_kq : 1.1920929e-07f;
@@ -176,23 +296,20 @@ static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, con
     memset(f, 0, sizeof *f);
     f->BT = BT;
     const size_t n1 = BT ? BT : 1;
-    f->K = malloc(hc * n1 * d * sizeof *f->K);
-    f->U = malloc(n1 * d * sizeof *f->U);
-    f->V = malloc(n1 * hc * d * sizeof *f->V);
-    f->C = malloc(n1 * hc * d * sizeof *f->C);
-    f->Y = malloc(n1 * hc * d * sizeof *f->Y);
-    f->rk = malloc(n1 * hc * sizeof *f->rk);
-    f->rq = malloc(n1 * hc * sizeof *f->rq);
-    f->s = malloc(n1 * hc * sizeof *f->s);
-    f->g = malloc(n1 * hc * sizeof *f->g);
-    f->rc = malloc(n1 * hc * sizeof *f->rc);
-    float *wt = malloc(De * d * sizeof *wt);
+    f->K = take(ws, hc * n1 * d * sizeof *f->K);
+    f->U = take(ws, n1 * d * sizeof *f->U);
+    f->V = take(ws, n1 * hc * d * sizeof *f->V);
+    f->C = take(ws, n1 * hc * d * sizeof *f->C);
+    f->Y = take(ws, n1 * hc * d * sizeof *f->Y);
+    f->rk = take(ws, n1 * hc * sizeof *f->rk);
+    f->rq = take(ws, n1 * hc * sizeof *f->rq);
+    f->s = take(ws, n1 * hc * sizeof *f->s);
+    f->g = take(ws, n1 * hc * sizeof *f->g);
+    f->rc = take(ws, n1 * hc * sizeof *f->rc);
+    float *wt = take(ws, De * d * sizeof *wt);
     if (!f->K || !f->U || !f->V || !f->C || !f->Y || !f->rk || !f->rq || !f->s || !f->g ||
-        !f->rc || !wt) {
-        free(wt);
-        fwd_free(f);
-        return eg_fail(err, EG_ENOMEM, "layer: out of memory for B*T = %zu tokens", BT);
-    }
+        !f->rc || !wt)
+        return eg_fail(err, EG_EINVAL, "layer: workspace too small for B*T = %zu tokens", BT);
     /* the projections: K_i = E W_K[i]^T + b_k[i], U = E W_V^T + b_v */
     for (size_t i = 0; i < hc; i++) {
         transpose(d, De, w->w_k + i * d * De, wt);
@@ -204,7 +321,6 @@ static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, con
     }
     transpose(d, De, w->w_v, wt);
     gemm_nn(BT, d, De, e, wt, f->U, 0, nt);
-    free(wt);
     if (w->b_v)
         for (size_t t = 0; t < BT; t++)
             for (size_t c = 0; c < d; c++)
@@ -283,11 +399,12 @@ eg_status eg_layer_forward(const eg_layer_dims *dm, const eg_layer_weights *w, c
     if (BT && (!e || !h || !out))
         return eg_fail(err, EG_EINVAL, "eg_layer_forward: NULL input or output");
     fwd f;
-    if ((st = forward(dm, w, e, h, NULL, &f, nthreads(n_threads), err)))
+    bump ws;
+    if ((st = ws_begin(dm, 0, &ws, err)) ||
+        (st = forward(dm, w, e, h, NULL, &f, &ws, nthreads(n_threads), err)))
         return st;
     for (size_t i = 0; i < N; i++)
         out[i] = f.V[i] + f.Y[i] * sigm(f.Y[i]);
-    fwd_free(&f);
     return EG_OK;
 }
 
@@ -342,13 +459,14 @@ eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, 
         return eg_fail(err, EG_EINVAL, "eg_layer_backward: NULL input");
     const int nt = nthreads(n_threads);
     fwd f;
-    if ((st = forward(dm, w, e, h, NULL, &f, nt, err)))
+    bump ws;
+    if ((st = ws_begin(dm, 1, &ws, err)) || (st = forward(dm, w, e, h, NULL, &f, &ws, nt, err)))
         return st;
     const size_t n1 = BT ? BT : 1;
-    float *dY = malloc(n1 * CH * sizeof *dY), *dC = malloc(n1 * CH * sizeof *dC);
-    float *dV = malloc(n1 * CH * sizeof *dV), *dU = malloc(n1 * d * sizeof *dU);
-    float *dK = malloc(hc * n1 * d * sizeof *dK), *dKT = malloc(n1 * d * sizeof *dKT);
-    double *dsv = malloc(n1 * hc * sizeof *dsv);
+    float *dY = take(&ws, n1 * CH * sizeof *dY), *dC = take(&ws, n1 * CH * sizeof *dC);
+    float *dV = take(&ws, n1 * CH * sizeof *dV), *dU = take(&ws, n1 * d * sizeof *dU);
+    float *dK = take(&ws, hc * n1 * d * sizeof *dK), *dKT = take(&ws, n1 * d * sizeof *dKT);
+    double *dsv = take(&ws, n1 * hc * sizeof *dsv);
     if (!dY || !dC || !dV || !dU || !dK || !dKT || !dsv) {
         st = eg_fail(err, EG_ENOMEM, "layer: out of memory for B*T = %zu tokens", BT);
         goto done;
@@ -485,14 +603,6 @@ eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, 
             g->db_k[i * d + c] = (float)a;
         }
 done:
-    free(dsv);
-    free(dY);
-    free(dC);
-    free(dV);
-    free(dU);
-    free(dK);
-    free(dKT);
-    fwd_free(&f);
     return st;
 }
 
@@ -578,7 +688,9 @@ eg_status eg_layer_decode(const eg_layer_dims *dm, const eg_layer_weights *w, co
     if (!e || !h || !out)
         return eg_fail(err, EG_EINVAL, "eg_layer_decode: NULL input or output");
     fwd f;
-    if ((st = forward(dm, w, e, h, s, &f, nthreads(n_threads), err)))
+    bump ws;
+    if ((st = ws_begin(dm, 0, &ws, err)) ||
+        (st = forward(dm, w, e, h, s, &f, &ws, nthreads(n_threads), err)))
         return st;
     for (size_t i = 0; i < BT * CH; i++)
         out[i] = f.V[i] + f.Y[i] * sigm(f.Y[i]);
@@ -592,6 +704,5 @@ eg_status eg_layer_decode(const eg_layer_dims *dm, const eg_layer_weights *w, co
     }
     for (size_t b = 0; b < dm->B; b++)
         s->seen[b] += T;
-    fwd_free(&f);
     return EG_OK;
 }

@@ -108,6 +108,15 @@ def library():
         "eg_layer_forward": ([ctypes.POINTER(_Dims), ctypes.POINTER(_Weights), vp, vp, vp, i32, E], i32),
         "eg_layer_backward": ([ctypes.POINTER(_Dims), ctypes.POINTER(_Weights), vp, vp, vp,
                                ctypes.POINTER(_Grads), i32, E], i32),
+        "eg_layer_decode": ([ctypes.POINTER(_Dims), ctypes.POINTER(_Weights), vp, vp, vp, vp, i32,
+                             E], i32),
+        "eg_layer_state_create": ([sz, u32, u32, u32, u32, ctypes.POINTER(vp), E], i32),
+        "eg_layer_state_free": ([vp], None),
+        "eg_layer_state_reset": ([vp, sz, sz], None),
+        "eg_layer_state_seen": ([vp, sz], ctypes.c_uint64),
+        "eg_spec_layer_index": ([vp, u32], i32),
+        "eg_runtime_store": ([vp], vp),
+        "eg_store_config_json": ([vp], ctypes.c_char_p),
     }
     for name, (args, res) in sig.items():
         f = getattr(L, name)
@@ -165,6 +174,12 @@ class Runtime:
         self.n_layers = L.eg_spec_n_layers(self._spec)
         self.n_heads = L.eg_spec_n_heads(self._spec)
         self.max_ngram = L.eg_spec_max_ngram(self._spec)
+
+    def config(self):
+        """The store's config (a dict; the planned config it was built from)."""
+        import json
+        raw = library().eg_store_config_json(library().eg_runtime_store(self._rt))
+        return json.loads(raw.decode()) if raw else {}
 
     def layer_rows(self, li):
         return library().eg_spec_layer_rows(self._spec, li)

@@ -1,0 +1,386 @@
+"""engram.torch: the Engram layer (CONTRACT section 5) as a PyTorch module.
+
+    from engram.torch import EngramLayer, TableAdam
+    eng = EngramLayer("tables.store", layer_id=1, hidden=256, hc_mult=1)
+    out = eng(input_ids, h)              # [B, T] raw ids, h [B, T, d] -> [B, T, d]
+    h = h + out                          # the caller adds the residual
+    dense_opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    table_opt = TableAdam([eng], lr=1e-3)        # the rows: lr x5, no weight decay
+    loss.backward(); dense_opt.step(); table_opt.step()
+    dense_opt.zero_grad(); table_opt.zero_grad()
+    eng.checkpoint("run/tables.store")   # rows + their Adam state (torch.save the rest)
+
+The forward hashes the raw ids with the store's projection and the store's
+multipliers and primes (the C runtime, eg_rt_hash), gathers one row per head
+(eg_rt_gather) and runs the gated layer (eg_layer_forward) through one
+torch.autograd.Function. Its backward (eg_layer_backward) returns the
+gradients of h and of every dense weight to autograd; the gradient of the
+gathered rows goes to the layer's pending row gradients, which TableAdam
+reduces per unique row and applies with the runtime's sparse Adam
+(eg_rt_reduce_rows + eg_rt_adam_step): only the rows a batch touched change.
+
+Dense weights are ordinary nn.Parameters in PyTorch's layouts, initialized
+as the reference's nn.Linear / nn.RMSNorm / nn.Conv1d are. Layers of one
+store share one runtime (open_store), so a checkpoint from any of them writes
+every layer's rows.
+
+Hidden states must be float32 CPU tensors (the runtime computes in binary32;
+CUDA tensors are refused with the reason: see docs/TRAINING.md). For checks,
+layer_function() also takes float64 inputs (computed in float32).
+"""
+import ctypes
+import math
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import (EngramError, Runtime, _Dims, _Err, _Grads, _Weights, _check, _FP, _ptr,
+               library)
+
+__all__ = ["EngramLayer", "TableAdam", "DecodeState", "open_store", "layer_function",
+           "close_stores"]
+
+_WN = ["w_k", "b_k", "w_v", "b_v", "norm_k", "norm_q", "norm_c", "conv"]
+_stores = {}
+
+
+def open_store(path, tokenizer_sha256=None, threads=0):
+    """The Runtime of `path`, shared by every layer of this process that reads it.
+
+    Two runtimes of one file would each checkpoint only their own trained
+    rows over the other's; sharing one makes a checkpoint carry all layers."""
+    key = os.path.realpath(path)
+    rt = _stores.get(key)
+    if rt is None or not rt._rt:
+        rt = Runtime(path, tokenizer_sha256=tokenizer_sha256, threads=threads)
+        rt.path = path
+        _stores[key] = rt
+    elif tokenizer_sha256:
+        # the open checked the first caller's fingerprint; check this one's too
+        Runtime(path, tokenizer_sha256=tokenizer_sha256, threads=1).close()
+    return rt
+
+
+def close_stores():
+    """Close every shared runtime (their layers cannot be used afterwards)."""
+    for rt in _stores.values():
+        rt.close()
+    _stores.clear()
+
+
+def _f32(t):
+    t = t.detach()
+    if t.dtype != torch.float32:
+        t = t.float()
+    return t.contiguous()
+
+
+def _fp(t):
+    return ctypes.cast(t.data_ptr(), _FP) if t is not None else None
+
+
+def _weights(ws):
+    return _Weights(*[_fp(w) for w in ws])
+
+
+class _LayerFn(torch.autograd.Function):
+    """out = layer(e, h; weights) with the C forward and backward."""
+
+    @staticmethod
+    def forward(ctx, cfg, e, h, w_k, b_k, w_v, b_v, norm_k, norm_q, norm_c, conv):
+        kernel, dilation, eps_kq, eps_conv, threads = cfg
+        ws = [_f32(w) if w is not None else None for w in (w_k, b_k, w_v, b_v, norm_k, norm_q,
+                                                           norm_c, conv)]
+        E, H = _f32(e), _f32(h)
+        B, T, De = E.shape
+        hc, d = H.shape[2], H.shape[3]
+        dims = _Dims(B, T, hc, d, De, kernel, dilation, eps_kq, eps_conv)
+        out = torch.empty(H.shape, dtype=torch.float32)
+        err = _Err()
+        _check(library().eg_layer_forward(ctypes.byref(dims), ctypes.byref(_weights(ws)),
+                                          E.data_ptr(), H.data_ptr(), out.data_ptr(), threads,
+                                          ctypes.byref(err)), err)
+        ctx.cfg, ctx.dims = cfg, dims
+        ctx.dtypes = [x.dtype if x is not None else None
+                      for x in (e, h, w_k, b_k, w_v, b_v, norm_k, norm_q, norm_c, conv)]
+        ctx.save_for_backward(E, H, *[w if w is not None else torch.empty(0) for w in ws])
+        ctx.has_bias = (b_k is not None, b_v is not None)
+        return out.to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, dout):
+        E, H, *ws = ctx.saved_tensors
+        if not ctx.has_bias[0]:
+            ws[1] = None
+        if not ctx.has_bias[1]:
+            ws[3] = None
+        D = _f32(dout)
+        g = [torch.empty(E.shape), torch.empty(H.shape)]
+        g += [torch.empty(w.shape) if w is not None else None for w in ws]
+        err = _Err()
+        _check(library().eg_layer_backward(ctypes.byref(ctx.dims), ctypes.byref(_weights(ws)),
+                                           E.data_ptr(), H.data_ptr(), D.data_ptr(),
+                                           ctypes.byref(_Grads(*[_fp(x) for x in g])),
+                                           ctx.cfg[4], ctypes.byref(err)), err)
+        res = [None]
+        for x, dt, need in zip(g, ctx.dtypes, ctx.needs_input_grad[1:]):
+            res.append(x.to(dt) if (x is not None and need) else None)
+        return tuple(res)
+
+
+def layer_function(e, h, w_k, b_k, w_v, b_v, norm_k, norm_q, norm_c, conv, kernel=4,
+                   dilation=3, eps_kq=0.0, eps_conv=0.0, threads=0):
+    """The layer on tensors, differentiable in e, h and every weight (CPU, float32 or
+    float64; computed in float32). e [B, T, De], h [B, T, hc, d] -> [B, T, hc, d]."""
+    for name, t in (("e", e), ("h", h)):
+        if not isinstance(t, torch.Tensor) or t.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"engram layer: {name} must be a float32 or float64 tensor, got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+        if t.is_cuda:
+            raise TypeError(f"engram layer: {name} is a CUDA tensor; this function runs the "
+                            "CPU runtime (see docs/TRAINING.md, CUDA)")
+    if e.dim() != 3 or h.dim() != 4 or e.shape[:2] != h.shape[:2]:
+        raise ValueError(f"engram layer: e must be [B, T, De] and h [B, T, hc, d] with the same "
+                         f"B and T, got {tuple(e.shape)} and {tuple(h.shape)}")
+    return _LayerFn.apply((kernel, dilation, eps_kq, eps_conv, threads), e, h, w_k, b_k, w_v,
+                          b_v, norm_k, norm_q, norm_c, conv)
+
+
+class DecodeState:
+    """Decode state of one EngramLayer for `batch` sequences: the hash history
+    (the last N-1 ids, eg_rt_history) and the conv's history (eg_layer_state)."""
+
+    def __init__(self, layer, batch):
+        self.layer, self.batch = layer, batch
+        self.hist = layer.rt.new_history(batch)
+        p = ctypes.c_void_p()
+        err = _Err()
+        _check(library().eg_layer_state_create(batch, layer.hc, layer.hidden, layer.kernel,
+                                               layer.dilation, ctypes.byref(p),
+                                               ctypes.byref(err)), err)
+        self._st = p
+
+    def reset(self, b0=0, n=None):
+        """Sequences b0 .. b0+n-1 start afresh."""
+        n = self.batch - b0 if n is None else n
+        library().eg_layer_state_reset(self._st, b0, n)
+        sub = (type(self.hist[0]) * n).from_buffer(self.hist, b0 * ctypes.sizeof(self.hist[0]))
+        library().eg_rt_history_reset(self.layer.rt._rt, sub, n)
+
+    def seen(self, b=0):
+        return library().eg_layer_state_seen(self._st, b)
+
+    def __del__(self):
+        try:
+            library().eg_layer_state_free(self._st)
+        except Exception:
+            pass
+
+
+class EngramLayer(nn.Module):
+    """One Engram layer reading the tables of `store` (a path from `engram build`,
+    or an engram.Runtime) for `layer_id` (one of the config's layer_ids).
+
+    hidden: the backbone's hidden size d; hc_mult: its hyper-connection
+    branches (h is [B, T, hc, d]; with hc_mult=1 also [B, T, d]). kernel: the
+    short conv's kernel (the config's kernel_size); its dilation is the
+    store's max n-gram size. bias: the key and value projections' biases
+    (nn.Linear's default, as the reference). tokenizer_sha256 / config:
+    refuse a store built for another tokenizer (its fingerprint, as `engram
+    vocab` prints) or another config (a path or dict: its hashing fields and
+    table sizes must equal the store's). threads: the runtime's OpenMP
+    threads (0: OpenMP's default)."""
+
+    def __init__(self, store, layer_id, hidden, hc_mult=1, kernel=None, bias=True,
+                 tokenizer_sha256=None, config=None, threads=0, eps_kq=0.0, eps_conv=1e-5):
+        super().__init__()
+        self.rt = store if isinstance(store, Runtime) else open_store(
+            store, tokenizer_sha256=tokenizer_sha256, threads=threads)
+        L = library()
+        store_cfg = self.rt.config()
+        if config is not None:
+            _check_config(config, store_cfg, getattr(self.rt, "path", "the store"))
+        li = L.eg_spec_layer_index(self.rt._spec, layer_id)
+        if li < 0:
+            raise EngramError(-9, f"EngramLayer: layer_id {layer_id} is not one of the store's "
+                                  f"layer_ids {store_cfg.get('layer_ids')}")
+        self.layer_id, self.li = layer_id, li
+        self.hidden, self.hc = int(hidden), int(hc_mult)
+        self.kernel = int(kernel if kernel is not None else store_cfg.get("kernel_size", 4))
+        self.dilation = self.rt.max_ngram
+        self.n_heads, self.dim = self.rt.n_heads, self.rt.dim
+        self.De = self.n_heads * self.dim
+        self.eps_kq, self.eps_conv, self.threads = eps_kq, eps_conv, threads
+        d, De, hc = self.hidden, self.De, self.hc
+        # the reference's modules: nn.Linear(De, d) per branch and one for values,
+        # nn.RMSNorm(d) for keys, queries and the conv input, depthwise nn.Conv1d
+        bound = 1 / math.sqrt(De)
+        self.w_k = nn.Parameter(torch.empty(hc, d, De).uniform_(-bound, bound))
+        self.b_k = nn.Parameter(torch.empty(hc, d).uniform_(-bound, bound)) if bias else None
+        self.w_v = nn.Parameter(torch.empty(d, De).uniform_(-bound, bound))
+        self.b_v = nn.Parameter(torch.empty(d).uniform_(-bound, bound)) if bias else None
+        self.norm_k = nn.Parameter(torch.ones(hc, d))
+        self.norm_q = nn.Parameter(torch.ones(hc, d))
+        self.norm_c = nn.Parameter(torch.ones(hc, d))
+        cb = 1 / math.sqrt(self.kernel)
+        self.conv = nn.Parameter(torch.empty(hc * d, self.kernel).uniform_(-cb, cb))
+        self._pending = []  # (rows [n] uint64, row grads [n, dim] float32) since zero_grad
+
+    def extra_repr(self):
+        return (f"layer_id={self.layer_id}, hidden={self.hidden}, hc_mult={self.hc}, "
+                f"heads={self.n_heads}, dim={self.dim}, kernel={self.kernel}, "
+                f"dilation={self.dilation}")
+
+    # ---- lookup ----
+    def lookup(self, input_ids, state=None):
+        """[B, T] raw ids -> (rows [B, T, H] uint64 numpy, e [B, T, De] float32 tensor)."""
+        if not isinstance(input_ids, torch.Tensor):
+            input_ids = torch.as_tensor(np.asarray(input_ids))
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise TypeError(f"EngramLayer: input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"EngramLayer: input_ids must be [B, T], got {tuple(input_ids.shape)}")
+        ids = input_ids.detach().cpu()
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > 0xFFFFFFFF):
+            bad = (ids < 0) | (ids > 0xFFFFFFFF)
+            b, t = [int(x) for x in bad.nonzero()[0]]
+            raise EngramError(-5, f"EngramLayer: id {int(ids[b, t])} at b={b} t={t} is not a "
+                                  "token id")
+        rows = self.rt.hash(self.li, ids.numpy().astype(np.uint32),
+                            history=state.hist if state is not None else None)
+        e = torch.from_numpy(self.rt.gather(self.li, rows))
+        B, T = ids.shape
+        return rows, e.view(B, T, self.De)
+
+    def _weights(self):
+        return (self.w_k, self.b_k, self.w_v, self.b_v, self.norm_k, self.norm_q, self.norm_c,
+                self.conv)
+
+    def _check_h(self, h):
+        if not isinstance(h, torch.Tensor):
+            raise TypeError("EngramLayer: hidden states must be a torch tensor")
+        if h.is_cuda:
+            raise TypeError("EngramLayer: CUDA hidden states are not supported by this build of "
+                            "the module (Debian's torch is CPU-only; see docs/TRAINING.md, CUDA)")
+        if h.dtype != torch.float32:
+            raise TypeError(f"EngramLayer: hidden states must be float32, got {h.dtype} "
+                            "(the runtime computes in binary32)")
+        shape = tuple(h.shape)
+        if h.dim() == 3 and self.hc == 1 and shape[2] == self.hidden:
+            return h.unsqueeze(2), True
+        if h.dim() == 4 and shape[2:] == (self.hc, self.hidden):
+            return h, False
+        want = f"[B, T, {self.hc}, {self.hidden}]" + (f" or [B, T, {self.hidden}]"
+                                                       if self.hc == 1 else "")
+        raise ValueError(f"EngramLayer: hidden states must be {want}, got {list(shape)}")
+
+    def forward(self, input_ids, h, state=None):
+        """input_ids [B, T] raw token ids, h [B, T, hc, d] (or [B, T, d] when hc_mult=1)
+        -> the layer's output, shaped as h (add it to the residual stream).
+        state: a DecodeState to continue sequences from (serving); then the
+        output of each position equals the whole sequence's."""
+        h4, squeeze = self._check_h(h)
+        if tuple(input_ids.shape) != tuple(h4.shape[:2]):
+            raise ValueError(f"EngramLayer: input_ids {list(input_ids.shape)} and hidden states "
+                             f"{list(h.shape)} disagree on [B, T]")
+        if state is not None:
+            out = self._decode(input_ids, h4, state)
+        else:
+            rows, e = self.lookup(input_ids)
+            if torch.is_grad_enabled() and self.training:
+                e.requires_grad_(True)
+                pend, dim = self._pending, self.dim
+
+                def to_table(g, r=rows):
+                    # the gathered rows' gradient goes to the sparse optimizer, not autograd
+                    pend.append((r.reshape(-1),
+                                 g.detach().float().contiguous().numpy().reshape(-1, dim).copy()))
+                e.register_hook(to_table)
+            out = _LayerFn.apply((self.kernel, self.dilation, self.eps_kq, self.eps_conv,
+                                  self.threads), e, h4, *self._weights())
+        return out.squeeze(2) if squeeze else out
+
+    def _decode(self, input_ids, h4, state):
+        if torch.is_grad_enabled() and h4.requires_grad:
+            raise RuntimeError("EngramLayer: decoding with a state runs without autograd "
+                               "(use torch.no_grad())")
+        if state.layer is not self or state.batch != h4.shape[0]:
+            raise ValueError("EngramLayer: the DecodeState is for another layer or batch size")
+        _, e = self.lookup(input_ids, state)
+        ws = [_f32(w) if w is not None else None for w in self._weights()]
+        B, T = h4.shape[:2]
+        H = _f32(h4)
+        out = torch.empty(H.shape, dtype=torch.float32)
+        dims = _Dims(B, T, self.hc, self.hidden, self.De, self.kernel, self.dilation,
+                     self.eps_kq, self.eps_conv)
+        err = _Err()
+        _check(library().eg_layer_decode(ctypes.byref(dims), ctypes.byref(_weights(ws)),
+                                         e.data_ptr(), H.data_ptr(), state._st, out.data_ptr(),
+                                         self.threads, ctypes.byref(err)), err)
+        return out
+
+    def decode_state(self, batch):
+        """A DecodeState for `batch` sequences, each at its start."""
+        return DecodeState(self, batch)
+
+    # ---- the tables' training ----
+    @property
+    def pending_rows(self):
+        return sum(r.size for r, _ in self._pending)
+
+    def table_step(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, lr_mult=5.0):
+        """One sparse Adam step on the rows the pending gradients touched (reduced
+        per unique row); clears them. Returns the number of unique rows."""
+        if not self._pending:
+            return 0
+        rows = np.concatenate([r for r, _ in self._pending])
+        grads = np.concatenate([g for _, g in self._pending])
+        self._pending.clear()
+        return self.rt.step(self.li, rows, grads, lr, beta1, beta2, eps, lr_mult)
+
+    def zero_table_grad(self):
+        self._pending.clear()
+
+    def checkpoint(self, path=None):
+        """Write the store's next generation (every layer's rows and their Adam
+        state) to `path` (None: the store's own file), atomically; the runtime
+        then reads it. Save the dense part with torch.save(model.state_dict())."""
+        self.rt.checkpoint(path)
+        if path is not None:
+            self.rt.path = path
+
+
+class TableAdam:
+    """Sparse Adam for the tables of EngramLayers: the paper's recipe, the
+    tables' learning rate lr * lr_mult (5), no weight decay. param_groups
+    mirrors torch optimizers' so LR schedulers can set 'lr'."""
+
+    def __init__(self, layers, lr, betas=(0.9, 0.999), eps=1e-8, lr_mult=5.0):
+        self.layers = list(layers)
+        self.param_groups = [{"lr": lr, "betas": betas, "eps": eps, "lr_mult": lr_mult}]
+
+    def step(self):
+        g = self.param_groups[0]
+        return sum(layer.table_step(g["lr"], g["betas"][0], g["betas"][1], g["eps"],
+                                    g["lr_mult"]) for layer in self.layers)
+
+    def zero_grad(self, set_to_none=True):
+        for layer in self.layers:
+            layer.zero_table_grad()
+
+
+_CONFIG_FIELDS = ["max_ngram_size", "n_head_per_ngram", "n_embed_per_ngram", "layer_ids",
+                  "pad_id", "seed", "engram_vocab_size"]
+
+
+def _check_config(config, store_cfg, where):
+    import json
+    if isinstance(config, (str, os.PathLike)):
+        with open(config) as f:
+            config = json.load(f)
+    for k in _CONFIG_FIELDS:
+        if k in config and config[k] != store_cfg.get(k):
+            raise EngramError(-9, f"EngramLayer: {where} was built for {k} = {store_cfg.get(k)}, "
+                                  f"the model's config has {config[k]}")
