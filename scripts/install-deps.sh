@@ -15,7 +15,10 @@ PKGS=(
   python3 python3-numpy        # the numpy peer in `make bench`
   bible-kjv sentencepiece      # the main job's sample corpus (public domain) and spm_train
   gnuplot-nox                  # `engram inspect --plot`
-  python3-torch                # the float64 reference of the layer in the parity test
+  python3-torch                # engram.torch, its tests, examples/train_lm.py
+  libopenblas0-openmp          # a BLAS for torch on the OpenMP pool libengram uses (Debian's
+                               # torch otherwise gets the reference BLAS, ~6x slower here)
+  python3-matplotlib           # the training sweep's plot (docs/training-sweep.png)
   clang libomp-dev             # libFuzzer (make fuzz) and ThreadSanitizer with OpenMP (make tsan)
 )
 

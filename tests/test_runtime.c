@@ -589,24 +589,40 @@ TEST(rt_training_loop_checkpoint_and_reopen)
     eg_spec_free(sp);
 }
 
-TEST(rt_parity_with_pytorch)
+/* Run a Python test script with the library and the CLI of this build; the
+ * script's output is the failure message. */
+static void run_python_tests(const char *script, const char *log_name)
 {
-    /* tests/python/test_layer_torch.py drives libengram through the ctypes
-     * binding and compares with a float64 PyTorch implementation */
     const char *py = getenv("ENGRAM_PY_TESTS");
     if (py && !strcmp(py, "0"))
         SKIP("Python tests do not run in the sanitizer build (make test runs them)");
     if (system("/usr/bin/python3 -c 'import torch, numpy' >/dev/null 2>&1") != 0)
         SKIP("python3-torch is not installed (scripts/install-deps.sh installs it)");
-    char cmd[1200];
+    char cmd[1600];
+    const char *bin = getenv("ENGRAM_BIN");
     snprintf(cmd, sizeof cmd,
-             "ENGRAM_LIB=%s /usr/bin/python3 tests/python/test_layer_torch.py >%s 2>&1",
+             "ENGRAM_LIB=%s ENGRAM_BIN=%s /usr/bin/python3 %s >%s 2>&1",
              getenv("ENGRAM_LIB") ? getenv("ENGRAM_LIB") : "build/libengram.so",
-             tpr("torch.log"));
+             bin ? bin : "build/engram", script, tpr(log_name));
     int rc = system(cmd);
-    char *log = t_read_file(tpr("torch.log"), NULL);
+    char *log = t_read_file(tpr(log_name), NULL);
     CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "%s", log ? log : "(no output)");
     free(log);
+}
+
+TEST(rt_parity_with_pytorch)
+{
+    /* tests/python/test_layer_torch.py drives libengram through the ctypes
+     * binding and compares with a float64 PyTorch implementation */
+    run_python_tests("tests/python/test_layer_torch.py", "torch.log");
+}
+
+TEST(torch_module_suite)
+{
+    /* engram.torch: gradcheck, the module against the C forward, the tables'
+     * sparse Adam, a model that trains, checkpoint resume bit for bit,
+     * decoding = the whole sequence, bad input, full and read-only disks */
+    run_python_tests("tests/python/test_engram_torch.py", "torch-module.log");
 }
 
 /* A forked child's training loop: `steps` steps of 16 ids (drawn from seed;

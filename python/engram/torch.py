@@ -246,8 +246,8 @@ class EngramLayer(nn.Module):
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > 0xFFFFFFFF):
             bad = (ids < 0) | (ids > 0xFFFFFFFF)
             b, t = [int(x) for x in bad.nonzero()[0]]
-            raise EngramError(-5, f"EngramLayer: id {int(ids[b, t])} at b={b} t={t} is not a "
-                                  "token id")
+            raise EngramError(-5, f"EngramLayer: sequence {b} position {t}: id {int(ids[b, t])} "
+                                  "is not a token id")
         rows = self.rt.hash(self.li, ids.numpy().astype(np.uint32),
                             history=state.hist if state is not None else None)
         e = torch.from_numpy(self.rt.gather(self.li, rows))
