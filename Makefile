@@ -217,6 +217,8 @@ bench: all $(BENCH_BIN)
 	$(Q)$(PYTHON) scripts/bench_prep.py --engram $(ENGRAM)
 	$(Q)$(PYTHON) scripts/bench_count.py --engram $(ENGRAM)
 	$(Q)$(PYTHON) scripts/bench_store.py --engram $(ENGRAM)
+	$(Q)test -s build/sample/kjv.model || scripts/demo.sh >/dev/null
+	$(Q)mkdir -p build/bench && ENGRAM_LIB=$(LIB_SO) $(PYTHON) scripts/bench_train.py --json build/bench/train.json
 	$(Q)mkdir -p build/bench && $(BUILD)/bench_runtime build/bench/demo-bf16.store
 
 # On a machine with a GPU: bandwidths, hash, gather, resident vs host-resident.
@@ -229,6 +231,13 @@ bench-gpu: all $(BUILD)/bench_gpu $(BUILD)/bench_runtime
 	$(Q)mkdir -p build/bench && test -f build/bench/demo-bf16.store || \
 	  $(BUILD)/bench_runtime build/bench/demo-bf16.store 1024 512 >/dev/null
 	$(Q)$(BUILD)/bench_gpu build/bench/demo-bf16.store
+
+# The paper's result in miniature (examples/train_lm.py; docs/TRAINING.md):
+# the data, counts, plans and stores, then every arm, table size and seed.
+.PHONY: train
+train: all
+	$(Q)test -s build/sample/kjv.model || scripts/demo.sh >/dev/null
+	$(Q)ENGRAM_LIB=$(LIB_SO) $(PYTHON) examples/train_lm.py --prepare --sweep
 
 fuzz:
 	$(Q)scripts/fuzz.sh

@@ -112,6 +112,11 @@ typedef struct eg_layer_grads {
     float *dw_k, *db_k, *dw_v, *db_v, *dnorm_k, *dnorm_q, *dnorm_c, *dconv;
 } eg_layer_grads;
 
+/* Memory: the layer calls (forward, backward, decode) keep one workspace per
+ * calling thread, the size of that thread's largest call's intermediates,
+ * reused by its later calls and freed when the thread exits (fresh pages on
+ * every call cost more than the arithmetic). */
+
 /* out[B][T][hc][d] = v + SiLU(conv(RMSNorm(v))), v = gate * (W_V e + b_V),
  * gate = sigmoid(signed sqrt(<RMSNorm(W_K e + b_K), RMSNorm(h)> / sqrt(d))).
  * e [B][T][De], h [B][T][hc][d]. */
