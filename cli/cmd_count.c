@@ -36,7 +36,7 @@ static const char count_usage[] =
     "                             and heavy hitters; writes no counts file\n"
     "      --method M             auto (default), partition or tables: partition scatters\n"
     "                             the keys into ranges in memory first and counts each in\n"
-    "                             cache (where the keys take <= 60%% of the budget); tables\n"
+    "                             cache (where the keys take <= 60% of the budget); tables\n"
     "                             counts as it reads, spilling sorted runs (any budget)\n"
     "      --passes N             partition first: read the input N times, each pass\n"
     "                             holding about 1/N of the key stream in memory\n"

@@ -218,18 +218,23 @@ def report(results=None):
     for r in results:
         groups.setdefault((r["arm"], r["rows"]), []).append(r)
     base = [r["val_loss"] for r in groups[("baseline", None)]]
+    base_by_seed = {r["seed"]: r["val_loss"] for r in groups[("baseline", None)]}
     lines = ["| arm | table rows (2 layers) | dense params | held-out loss, nats/token (mean ± sd) "
-             "| seeds | vs baseline | tokens/s |", "|---|---|---|---|---|---|---|"]
+             "| seeds | vs baseline, same seed (mean ± sd) | tokens/s |",
+             "|---|---|---|---|---|---|---|"]
     pts = []
     for (arm, rows), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "baseline",
                                                                   kv[1][0].get("table_rows", 0))):
         v = np.array([r["val_loss"] for r in rs])
         sd = v.std(ddof=1) if len(v) > 1 else 0.0
-        diff = (v.mean() - np.mean(base)) if arm == "engram" else 0.0
+        paired = np.array([r["val_loss"] - base_by_seed[r["seed"]] for r in rs
+                           if r["seed"] in base_by_seed])
+        psd = paired.std(ddof=1) if len(paired) > 1 else 0.0
+        diff = f"{paired.mean():+.4f} ± {psd:.4f}" if arm == "engram" else "-"
         name = "baseline" if arm == "baseline" else f"engram ({rows}, target {sizes[rows]['target']})"
         trow = f"{rs[0]['table_rows']:,}" if arm == "engram" else "-"
         lines.append(f"| {name} | {trow} | {rs[0]['dense_params']:,} | {v.mean():.4f} ± {sd:.4f} | "
-                     f"{len(v)} | {diff:+.4f} | {np.mean([r['tok_per_s'] for r in rs]):.0f} |")
+                     f"{len(v)} | {diff} | {np.mean([r['tok_per_s'] for r in rs]):.0f} |")
         if arm == "engram":
             pts.append((rs[0]["table_rows"], v.mean(), sd, v))
     table = "\n".join(lines)

@@ -128,6 +128,35 @@ EG_VEC static void gemm_nn_d(size_t M, size_t N, size_t K, const float *restrict
     }
 }
 
+/* For a few rows (decoding): C[M][N] = A[M][K] * W[N][K]^T as dot products,
+ * each a sum over k in index order from zero, one rounded multiply and add a
+ * step: the elements gemm_nn / gemm_nn_d give on the transposed W, bit for
+ * bit, without transposing W. */
+#define SMALL_BT 8
+static void dots(size_t M, size_t N, size_t K, const float *A, const float *W, float *C)
+{
+    for (size_t m = 0; m < M; m++)
+        for (size_t n = 0; n < N; n++) {
+            const float *a = A + m * K, *w = W + n * K;
+            float acc = 0.0f;
+            for (size_t k = 0; k < K; k++)
+                acc += a[k] * w[k];
+            C[m * N + n] = acc;
+        }
+}
+
+static void dots_d(size_t M, size_t N, size_t K, const float *A, const float *W, double *C)
+{
+    for (size_t m = 0; m < M; m++)
+        for (size_t n = 0; n < N; n++) {
+            const float *a = A + m * K, *w = W + n * K;
+            double acc = 0.0;
+            for (size_t k = 0; k < K; k++)
+                acc += (double)a[k] * (double)w[k];
+            C[m * N + n] = acc;
+        }
+}
+
 /* dst[c][r] = src[r][c] for src [R][Cn]. */
 static void transpose(size_t R, size_t Cn, const float *src, float *dst)
 {
@@ -311,16 +340,25 @@ static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, con
         !f->rc || !wt)
         return eg_fail(err, EG_EINVAL, "layer: workspace too small for B*T = %zu tokens", BT);
     /* the projections: K_i = E W_K[i]^T + b_k[i], U = E W_V^T + b_v */
+    const int few = BT <= SMALL_BT; /* decoding: dot products, no transposed copies */
     for (size_t i = 0; i < hc; i++) {
-        transpose(d, De, w->w_k + i * d * De, wt);
-        gemm_nn_d(BT, d, De, e, wt, f->K + i * BT * d, nt);
+        if (few) {
+            dots_d(BT, d, De, e, w->w_k + i * d * De, f->K + i * BT * d);
+        } else {
+            transpose(d, De, w->w_k + i * d * De, wt);
+            gemm_nn_d(BT, d, De, e, wt, f->K + i * BT * d, nt);
+        }
         if (w->b_k)
             for (size_t t = 0; t < BT; t++)
                 for (size_t c = 0; c < d; c++)
                     f->K[(i * BT + t) * d + c] += (double)w->b_k[i * d + c];
     }
-    transpose(d, De, w->w_v, wt);
-    gemm_nn(BT, d, De, e, wt, f->U, 0, nt);
+    if (few) {
+        dots(BT, d, De, e, w->w_v, f->U);
+    } else {
+        transpose(d, De, w->w_v, wt);
+        gemm_nn(BT, d, De, e, wt, f->U, 0, nt);
+    }
     if (w->b_v)
         for (size_t t = 0; t < BT; t++)
             for (size_t c = 0; c < d; c++)

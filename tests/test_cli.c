@@ -39,6 +39,15 @@ TEST(cli_help_everywhere)
     CHECK(t_cli("frobnicate") != 0);
     CHECK(strstr(t_cli_stderr(), "unknown command 'frobnicate'"));
     CHECK(t_cli("spec --bogus") != 0);
+    /* usage texts are printed as they are: no printf escapes left in them */
+    static const char *cmds[] = {"vocab", "prep", "count", "plan", "spec", "hash",
+                                 "build", "inspect", "export", "import", "verify"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char c[64];
+        snprintf(c, sizeof c, "%s --help", cmds[i]);
+        CHECK_MSG(t_cli(c) == 0, "%s", c);
+        CHECK_MSG(!strstr(t_cli_stdout(), "%%"), "'%s' prints a doubled %%", c);
+    }
 }
 
 TEST(cli_spec_text_and_json)

@@ -242,16 +242,15 @@ class EngramLayer(nn.Module):
             raise TypeError(f"EngramLayer: input_ids must be an integer tensor, got {input_ids.dtype}")
         if input_ids.dim() != 2:
             raise ValueError(f"EngramLayer: input_ids must be [B, T], got {tuple(input_ids.shape)}")
-        ids = input_ids.detach().cpu()
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > 0xFFFFFFFF):
-            bad = (ids < 0) | (ids > 0xFFFFFFFF)
-            b, t = [int(x) for x in bad.nonzero()[0]]
-            raise EngramError(-5, f"EngramLayer: sequence {b} position {t}: id {int(ids[b, t])} "
+        a = input_ids.detach().cpu().numpy()
+        if a.size and (a.min() < 0 or a.max() > 0xFFFFFFFF):
+            b, t = [int(x) for x in np.argwhere((a < 0) | (a > 0xFFFFFFFF))[0]]
+            raise EngramError(-5, f"EngramLayer: sequence {b} position {t}: id {int(a[b, t])} "
                                   "is not a token id")
-        rows = self.rt.hash(self.li, ids.numpy().astype(np.uint32),
+        rows = self.rt.hash(self.li, a if a.dtype == np.uint32 else a.astype(np.uint32),
                             history=state.hist if state is not None else None)
         e = torch.from_numpy(self.rt.gather(self.li, rows))
-        B, T = ids.shape
+        B, T = a.shape
         return rows, e.view(B, T, self.De)
 
     def _weights(self):
