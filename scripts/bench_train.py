@@ -77,6 +77,7 @@ def arms(rounds, steps, batch):
     out = {a: round(median(v), 1) for a, v in res.items()}
     out["ratio"] = round(out["engram"] / out["baseline"], 3)
     out["ratios_per_round"] = [round(e / b, 3) for b, e in zip(res["baseline"], res["engram"])]
+    out["median_ratio_per_round"] = round(median(out["ratios_per_round"]), 3)
     out["dense_params"] = {a: models[a][0].dense_parameters() for a in models}
     close_stores()
     return out
@@ -257,7 +258,7 @@ def decoding(model_path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", metavar="FILE", help="also write the figures here")
