@@ -19,6 +19,7 @@ PKGS=(
   libopenblas0-openmp          # a BLAS for torch on the OpenMP pool libengram uses (Debian's
                                # torch otherwise gets the reference BLAS, ~6x slower here)
   python3-matplotlib           # the training sweep's plot (docs/training-sweep.png)
+  python3-sentencepiece        # examples/generate.py: prompts in, text out
   clang libomp-dev             # libFuzzer (make fuzz) and ThreadSanitizer with OpenMP (make tsan)
 )
 
