@@ -27,7 +27,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from lm import LM  # noqa: E402
+from lm import LM, keep_freed_memory  # noqa: E402
 
 
 def load(path, threads=0):
@@ -133,6 +133,7 @@ def bench(model, batches=(1, 8, 64), steps=48, prompt=16):
 
 
 def main():
+    keep_freed_memory()  # see examples/lm.py
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="the path prefix given to train_lm.py --save")
     ap.add_argument("--prompt", default="In the beginning", help="text (SentencePiece model of the run)")

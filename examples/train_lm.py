@@ -37,7 +37,7 @@ from torch.nn import functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
-from lm import LM  # noqa: E402
+from lm import LM, keep_freed_memory  # noqa: E402
 from engram.torch import TableAdam, close_stores  # noqa: E402
 
 OUT = os.path.join(ROOT, "build", "train")
@@ -268,6 +268,7 @@ def report(results=None):
 
 
 def main():
+    keep_freed_memory()  # see examples/lm.py
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prepare", action="store_true", help="split, tokenize, count, plan, build")
     ap.add_argument("--sweep", action="store_true", help="every arm, table size and seed")

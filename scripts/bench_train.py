@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.join(ROOT, "examples"))
 sys.path.insert(0, os.path.join(ROOT, "python"))
 import engram  # noqa: E402
 import train_lm  # noqa: E402
+from lm import keep_freed_memory  # noqa: E402
 from engram.torch import EngramLayer, TableAdam, close_stores  # noqa: E402
 
 
@@ -257,6 +258,7 @@ def decoding(model_path):
 
 
 def main():
+    keep_freed_memory()  # examples/lm.py: the same for every arm
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10)

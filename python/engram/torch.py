@@ -90,7 +90,7 @@ class _LayerFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cfg, e, h, w_k, b_k, w_v, b_v, norm_k, norm_q, norm_c, conv):
-        kernel, dilation, eps_kq, eps_conv, threads = cfg
+        kernel, dilation, eps_kq, eps_conv, threads = cfg[:5]
         ws = [_f32(w) if w is not None else None for w in (w_k, b_k, w_v, b_v, norm_k, norm_q,
                                                            norm_c, conv)]
         E, H = _f32(e), _f32(h)
@@ -124,6 +124,8 @@ class _LayerFn(torch.autograd.Function):
                                            E.data_ptr(), H.data_ptr(), D.data_ptr(),
                                            ctypes.byref(_Grads(*[_fp(x) for x in g])),
                                            ctx.cfg[4], ctypes.byref(err)), err)
+        if len(ctx.cfg) > 5 and ctx.cfg[5] is not None:
+            ctx.cfg[5](g[0])  # the rows' gradient, to the tables' optimizer
         res = [None]
         for x, dt, need in zip(g, ctx.dtypes, ctx.needs_input_grad[1:]):
             res.append(x.to(dt) if (x is not None and need) else None)
@@ -226,7 +228,7 @@ class EngramLayer(nn.Module):
         self.norm_c = nn.Parameter(torch.ones(hc, d))
         cb = 1 / math.sqrt(self.kernel)
         self.conv = nn.Parameter(torch.empty(hc * d, self.kernel).uniform_(-cb, cb))
-        self._pending = []  # (rows [n] uint64, row grads [n, dim] float32) since zero_grad
+        self._pending = []  # (rows [n] uint64, row grads [n, dim] float32, owner) since zero_grad
 
     def extra_repr(self):
         return (f"layer_id={self.layer_id}, hidden={self.hidden}, hc_mult={self.hc}, "
@@ -288,17 +290,16 @@ class EngramLayer(nn.Module):
             out = self._decode(input_ids, h4, state)
         else:
             rows, e = self.lookup(input_ids)
+            sink = None
             if torch.is_grad_enabled() and self.training:
-                e.requires_grad_(True)
                 pend, dim = self._pending, self.dim
 
-                def to_table(g, r=rows):
-                    # the gathered rows' gradient goes to the sparse optimizer, not autograd
-                    pend.append((r.reshape(-1),
-                                 g.detach().float().contiguous().numpy().reshape(-1, dim).copy()))
-                e.register_hook(to_table)
+                def sink(de, r=rows):
+                    # the gathered rows' gradient goes to the sparse optimizer, not to
+                    # autograd (de is the backward's own fresh tensor: kept, not copied)
+                    pend.append((r.reshape(-1), de.numpy().reshape(-1, dim), de))
             out = _LayerFn.apply((self.kernel, self.dilation, self.eps_kq, self.eps_conv,
-                                  self.threads), e, h4, *self._weights())
+                                  self.threads, sink), e, h4, *self._weights())
         return out.squeeze(2) if squeeze else out
 
     def _decode(self, input_ids, h4, state):
@@ -327,15 +328,18 @@ class EngramLayer(nn.Module):
     # ---- the tables' training ----
     @property
     def pending_rows(self):
-        return sum(r.size for r, _ in self._pending)
+        return sum(p[0].size for p in self._pending)
 
     def table_step(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, lr_mult=5.0):
         """One sparse Adam step on the rows the pending gradients touched (reduced
         per unique row); clears them. Returns the number of unique rows."""
         if not self._pending:
             return 0
-        rows = np.concatenate([r for r, _ in self._pending])
-        grads = np.concatenate([g for _, g in self._pending])
+        if len(self._pending) == 1:
+            rows, grads = self._pending[0][0], self._pending[0][1]
+        else:
+            rows = np.concatenate([p[0] for p in self._pending])
+            grads = np.concatenate([p[1] for p in self._pending])
         self._pending.clear()
         return self.rt.step(self.li, rows, grads, lr, beta1, beta2, eps, lr_mult)
 
