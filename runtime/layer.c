@@ -158,11 +158,17 @@ static void dots_d(size_t M, size_t N, size_t K, const float *A, const float *W,
 }
 
 /* dst[c][r] = src[r][c] for src [R][Cn]. */
-static void transpose(size_t R, size_t Cn, const float *src, float *dst)
+static void transpose(size_t R, size_t Cn, const float *src, float *dst, int nt)
 {
-    for (size_t r = 0; r < R; r++)
-        for (size_t c = 0; c < Cn; c++)
+    const long long NC = (long long)Cn;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (R * Cn > 65536)
+#endif
+    for (long long cc = 0; cc < NC; cc++) {
+        const size_t c = (size_t)cc;
+        for (size_t r = 0; r < R; r++)
             dst[c * R + r] = src[r * Cn + c];
+    }
 }
 
 static eg_status check(const eg_layer_dims *dm, const eg_layer_weights *w, eg_err *err)
@@ -345,7 +351,7 @@ static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, con
         if (few) {
             dots_d(BT, d, De, e, w->w_k + i * d * De, f->K + i * BT * d);
         } else {
-            transpose(d, De, w->w_k + i * d * De, wt);
+            transpose(d, De, w->w_k + i * d * De, wt, nt);
             gemm_nn_d(BT, d, De, e, wt, f->K + i * BT * d, nt);
         }
         if (w->b_k)
@@ -356,7 +362,7 @@ static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, con
     if (few) {
         dots(BT, d, De, e, w->w_v, f->U);
     } else {
-        transpose(d, De, w->w_v, wt);
+        transpose(d, De, w->w_v, wt, nt);
         gemm_nn(BT, d, De, e, wt, f->U, 0, nt);
     }
     if (w->b_v)
@@ -427,6 +433,17 @@ static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, con
 
 static inline float sigm(float x) { return (float)(1.0 / (1.0 + exp(-(double)x))); }
 
+/* out = v + SiLU(y), element by element, in parallel for a batch. */
+static void silu_out(size_t n, const float *V, const float *Y, float *out, int nt)
+{
+    const long long NN = (long long)n;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (n > 16384)
+#endif
+    for (long long i = 0; i < NN; i++)
+        out[i] = V[i] + Y[i] * sigm(Y[i]);
+}
+
 eg_status eg_layer_forward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
                            const float *h, float *out, int n_threads, eg_err *err)
 {
@@ -441,8 +458,7 @@ eg_status eg_layer_forward(const eg_layer_dims *dm, const eg_layer_weights *w, c
     if ((st = ws_begin(dm, 0, &ws, err)) ||
         (st = forward(dm, w, e, h, NULL, &f, &ws, nthreads(n_threads), err)))
         return st;
-    for (size_t i = 0; i < N; i++)
-        out[i] = f.V[i] + f.Y[i] * sigm(f.Y[i]);
+    silu_out(N, f.V, f.Y, out, nthreads(n_threads));
     return EG_OK;
 }
 
@@ -511,7 +527,11 @@ eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, 
     }
     const long long NT = (long long)BT, NCH = (long long)CH;
     /* out = v + silu(y) */
-    for (size_t i = 0; i < BT * CH; i++) {
+    const long long NE = (long long)(BT * CH);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (NE > 16384)
+#endif
+    for (long long i = 0; i < NE; i++) {
         const float s = sigm(f.Y[i]);
         dY[i] = dout[i] * s * (1.0f + f.Y[i] * (1.0f - s));
         dV[i] = dout[i];
@@ -621,25 +641,28 @@ eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, 
     gemm_nn(BT, De, d, dU, w->w_v, g->de, 0, nt);
     for (size_t i = 0; i < hc; i++)
         gemm_nn(BT, De, d, dK + i * BT * d, w->w_k + i * d * De, g->de, 1, nt);
-    transpose(BT, d, dU, dKT);
+    transpose(BT, d, dU, dKT, nt);
     gemm_nn(d, De, BT, dKT, e, g->dw_v, 0, nt);
     for (size_t i = 0; i < hc; i++) {
-        transpose(BT, d, dK + i * BT * d, dKT);
+        transpose(BT, d, dK + i * BT * d, dKT, nt);
         gemm_nn(d, De, BT, dKT, e, g->dw_k + i * d * De, 0, nt);
     }
-    for (size_t c = 0; c < d && g->db_v; c++) {
+    /* the biases: per channel over tokens (each sum in token order) */
+    const long long NB = (long long)((hc + 1) * d);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (BT > 256)
+#endif
+    for (long long cc = 0; cc < NB; cc++) {
+        const size_t i = (size_t)cc / d, c = (size_t)cc % d; /* i == hc: the values' */
+        float *dst = i == hc ? g->db_v : g->db_k;
+        if (!dst)
+            continue;
+        const float *src = i == hc ? dU : dK + i * BT * d;
         double a = 0;
         for (size_t t = 0; t < BT; t++)
-            a += (double)dU[t * d + c];
-        g->db_v[c] = (float)a;
+            a += (double)src[t * d + c];
+        dst[(i == hc ? 0 : i * d) + c] = (float)a;
     }
-    for (size_t i = 0; i < hc && g->db_k; i++)
-        for (size_t c = 0; c < d; c++) {
-            double a = 0;
-            for (size_t t = 0; t < BT; t++)
-                a += (double)dK[(i * BT + t) * d + c];
-            g->db_k[i * d + c] = (float)a;
-        }
 done:
     return st;
 }
@@ -730,8 +753,7 @@ eg_status eg_layer_decode(const eg_layer_dims *dm, const eg_layer_weights *w, co
     if ((st = ws_begin(dm, 0, &ws, err)) ||
         (st = forward(dm, w, e, h, s, &f, &ws, nthreads(n_threads), err)))
         return st;
-    for (size_t i = 0; i < BT * CH; i++)
-        out[i] = f.V[i] + f.Y[i] * sigm(f.Y[i]);
+    silu_out(BT * CH, f.V, f.Y, out, nthreads(n_threads));
     /* the history: the last L conv inputs of (old history, this call's) */
     for (size_t b = 0; b < dm->B && L; b++) {
         float *hb = s->hist + b * L * CH;
