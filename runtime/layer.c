@@ -321,13 +321,12 @@ static inline const float *state_row(const eg_layer_state *st, size_t b, size_t 
     return st->hist + (b * st->L + (st->L - before)) * st->CH;
 }
 
-static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
-                         const float *h, const eg_layer_state *st, fwd *f, bump *ws, int nt,
-                         eg_err *err)
+/* The forward intermediates' places in a workspace, always in this order (a
+ * saved forward is read back by the same layout); 0, or -1 when it is too
+ * small. */
+static int fwd_layout(const eg_layer_dims *dm, fwd *f, bump *ws)
 {
-    const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d, De = dm->De;
-    const float eps_kq = dm->eps_kq > 0 ? dm->eps_kq : 1.1920929e-07f;
-    const float eps_c = dm->eps_conv > 0 ? dm->eps_conv : 1e-5f;
+    const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d;
     memset(f, 0, sizeof *f);
     f->BT = BT;
     const size_t n1 = BT ? BT : 1;
@@ -341,9 +340,29 @@ static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, con
     f->s = take(ws, n1 * hc * sizeof *f->s);
     f->g = take(ws, n1 * hc * sizeof *f->g);
     f->rc = take(ws, n1 * hc * sizeof *f->rc);
+    return f->K && f->U && f->V && f->C && f->Y && f->rk && f->rq && f->s && f->g && f->rc ? 0
+                                                                                       : -1;
+}
+
+/* The bytes fwd_layout takes (what a saved forward holds). */
+static size_t fwd_bytes(const eg_layer_dims *dm)
+{
+    const size_t BT = dm->B * dm->T, n1 = BT ? BT : 1, hc = dm->hc, d = dm->d;
+    return ws_round(hc * n1 * d * 8) + ws_round(n1 * d * 4) + 3 * ws_round(n1 * hc * d * 4) +
+           3 * ws_round(n1 * hc * 8) + 2 * ws_round(n1 * hc * 4);
+}
+
+/* The forward into f's places (fwd_layout over `saved`, or over ws when saved
+ * is NULL); ws also gives the transposed-weight scratch. */
+static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                         const float *h, const eg_layer_state *st, fwd *f, bump *ws, int nt,
+                         eg_err *err)
+{
+    const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d, De = dm->De;
+    const float eps_kq = dm->eps_kq > 0 ? dm->eps_kq : 1.1920929e-07f;
+    const float eps_c = dm->eps_conv > 0 ? dm->eps_conv : 1e-5f;
     float *wt = take(ws, De * d * sizeof *wt);
-    if (!f->K || !f->U || !f->V || !f->C || !f->Y || !f->rk || !f->rq || !f->s || !f->g ||
-        !f->rc || !wt)
+    if (!f->K || !wt)
         return eg_fail(err, EG_EINVAL, "layer: workspace too small for B*T = %zu tokens", BT);
     /* the projections: K_i = E W_K[i]^T + b_k[i], U = E W_V^T + b_v */
     const int few = BT <= SMALL_BT; /* decoding: dot products, no transposed copies */
@@ -455,8 +474,10 @@ eg_status eg_layer_forward(const eg_layer_dims *dm, const eg_layer_weights *w, c
         return eg_fail(err, EG_EINVAL, "eg_layer_forward: NULL input or output");
     fwd f;
     bump ws;
-    if ((st = ws_begin(dm, 0, &ws, err)) ||
-        (st = forward(dm, w, e, h, NULL, &f, &ws, nthreads(n_threads), err)))
+    if ((st = ws_begin(dm, 0, &ws, err)))
+        return st;
+    fwd_layout(dm, &f, &ws);
+    if ((st = forward(dm, w, e, h, NULL, &f, &ws, nthreads(n_threads), err)))
         return st;
     silu_out(N, f.V, f.Y, out, nthreads(n_threads));
     return EG_OK;
@@ -497,9 +518,9 @@ static void rms_back_q(const float *x, double r, const float *wgt, const float *
         dx[c] = (float)(r * (double)wgt[c] * (double)dy[c] - (double)x[c] * k);
 }
 
-eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
-                            const float *h, const float *dout, const eg_layer_grads *g,
-                            int n_threads, eg_err *err)
+static eg_status backward_args(const eg_layer_dims *dm, const eg_layer_weights *w,
+                               const float *e, const float *h, const float *dout,
+                               const eg_layer_grads *g, eg_err *err)
 {
     eg_status st = check(dm, w, err);
     if (st)
@@ -507,15 +528,23 @@ eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, 
     if (!g || !g->de || !g->dh || !g->dw_k || !g->dw_v || !g->dnorm_k || !g->dnorm_q ||
         !g->dnorm_c || !g->dconv || (w->b_k && !g->db_k) || (w->b_v && !g->db_v))
         return eg_fail(err, EG_EINVAL, "eg_layer_backward: a required gradient is NULL");
+    const size_t BT = dm->B * dm->T;
+    if (BT > 0 && (!e || !h || !dout))
+        return eg_fail(err, EG_EINVAL, "eg_layer_backward: NULL input");
+    return EG_OK;
+}
+
+/* The backward from the forward's intermediates f; ws has room for the
+ * backward's own. */
+static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                          const float *h, const float *dout, const eg_layer_grads *g,
+                          const fwd *fp, bump *ws_, int nt, eg_err *err)
+{
+    eg_status st = EG_OK;
+    const fwd f = *fp;
+    bump ws = *ws_;
     const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d, De = dm->De, T = dm->T;
     const size_t KW = dm->kernel, dil = dm->dilation, CH = hc * d;
-    if (BT && (!e || !h || !dout))
-        return eg_fail(err, EG_EINVAL, "eg_layer_backward: NULL input");
-    const int nt = nthreads(n_threads);
-    fwd f;
-    bump ws;
-    if ((st = ws_begin(dm, 1, &ws, err)) || (st = forward(dm, w, e, h, NULL, &f, &ws, nt, err)))
-        return st;
     const size_t n1 = BT ? BT : 1;
     float *dY = take(&ws, n1 * CH * sizeof *dY), *dC = take(&ws, n1 * CH * sizeof *dC);
     float *dV = take(&ws, n1 * CH * sizeof *dV), *dU = take(&ws, n1 * d * sizeof *dU);
@@ -667,6 +696,73 @@ done:
     return st;
 }
 
+eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                            const float *h, const float *dout, const eg_layer_grads *g,
+                            int n_threads, eg_err *err)
+{
+    eg_status st = backward_args(dm, w, e, h, dout, g, err);
+    if (st)
+        return st;
+    const int nt = nthreads(n_threads);
+    fwd f;
+    bump ws;
+    if ((st = ws_begin(dm, 1, &ws, err)))
+        return st;
+    fwd_layout(dm, &f, &ws);
+    if ((st = forward(dm, w, e, h, NULL, &f, &ws, nt, err)))
+        return st;
+    return backward(dm, w, e, h, dout, g, &f, &ws, nt, err);
+}
+
+/* ---- training without recomputing the forward ---------------------------------- */
+
+size_t eg_layer_saved_bytes(const eg_layer_dims *dm) { return dm ? fwd_bytes(dm) : 0; }
+
+eg_status eg_layer_forward_save(const eg_layer_dims *dm, const eg_layer_weights *w,
+                                const float *e, const float *h, float *out, void *saved,
+                                size_t cap, int n_threads, eg_err *err)
+{
+    eg_status st = check(dm, w, err);
+    if (st)
+        return st;
+    const size_t BT = dm->B * dm->T;
+    if (BT && (!e || !h || !out))
+        return eg_fail(err, EG_EINVAL, "eg_layer_forward_save: NULL input or output");
+    if (!saved || ((uintptr_t)saved % 8) || cap < fwd_bytes(dm))
+        return eg_fail(err, EG_ECAPACITY,
+                       "eg_layer_forward_save: the saved buffer needs %zu bytes, 8-aligned "
+                       "(eg_layer_saved_bytes), has %zu",
+                       fwd_bytes(dm), saved ? cap : 0);
+    fwd f;
+    bump sv = {saved, 0, cap}, ws;
+    fwd_layout(dm, &f, &sv);
+    const int nt = nthreads(n_threads);
+    if ((st = ws_begin(dm, 0, &ws, err)) || (st = forward(dm, w, e, h, NULL, &f, &ws, nt, err)))
+        return st;
+    silu_out(BT * dm->hc * dm->d, f.V, f.Y, out, nt);
+    return EG_OK;
+}
+
+eg_status eg_layer_backward_saved(const eg_layer_dims *dm, const eg_layer_weights *w,
+                                  const float *e, const float *h, const float *dout,
+                                  const void *saved, size_t cap, const eg_layer_grads *g,
+                                  int n_threads, eg_err *err)
+{
+    eg_status st = backward_args(dm, w, e, h, dout, g, err);
+    if (st)
+        return st;
+    if (!saved || ((uintptr_t)saved % 8) || cap < fwd_bytes(dm))
+        return eg_fail(err, EG_ECAPACITY,
+                       "eg_layer_backward_saved: the saved buffer needs %zu bytes, has %zu",
+                       fwd_bytes(dm), saved ? cap : 0);
+    fwd f;
+    bump sv = {(char *)(uintptr_t)saved, 0, cap}, ws;
+    fwd_layout(dm, &f, &sv);
+    if ((st = ws_begin(dm, 1, &ws, err)))
+        return st;
+    return backward(dm, w, e, h, dout, g, &f, &ws, nthreads(n_threads), err);
+}
+
 /* ---- decoding: the forward of the next positions, with the conv's history ---- */
 
 eg_status eg_layer_state_create(size_t B, uint32_t hc, uint32_t d, uint32_t kernel,
@@ -750,8 +846,10 @@ eg_status eg_layer_decode(const eg_layer_dims *dm, const eg_layer_weights *w, co
         return eg_fail(err, EG_EINVAL, "eg_layer_decode: NULL input or output");
     fwd f;
     bump ws;
-    if ((st = ws_begin(dm, 0, &ws, err)) ||
-        (st = forward(dm, w, e, h, s, &f, &ws, nthreads(n_threads), err)))
+    if ((st = ws_begin(dm, 0, &ws, err)))
+        return st;
+    fwd_layout(dm, &f, &ws);
+    if ((st = forward(dm, w, e, h, s, &f, &ws, nthreads(n_threads), err)))
         return st;
     silu_out(BT * CH, f.V, f.Y, out, nthreads(n_threads));
     /* the history: the last L conv inputs of (old history, this call's) */

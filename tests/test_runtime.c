@@ -317,6 +317,58 @@ TEST(layer_gradients_against_finite_differences)
     case_free(&c);
 }
 
+TEST(layer_saved_forward_backward_equals_the_recomputing_one)
+{
+    for (int bias = 0; bias < 2; bias++) {
+        layer_case c;
+        case_init(&c, 3, 21, 2, 16, 24, 70 + (uint64_t)bias);
+        eg_layer_weights w = case_weights(&c);
+        if (!bias)
+            w.b_k = w.b_v = NULL;
+        float *g1[8], *g2[8];
+        for (int i = 0; i < 8; i++) {
+            g1[i] = malloc(c.n[i] * 4);
+            g2[i] = malloc(c.n[i] * 4);
+        }
+        float *de1 = malloc(c.ne * 4), *dh1 = malloc(c.nh * 4), *de2 = malloc(c.ne * 4),
+              *dh2 = malloc(c.nh * 4), *o1 = malloc(c.no * 4), *o2 = malloc(c.no * 4);
+        eg_layer_grads a = {de1, dh1, g1[0], g1[1], g1[2], g1[3], g1[4], g1[5], g1[6], g1[7]};
+        eg_layer_grads b = {de2, dh2, g2[0], g2[1], g2[2], g2[3], g2[4], g2[5], g2[6], g2[7]};
+        eg_err err;
+        REQUIRE(!eg_layer_forward(&c.dm, &w, c.e, c.h, o1, 2, &err));
+        REQUIRE(!eg_layer_backward(&c.dm, &w, c.e, c.h, c.r, &a, 2, &err));
+        const size_t nb = eg_layer_saved_bytes(&c.dm);
+        double *saved = malloc(nb + 8);
+        /* too small, and misaligned: refused */
+        CHECK_EQ(eg_layer_forward_save(&c.dm, &w, c.e, c.h, o2, saved, nb - 1, 1, &err), EG_ECAPACITY);
+        CHECK_EQ(eg_layer_forward_save(&c.dm, &w, c.e, c.h, o2, (char *)saved + 4, nb, 1, &err),
+                 EG_ECAPACITY);
+        REQUIRE(!eg_layer_forward_save(&c.dm, &w, c.e, c.h, o2, saved, nb, 1, &err));
+        CHECK(!memcmp(o1, o2, c.no * 4));
+        /* another call in between (the thread's workspace is reused) changes nothing */
+        REQUIRE(!eg_layer_forward(&c.dm, &w, c.e, c.h, o1, 2, &err));
+        REQUIRE(!eg_layer_backward_saved(&c.dm, &w, c.e, c.h, c.r, saved, nb, &b, 1, &err));
+        CHECK(!memcmp(de1, de2, c.ne * 4) && !memcmp(dh1, dh2, c.nh * 4));
+        for (int i = 0; i < 8; i++)
+            if ((i != 1 && i != 3) || bias)
+                CHECK_MSG(!memcmp(g1[i], g2[i], c.n[i] * 4), "weight gradient %d differs", i);
+        CHECK_EQ(eg_layer_backward_saved(&c.dm, &w, c.e, c.h, c.r, saved, nb - 8, &b, 1, &err),
+                 EG_ECAPACITY);
+        free(saved);
+        for (int i = 0; i < 8; i++) {
+            free(g1[i]);
+            free(g2[i]);
+        }
+        free(de1);
+        free(dh1);
+        free(de2);
+        free(dh2);
+        free(o1);
+        free(o2);
+        case_free(&c);
+    }
+}
+
 /* ---- decoding: piece by piece equals the whole sequence ---------------------------- */
 
 TEST(layer_decode_piece_by_piece_equals_the_whole_forward)

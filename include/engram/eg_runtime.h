@@ -128,6 +128,23 @@ eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, 
                             const float *h, const float *dout, const eg_layer_grads *g,
                             int n_threads, eg_err *err);
 
+/* Training without recomputing the forward: eg_layer_forward_save writes
+ * the output (as eg_layer_forward) and keeps the intermediates the backward
+ * needs in `saved` (caller-owned, 8-byte aligned, at least
+ * eg_layer_saved_bytes(dm) bytes: (hc*(20 + 32/d) + 4)*d bytes per token,
+ * rounded up); eg_layer_backward_saved then gives eg_layer_backward's gradients,
+ * bit for bit, from them (same dm, w, e and h; `saved` is only read, and may
+ * be reused once the backward returns). EG_ECAPACITY when saved is too small
+ * or misaligned. */
+size_t eg_layer_saved_bytes(const eg_layer_dims *dm);
+eg_status eg_layer_forward_save(const eg_layer_dims *dm, const eg_layer_weights *w,
+                                const float *e, const float *h, float *out, void *saved,
+                                size_t cap, int n_threads, eg_err *err);
+eg_status eg_layer_backward_saved(const eg_layer_dims *dm, const eg_layer_weights *w,
+                                  const float *e, const float *h, const float *dout,
+                                  const void *saved, size_t cap, const eg_layer_grads *g,
+                                  int n_threads, eg_err *err);
+
 /* ---- decoding ---------------------------------------------------------------- */
 
 /* The layer's decode state for B sequences: the causal conv's last

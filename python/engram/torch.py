@@ -99,9 +99,27 @@ class _LayerFn(torch.autograd.Function):
         dims = _Dims(B, T, hc, d, De, kernel, dilation, eps_kq, eps_conv)
         out = torch.empty(H.shape, dtype=torch.float32)
         err = _Err()
-        _check(library().eg_layer_forward(ctypes.byref(dims), ctypes.byref(_weights(ws)),
-                                          E.data_ptr(), H.data_ptr(), out.data_ptr(), threads,
-                                          ctypes.byref(err)), err)
+        pool = cfg[6] if len(cfg) > 6 else None
+        ctx.buf = None
+        if pool is not None:
+            # keep the intermediates for the backward (no recompute), in a buffer
+            # from the layer's pool (fresh pages every step cost more than reuse)
+            L = library()
+            nb = L.eg_layer_saved_bytes(ctypes.byref(dims))
+            buf = next((b for b in pool if b.numel() * 8 >= nb), None)
+            if buf is None:
+                buf = torch.empty((nb + 7) // 8, dtype=torch.float64)
+            else:
+                pool.remove(buf)
+            _check(L.eg_layer_forward_save(ctypes.byref(dims), ctypes.byref(_weights(ws)),
+                                           E.data_ptr(), H.data_ptr(), out.data_ptr(),
+                                           buf.data_ptr(), buf.numel() * 8, threads,
+                                           ctypes.byref(err)), err)
+            ctx.buf, ctx.pool = buf, pool
+        else:
+            _check(library().eg_layer_forward(ctypes.byref(dims), ctypes.byref(_weights(ws)),
+                                              E.data_ptr(), H.data_ptr(), out.data_ptr(), threads,
+                                              ctypes.byref(err)), err)
         ctx.cfg, ctx.dims = cfg, dims
         ctx.dtypes = [x.dtype if x is not None else None
                       for x in (e, h, w_k, b_k, w_v, b_v, norm_k, norm_q, norm_c, conv)]
@@ -120,10 +138,19 @@ class _LayerFn(torch.autograd.Function):
         g = [torch.empty(E.shape), torch.empty(H.shape)]
         g += [torch.empty(w.shape) if w is not None else None for w in ws]
         err = _Err()
-        _check(library().eg_layer_backward(ctypes.byref(ctx.dims), ctypes.byref(_weights(ws)),
-                                           E.data_ptr(), H.data_ptr(), D.data_ptr(),
-                                           ctypes.byref(_Grads(*[_fp(x) for x in g])),
-                                           ctx.cfg[4], ctypes.byref(err)), err)
+        if ctx.buf is not None:
+            buf = ctx.buf
+            _check(library().eg_layer_backward_saved(
+                ctypes.byref(ctx.dims), ctypes.byref(_weights(ws)), E.data_ptr(), H.data_ptr(),
+                D.data_ptr(), buf.data_ptr(), buf.numel() * 8,
+                ctypes.byref(_Grads(*[_fp(x) for x in g])), ctx.cfg[4], ctypes.byref(err)), err)
+            ctx.buf = None
+            ctx.pool.append(buf)
+        else:
+            _check(library().eg_layer_backward(ctypes.byref(ctx.dims), ctypes.byref(_weights(ws)),
+                                               E.data_ptr(), H.data_ptr(), D.data_ptr(),
+                                               ctypes.byref(_Grads(*[_fp(x) for x in g])),
+                                               ctx.cfg[4], ctypes.byref(err)), err)
         if len(ctx.cfg) > 5 and ctx.cfg[5] is not None:
             ctx.cfg[5](g[0])  # the rows' gradient, to the tables' optimizer
         res = [None]
@@ -229,6 +256,7 @@ class EngramLayer(nn.Module):
         cb = 1 / math.sqrt(self.kernel)
         self.conv = nn.Parameter(torch.empty(hc * d, self.kernel).uniform_(-cb, cb))
         self._pending = []  # (rows [n] uint64, row grads [n, dim] float32, owner) since zero_grad
+        self._saved_pool = []  # buffers for forward intermediates kept for the backward
 
     def extra_repr(self):
         return (f"layer_id={self.layer_id}, hidden={self.hidden}, hc_mult={self.hc}, "
@@ -290,8 +318,9 @@ class EngramLayer(nn.Module):
             out = self._decode(input_ids, h4, state)
         else:
             rows, e = self.lookup(input_ids)
-            sink = None
+            sink = pool = None
             if torch.is_grad_enabled() and self.training:
+                pool = self._saved_pool
                 pend, dim = self._pending, self.dim
 
                 def sink(de, r=rows):
@@ -299,7 +328,7 @@ class EngramLayer(nn.Module):
                     # autograd (de is the backward's own fresh tensor: kept, not copied)
                     pend.append((r.reshape(-1), de.numpy().reshape(-1, dim), de))
             out = _LayerFn.apply((self.kernel, self.dilation, self.eps_kq, self.eps_conv,
-                                  self.threads, sink), e, h4, *self._weights())
+                                  self.threads, sink, pool), e, h4, *self._weights())
         return out.squeeze(2) if squeeze else out
 
     def _decode(self, input_ids, h4, state):
