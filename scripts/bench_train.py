@@ -282,6 +282,7 @@ def main():
     for r in res["decode"]:
         print("  " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
 
