@@ -36,8 +36,21 @@ static int nthreads(int n)
 typedef float v16f __attribute__((vector_size(64), aligned(4)));
 typedef double v8d __attribute__((vector_size(64), aligned(8)));
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
-#define TILE_R 4
+#define TILE_R 8
 #define TILE_C 32
+
+/* This thread's share [c0, c1) of n items in a parallel region (all of them
+ * outside one). */
+static void own_range(size_t n, size_t *c0, size_t *c1)
+{
+#ifdef _OPENMP
+    const size_t id = (size_t)omp_get_thread_num(), nth = (size_t)omp_get_num_threads();
+#else
+    const size_t id = 0, nth = 1;
+#endif
+    *c0 = n * id / nth;
+    *c1 = n * (id + 1) / nth;
+}
 
 /* C[M][N] (=, or += when acc) A[M][K] * B[K][N], row-major. */
 EG_VEC static void gemm_nn(size_t M, size_t N, size_t K, const float *restrict A, const float *restrict B,
@@ -554,7 +567,7 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
         st = eg_fail(err, EG_ENOMEM, "layer: out of memory for B*T = %zu tokens", BT);
         goto done;
     }
-    const long long NT = (long long)BT, NCH = (long long)CH;
+    const long long NT = (long long)BT;
     /* out = v + silu(y) */
     const long long NE = (long long)(BT * CH);
 #ifdef _OPENMP
@@ -565,41 +578,73 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
         dY[i] = dout[i] * s * (1.0f + f.Y[i] * (1.0f - s));
         dV[i] = dout[i];
     }
-    /* the conv: weights (per channel over tokens) and input */
+    /* Sums over tokens per channel (the conv's weights, the norm weights, the
+     * biases) walk the tokens' rows, each thread owning a range of channels
+     * with an accumulator per channel: every sum still adds its terms in token
+     * order, as a loop per channel over tokens would, but reads whole rows. */
+    double *acc = malloc(CH * (KW + 3) * sizeof *acc);
+    if (!acc) {
+        st = eg_fail(err, EG_ENOMEM, "layer: out of memory");
+        goto done;
+    }
+    /* the conv: weights (per channel over tokens) ... */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (BT > 16)
+#endif
+    {
+        size_t c0, c1;
+        own_range(CH, &c0, &c1);
+        double *a = acc + c0 * KW;
+        memset(a, 0, (c1 - c0) * KW * sizeof *a);
+        for (size_t t = 0; t < BT; t++) {
+            const size_t pos = t % T;
+            const float *dy = dY + t * CH;
+            for (size_t k = 0; k < KW; k++) {
+                const size_t back = (KW - 1 - k) * dil;
+                if (back > pos)
+                    continue;
+                const float *cin = f.C + (t - back) * CH;
+                for (size_t ch = c0; ch < c1; ch++)
+                    a[(ch - c0) * KW + k] += (double)dy[ch] * (double)cin[ch];
+            }
+        }
+        for (size_t ch = c0; ch < c1; ch++)
+            for (size_t k = 0; k < KW; k++)
+                g->dconv[ch * KW + k] = (float)a[(ch - c0) * KW + k];
+    }
+    /* ... and input, per element */
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (BT > 16)
 #endif
-    for (long long cc = 0; cc < NCH; cc++) {
-        const size_t ch = (size_t)cc;
-        for (size_t k = 0; k < KW; k++) {
-            const size_t back = (KW - 1 - k) * dil;
-            double acc = 0;
-            for (size_t t = 0; t < BT; t++)
-                if (back <= t % T)
-                    acc += (double)dY[t * CH + ch] * (double)f.C[(t - back) * CH + ch];
-            g->dconv[ch * KW + k] = (float)acc;
-        }
-        for (size_t t = 0; t < BT; t++) {
-            const size_t pos = t % T;
-            float acc = 0;
+    for (long long tt = 0; tt < NT; tt++) {
+        const size_t t = (size_t)tt, pos = t % T;
+        float *dc = dC + t * CH;
+        for (size_t ch = 0; ch < CH; ch++) {
+            float s_ = 0;
             for (size_t k = 0; k < KW; k++) {
                 const size_t back = (KW - 1 - k) * dil;
                 if (pos + back < T)
-                    acc += dY[(t + back) * CH + ch] * w->conv[ch * KW + k];
+                    s_ += dY[(t + back) * CH + ch] * w->conv[ch * KW + k];
             }
-            dC[t * CH + ch] = acc;
+            dc[ch] = s_;
         }
     }
     /* RMSNorm of the conv input: its weight (per channel over tokens) */
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (BT > 16)
+#pragma omp parallel num_threads(nt) if (BT > 16)
 #endif
-    for (long long cc = 0; cc < NCH; cc++) {
-        const size_t ch = (size_t)cc, i = ch / d;
-        double acc = 0;
+    {
+        size_t c0, c1;
+        own_range(CH, &c0, &c1);
+        double *a = acc + CH * KW;
+        for (size_t ch = c0; ch < c1; ch++)
+            a[ch] = 0;
         for (size_t t = 0; t < BT; t++)
-            acc += (double)dC[t * CH + ch] * (double)f.V[t * CH + ch] * (double)f.rc[t * hc + i];
-        g->dnorm_c[ch] = (float)acc;
+            for (size_t ch = c0; ch < c1; ch++)
+                a[ch] += (double)dC[t * CH + ch] * (double)f.V[t * CH + ch] *
+                         (double)f.rc[t * hc + ch / d];
+        for (size_t ch = c0; ch < c1; ch++)
+            g->dnorm_c[ch] = (float)a[ch];
     }
     const double isd = 1.0 / sqrt((double)d);
 #ifdef _OPENMP
@@ -649,22 +694,28 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
     /* norm weights of keys and queries: per channel over tokens (dnk and dnq
      * were normed back in place; ds per token and branch is kept) */
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (BT > 16)
+#pragma omp parallel num_threads(nt) if (BT > 16)
 #endif
-    for (long long cc = 0; cc < NCH; cc++) {
-        const size_t ch = (size_t)cc, i = ch / d, c = ch % d;
-        double ak = 0, aq = 0;
-        for (size_t t = 0; t < BT; t++) {
-            const size_t ti = t * hc + i;
-            const double ds = dsv[ti];
-            const double kk = f.K[(i * BT + t) * d + c], qq = (double)h[ti * d + c];
-            const double nk = kk * f.rk[ti] * (double)w->norm_k[ch];
-            const double nq = qq * f.rq[ti] * (double)w->norm_q[ch];
-            ak += ds * isd * nq * kk * f.rk[ti];
-            aq += ds * isd * nk * qq * f.rq[ti];
+    {
+        size_t c0, c1;
+        own_range(CH, &c0, &c1);
+        double *ak = acc + CH * (KW + 1), *aq = acc + CH * (KW + 2);
+        for (size_t ch = c0; ch < c1; ch++)
+            ak[ch] = aq[ch] = 0;
+        for (size_t t = 0; t < BT; t++)
+            for (size_t ch = c0; ch < c1; ch++) {
+                const size_t i = ch / d, c = ch % d, ti = t * hc + i;
+                const double ds = dsv[ti];
+                const double kk = f.K[(i * BT + t) * d + c], qq = (double)h[ti * d + c];
+                const double nk = kk * f.rk[ti] * (double)w->norm_k[ch];
+                const double nq = qq * f.rq[ti] * (double)w->norm_q[ch];
+                ak[ch] += ds * isd * nq * kk * f.rk[ti];
+                aq[ch] += ds * isd * nk * qq * f.rq[ti];
+            }
+        for (size_t ch = c0; ch < c1; ch++) {
+            g->dnorm_k[ch] = (float)ak[ch];
+            g->dnorm_q[ch] = (float)aq[ch];
         }
-        g->dnorm_k[ch] = (float)ak;
-        g->dnorm_q[ch] = (float)aq;
     }
     /* the projections */
     gemm_nn(BT, De, d, dU, w->w_v, g->de, 0, nt);
@@ -677,21 +728,32 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
         gemm_nn(d, De, BT, dKT, e, g->dw_k + i * d * De, 0, nt);
     }
     /* the biases: per channel over tokens (each sum in token order) */
-    const long long NB = (long long)((hc + 1) * d);
+    if (g->db_k || g->db_v) {
+        const size_t NB = (hc + 1) * d; /* channels: the keys' branches, then the values' */
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (BT > 256)
+#pragma omp parallel num_threads(nt) if (BT > 256)
 #endif
-    for (long long cc = 0; cc < NB; cc++) {
-        const size_t i = (size_t)cc / d, c = (size_t)cc % d; /* i == hc: the values' */
-        float *dst = i == hc ? g->db_v : g->db_k;
-        if (!dst)
-            continue;
-        const float *src = i == hc ? dU : dK + i * BT * d;
-        double a = 0;
-        for (size_t t = 0; t < BT; t++)
-            a += (double)src[t * d + c];
-        dst[(i == hc ? 0 : i * d) + c] = (float)a;
+        {
+            size_t c0, c1;
+            own_range(NB, &c0, &c1);
+            double *a = acc; /* NB <= CH * (KW + 3) */
+            for (size_t cc = c0; cc < c1; cc++)
+                a[cc] = 0;
+            for (size_t t = 0; t < BT; t++)
+                for (size_t cc = c0; cc < c1; cc++) {
+                    const size_t i = cc / d, c = cc % d;
+                    a[cc] += (double)(i == hc ? dU[t * d + c] : dK[(i * BT + t) * d + c]);
+                }
+            for (size_t cc = c0; cc < c1; cc++) {
+                const size_t i = cc / d, c = cc % d;
+                if (i == hc && g->db_v)
+                    g->db_v[c] = (float)a[cc];
+                else if (i < hc && g->db_k)
+                    g->db_k[i * d + c] = (float)a[cc];
+            }
+        }
     }
+    free(acc);
 done:
     return st;
 }
