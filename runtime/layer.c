@@ -267,31 +267,6 @@ static void *take(bump *b, size_t bytes)
     return p;
 }
 
-/* The workspace bytes of a call: the forward's intermediates, plus the
- * backward's when `backward`. */
-static size_t ws_bytes(const eg_layer_dims *dm, int backward)
-{
-    const size_t BT = dm->B * dm->T, n1 = BT ? BT : 1, hc = dm->hc, d = dm->d;
-    const size_t CH = hc * d;
-    size_t n = ws_round(hc * n1 * d * 8) + ws_round(n1 * d * 4) + 3 * ws_round(n1 * CH * 4) +
-               3 * ws_round(n1 * hc * 8) + 2 * ws_round(n1 * hc * 4) +
-               ws_round((size_t)dm->De * d * 4);
-    if (backward)
-        n += 3 * ws_round(n1 * CH * 4) + 2 * ws_round(n1 * d * 4) + ws_round(hc * n1 * d * 4) +
-             ws_round(n1 * hc * 8);
-    return n;
-}
-
-static eg_status ws_begin(const eg_layer_dims *dm, int backward, bump *b, eg_err *err)
-{
-    b->cap = ws_bytes(dm, backward);
-    b->off = 0;
-    b->p = ws_acquire(b->cap);
-    if (!b->p)
-        return eg_fail(err, EG_ENOMEM, "layer: out of memory for B*T = %zu tokens", dm->B * dm->T);
-    return EG_OK;
-}
-
 /* The forward intermediates that the backward pass needs. */
 typedef struct {
     size_t BT;
@@ -363,6 +338,36 @@ static size_t fwd_bytes(const eg_layer_dims *dm)
     const size_t BT = dm->B * dm->T, n1 = BT ? BT : 1, hc = dm->hc, d = dm->d;
     return ws_round(hc * n1 * d * 8) + ws_round(n1 * d * 4) + 3 * ws_round(n1 * hc * d * 4) +
            3 * ws_round(n1 * hc * 8) + 2 * ws_round(n1 * hc * 4);
+}
+
+/* What a call's workspace holds: the forward's intermediates (unless they
+ * are in a caller's saved buffer), the forward's transposed-weight scratch,
+ * and the backward's own arrays. */
+enum { WS_FWD = 1, WS_SCRATCH = 2, WS_BWD = 4 };
+
+static size_t ws_bytes(const eg_layer_dims *dm, unsigned parts)
+{
+    const size_t BT = dm->B * dm->T, n1 = BT ? BT : 1, hc = dm->hc, d = dm->d;
+    const size_t CH = hc * d;
+    size_t n = 0;
+    if (parts & WS_FWD)
+        n += fwd_bytes(dm);
+    if (parts & WS_SCRATCH)
+        n += ws_round((size_t)dm->De * d * 4);
+    if (parts & WS_BWD) /* dY dC dV, dU dKT, dK, dsv, the per-channel sums */
+        n += 3 * ws_round(n1 * CH * 4) + 2 * ws_round(n1 * d * 4) + ws_round(hc * n1 * d * 4) +
+             ws_round(n1 * hc * 8) + ws_round(CH * (dm->kernel + 3) * 8);
+    return n;
+}
+
+static eg_status ws_begin(const eg_layer_dims *dm, unsigned parts, bump *b, eg_err *err)
+{
+    b->cap = ws_bytes(dm, parts);
+    b->off = 0;
+    b->p = ws_acquire(b->cap);
+    if (!b->p)
+        return eg_fail(err, EG_ENOMEM, "layer: out of memory for B*T = %zu tokens", dm->B * dm->T);
+    return EG_OK;
 }
 
 /* The forward into f's places (fwd_layout over `saved`, or over ws when saved
@@ -463,6 +468,31 @@ static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, con
     return EG_OK;
 }
 
+/* The forward with its intermediates in this thread's workspace, which has
+ * room for `more` (WS_BWD) after them. */
+static eg_status forward_ws(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                            const float *h, const eg_layer_state *st, unsigned more, fwd *f,
+                            bump *ws, int nt, eg_err *err)
+{
+    eg_status rc = ws_begin(dm, WS_FWD | WS_SCRATCH | more, ws, err);
+    if (rc)
+        return rc;
+    fwd_layout(dm, f, ws);
+    return forward(dm, w, e, h, st, f, ws, nt, err);
+}
+
+/* A saved buffer's checks (eg_layer_forward_save, eg_layer_backward_saved). */
+static eg_status check_saved(const eg_layer_dims *dm, const void *saved, size_t cap,
+                             const char *who, eg_err *err)
+{
+    if (!saved || ((uintptr_t)saved % 8) || cap < fwd_bytes(dm))
+        return eg_fail(err, EG_ECAPACITY,
+                       "%s: the saved buffer needs %zu bytes, 8-aligned (eg_layer_saved_bytes), "
+                       "has %zu",
+                       who, fwd_bytes(dm), saved ? cap : 0);
+    return EG_OK;
+}
+
 static inline float sigm(float x) { return (float)(1.0 / (1.0 + exp(-(double)x))); }
 
 /* out = v + SiLU(y), element by element, in parallel for a batch. */
@@ -487,10 +517,7 @@ eg_status eg_layer_forward(const eg_layer_dims *dm, const eg_layer_weights *w, c
         return eg_fail(err, EG_EINVAL, "eg_layer_forward: NULL input or output");
     fwd f;
     bump ws;
-    if ((st = ws_begin(dm, 0, &ws, err)))
-        return st;
-    fwd_layout(dm, &f, &ws);
-    if ((st = forward(dm, w, e, h, NULL, &f, &ws, nthreads(n_threads), err)))
+    if ((st = forward_ws(dm, w, e, h, NULL, 0, &f, &ws, nthreads(n_threads), err)))
         return st;
     silu_out(N, f.V, f.Y, out, nthreads(n_threads));
     return EG_OK;
@@ -553,7 +580,6 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
                           const float *h, const float *dout, const eg_layer_grads *g,
                           const fwd *fp, bump *ws_, int nt, eg_err *err)
 {
-    eg_status st = EG_OK;
     const fwd f = *fp;
     bump ws = *ws_;
     const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d, De = dm->De, T = dm->T;
@@ -563,10 +589,10 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
     float *dV = take(&ws, n1 * CH * sizeof *dV), *dU = take(&ws, n1 * d * sizeof *dU);
     float *dK = take(&ws, hc * n1 * d * sizeof *dK), *dKT = take(&ws, n1 * d * sizeof *dKT);
     double *dsv = take(&ws, n1 * hc * sizeof *dsv);
-    if (!dY || !dC || !dV || !dU || !dK || !dKT || !dsv) {
-        st = eg_fail(err, EG_ENOMEM, "layer: out of memory for B*T = %zu tokens", BT);
-        goto done;
-    }
+    /* per-channel sums over tokens (below) */
+    double *acc = take(&ws, CH * (KW + 3) * sizeof *acc);
+    if (!dY || !dC || !dV || !dU || !dK || !dKT || !dsv || !acc)
+        return eg_fail(err, EG_EINVAL, "layer: workspace too small for B*T = %zu tokens", BT);
     const long long NT = (long long)BT;
     /* out = v + silu(y) */
     const long long NE = (long long)(BT * CH);
@@ -582,11 +608,6 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
      * biases) walk the tokens' rows, each thread owning a range of channels
      * with an accumulator per channel: every sum still adds its terms in token
      * order, as a loop per channel over tokens would, but reads whole rows. */
-    double *acc = malloc(CH * (KW + 3) * sizeof *acc);
-    if (!acc) {
-        st = eg_fail(err, EG_ENOMEM, "layer: out of memory");
-        goto done;
-    }
     /* the conv: weights (per channel over tokens) ... */
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (BT > 16)
@@ -753,9 +774,7 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
             }
         }
     }
-    free(acc);
-done:
-    return st;
+    return EG_OK;
 }
 
 eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
@@ -768,10 +787,7 @@ eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, 
     const int nt = nthreads(n_threads);
     fwd f;
     bump ws;
-    if ((st = ws_begin(dm, 1, &ws, err)))
-        return st;
-    fwd_layout(dm, &f, &ws);
-    if ((st = forward(dm, w, e, h, NULL, &f, &ws, nt, err)))
+    if ((st = forward_ws(dm, w, e, h, NULL, WS_BWD, &f, &ws, nt, err)))
         return st;
     return backward(dm, w, e, h, dout, g, &f, &ws, nt, err);
 }
@@ -790,16 +806,14 @@ eg_status eg_layer_forward_save(const eg_layer_dims *dm, const eg_layer_weights 
     const size_t BT = dm->B * dm->T;
     if (BT && (!e || !h || !out))
         return eg_fail(err, EG_EINVAL, "eg_layer_forward_save: NULL input or output");
-    if (!saved || ((uintptr_t)saved % 8) || cap < fwd_bytes(dm))
-        return eg_fail(err, EG_ECAPACITY,
-                       "eg_layer_forward_save: the saved buffer needs %zu bytes, 8-aligned "
-                       "(eg_layer_saved_bytes), has %zu",
-                       fwd_bytes(dm), saved ? cap : 0);
+    if ((st = check_saved(dm, saved, cap, "eg_layer_forward_save", err)))
+        return st;
     fwd f;
     bump sv = {saved, 0, cap}, ws;
     fwd_layout(dm, &f, &sv);
     const int nt = nthreads(n_threads);
-    if ((st = ws_begin(dm, 0, &ws, err)) || (st = forward(dm, w, e, h, NULL, &f, &ws, nt, err)))
+    if ((st = ws_begin(dm, WS_SCRATCH, &ws, err)) ||
+        (st = forward(dm, w, e, h, NULL, &f, &ws, nt, err)))
         return st;
     silu_out(BT * dm->hc * dm->d, f.V, f.Y, out, nt);
     return EG_OK;
@@ -813,14 +827,12 @@ eg_status eg_layer_backward_saved(const eg_layer_dims *dm, const eg_layer_weight
     eg_status st = backward_args(dm, w, e, h, dout, g, err);
     if (st)
         return st;
-    if (!saved || ((uintptr_t)saved % 8) || cap < fwd_bytes(dm))
-        return eg_fail(err, EG_ECAPACITY,
-                       "eg_layer_backward_saved: the saved buffer needs %zu bytes, has %zu",
-                       fwd_bytes(dm), saved ? cap : 0);
+    if ((st = check_saved(dm, saved, cap, "eg_layer_backward_saved", err)))
+        return st;
     fwd f;
     bump sv = {(char *)(uintptr_t)saved, 0, cap}, ws;
     fwd_layout(dm, &f, &sv);
-    if ((st = ws_begin(dm, 1, &ws, err)))
+    if ((st = ws_begin(dm, WS_BWD, &ws, err)))
         return st;
     return backward(dm, w, e, h, dout, g, &f, &ws, nthreads(n_threads), err);
 }
@@ -908,10 +920,7 @@ eg_status eg_layer_decode(const eg_layer_dims *dm, const eg_layer_weights *w, co
         return eg_fail(err, EG_EINVAL, "eg_layer_decode: NULL input or output");
     fwd f;
     bump ws;
-    if ((st = ws_begin(dm, 0, &ws, err)))
-        return st;
-    fwd_layout(dm, &f, &ws);
-    if ((st = forward(dm, w, e, h, s, &f, &ws, nthreads(n_threads), err)))
+    if ((st = forward_ws(dm, w, e, h, s, 0, &f, &ws, nthreads(n_threads), err)))
         return st;
     silu_out(BT * CH, f.V, f.Y, out, nthreads(n_threads));
     /* the history: the last L conv inputs of (old history, this call's) */
