@@ -204,25 +204,22 @@ def layer_peer(store, rounds, steps, B, T, hc):
     eng.zero_table_grad()
     agree = {"rows": "identical", "output_max_rel_err": err}
 
-    def run_ours(n):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            raw, h = batch()
-            loss = eng(torch.from_numpy(raw), h.requires_grad_()).square().mean()
-            for o in ours_opt:
-                o.zero_grad()
-            loss.backward()
-            for o in ours_opt:
-                o.step()
-        return n * B * T / (time.perf_counter() - t0)
+    def layer_ours(raw, h):
+        return eng(torch.from_numpy(raw), h)
 
-    def run_peer(name, n):
-        p, opts = peers[name]
+    def peer_layer(p):
+        return lambda raw, h: p(proj[raw].astype(np.int64), h)[0]
+
+    # each implementation: its layer and its optimizers, timed the same way
+    impls = {"engram.torch": (layer_ours, ours_opt)}
+    impls.update({name: (peer_layer(p), opts) for name, (p, opts) in peers.items()})
+
+    def run(name, n):
+        layer, opts = impls[name]
         t0 = time.perf_counter()
         for _ in range(n):
             raw, h = batch()
-            out, _ = p(proj[raw].astype(np.int64), h.requires_grad_())
-            loss = out.square().mean()
+            loss = layer(raw, h.requires_grad_()).square().mean()
             for o in opts:
                 o.zero_grad()
             loss.backward()
@@ -230,15 +227,12 @@ def layer_peer(store, rounds, steps, B, T, hc):
                 o.step()
         return n * B * T / (time.perf_counter() - t0)
 
-    run_ours(2)
-    for name in peers:
-        run_peer(name, 2)
-    res = {"engram.torch": []}
-    res.update({name: [] for name in peers})
+    for name in impls:
+        run(name, 2)  # warm up
+    res = {name: [] for name in impls}
     for _ in range(rounds):
-        res["engram.torch"].append(run_ours(steps))
-        for name in peers:
-            res[name].append(run_peer(name, steps))
+        for name in impls:
+            res[name].append(run(name, steps))
     out = {k: round(median(v), 1) for k, v in res.items()}
     out.update({f"ratio vs {k}": round(out["engram.torch"] / out[k], 2) for k in peers})
     out.update(agree)

@@ -122,6 +122,7 @@ def library():
         "eg_spec_layer_index": ([vp, u32], i32),
         "eg_runtime_store": ([vp], vp),
         "eg_store_config_json": ([vp], ctypes.c_char_p),
+        "eg_store_expect": ([vp, ctypes.c_char_p, vp, E], i32),
     }
     for name, (args, res) in sig.items():
         f = getattr(L, name)
@@ -179,6 +180,12 @@ class Runtime:
         self.n_layers = L.eg_spec_n_layers(self._spec)
         self.n_heads = L.eg_spec_n_heads(self._spec)
         self.max_ngram = L.eg_spec_max_ngram(self._spec)
+
+    def expect(self, tokenizer_sha256):
+        """Fail (EngramError) unless the store was built for this tokenizer fingerprint."""
+        err = _Err()
+        _check(library().eg_store_expect(library().eg_runtime_store(self._rt),
+                                         tokenizer_sha256.encode(), None, ctypes.byref(err)), err)
 
     def config(self):
         """The store's config (a dict; the planned config it was built from)."""

@@ -58,8 +58,7 @@ def open_store(path, tokenizer_sha256=None, threads=0):
         rt.path = path
         _stores[key] = rt
     elif tokenizer_sha256:
-        # the open checked the first caller's fingerprint; check this one's too
-        Runtime(path, tokenizer_sha256=tokenizer_sha256, threads=1).close()
+        rt.expect(tokenizer_sha256)  # the open checked the first caller's fingerprint
     return rt
 
 

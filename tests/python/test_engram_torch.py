@@ -326,6 +326,9 @@ def test_bad_input_gets_one_clear_error():
     EngramLayer(store, 1, 16, config=cfg)  # the config it was built from is accepted
     expect(engram.EngramError, lambda: EngramLayer(other, 1, 16, tokenizer_sha256="ab" * 32),
            "tokenizer")
+    # and through the runtime already open for `store`
+    expect(engram.EngramError, lambda: EngramLayer(store, 2, 16, tokenizer_sha256="ab" * 32),
+           "tokenizer")
     eng = EngramLayer(store, 1, 16)
     h = torch.randn(1, 3, 16)
     expect(engram.EngramError, lambda: eng(torch.tensor([[1, V, 2]]), h), str(V), "position 1")
