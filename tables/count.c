@@ -1,4 +1,6 @@
-/* count.c - exact n-gram counting with two-word keys, the public entry
- * points and the approximate counters (the code: count_core.h). */
+/* count.c - exact n-gram counting with two-word keys and the public entry
+ * point (the stages: count_impl.h), and the approximate counters. */
 #define KW 2
-#include "count_core.h"
+#include "count_impl.h"
+
+#include "count_approx.h"
