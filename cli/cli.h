@@ -82,6 +82,26 @@ int cmd_export(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 
+/* The summary of a count or a merge: text on stdout (per order: distinct,
+ * singletons, frequency of frequencies, top n-grams) and a time line on
+ * stderr, or the same as JSON (json). */
+typedef struct cli_count_report_opts {
+    const char *output; /* the counts file (NULL: none written) */
+    int approx;
+    uint64_t vprime;
+    int64_t pad;
+    uint32_t max_ngram;
+    const eg_vocab_projection *vp; /* decodes the top n-grams; NULL: ids */
+    double secs;
+    uint64_t mem;
+    int json, quiet;
+    const char *verb; /* "counted" (NULL) or "merged" */
+    size_t n_inputs;  /* merged: the files */
+    int ranks;        /* MPI ranks that counted (0: no MPI) */
+} cli_count_report_opts;
+void cli_count_report(const eg_count_stats *st, const cli_count_report_opts *r);
+int cmd_merge(int argc, char **argv);
+
 /* A byte size with an optional k/M/G suffix (powers of 1024). */
 int cli_parse_size(const char *s, uint64_t *out);
 

@@ -86,6 +86,125 @@ static void print_gram(FILE *f, const eg_vocab_projection *vp, const uint32_t *i
     }
 }
 
+void cli_count_report(const eg_count_stats *st_, const cli_count_report_opts *r)
+{
+    const eg_count_stats st = *st_;
+    if (r->json) {
+        json_t *root = json_object(), *orders = json_array();
+        json_object_set_new(root, "output", r->output ? json_string(r->output) : json_null());
+        json_object_set_new(root, "approx", json_boolean(r->approx));
+        if (r->verb)
+            json_object_set_new(root, "merged_files", json_integer((json_int_t)r->n_inputs));
+        if (r->ranks)
+            json_object_set_new(root, "ranks", json_integer(r->ranks));
+        json_object_set_new(root, "tokens", json_integer((json_int_t)st.tokens));
+        json_object_set_new(root, "compressed_vocab_size", json_integer((json_int_t)r->vprime));
+        json_object_set_new(root, "pad_id_compressed", json_integer(r->pad));
+        for (uint32_t n = 2; n <= r->max_ngram; n++) {
+            json_t *j = json_object(), *fof = json_array(), *top = json_array();
+            json_object_set_new(j, "n", json_integer(n));
+            json_object_set_new(j, "distinct", json_integer((json_int_t)st.distinct[n]));
+            json_object_set_new(j, "occurrences", json_integer((json_int_t)st.total[n]));
+            if (!r->approx) {
+                json_object_set_new(j, "singletons", json_integer((json_int_t)st.singletons[n]));
+                for (unsigned b = 0; b < EG_FOF_BUCKETS; b++)
+                    if (st.fof[n][b]) {
+                        json_t *e = json_object();
+                        json_object_set_new(e, "count_at_least",
+                                            json_integer((json_int_t)eg_fof_bucket_min(b)));
+                        json_object_set_new(e, "ngrams", json_integer((json_int_t)st.fof[n][b]));
+                        json_array_append_new(fof, e);
+                    }
+            }
+            json_object_set_new(j, "frequency_of_frequency", fof);
+            for (size_t i = 0; i < st.n_top[n]; i++) {
+                json_t *e = json_object(), *ids = json_array();
+                for (uint32_t k = 0; k < n; k++)
+                    json_array_append_new(ids, json_integer(st.top[n][i].ids[k]));
+                json_object_set_new(e, "ids", ids);
+                json_object_set_new(e, "count", json_integer((json_int_t)st.top[n][i].count));
+                if (r->vp) {
+                    char *txt = NULL;
+                    size_t tl = 0;
+                    FILE *mf = open_memstream(&txt, &tl);
+                    if (mf) {
+                        print_gram(mf, r->vp, st.top[n][i].ids, n);
+                        fclose(mf);
+                        json_object_set_new(e, "text", json_stringn(txt, tl));
+                    }
+                    free(txt);
+                }
+                json_array_append_new(top, e);
+            }
+            json_object_set_new(j, "top", top);
+            json_array_append_new(orders, j);
+        }
+        json_object_set_new(root, "orders", orders);
+        json_object_set_new(root, "spills", json_integer((json_int_t)st.spills));
+        json_object_set_new(root, "seconds", json_real(r->secs));
+        json_object_set_new(root, "seconds_count", json_real(st.seconds_count));
+        json_object_set_new(root, "seconds_merge", json_real(st.seconds_merge));
+        json_object_set_new(root, "count_tokens_per_second",
+                            json_real(st.seconds_count > 0 ? st.tokens / st.seconds_count : 0));
+        json_object_set_new(root, "tokens_per_second", json_real(st.tokens / (r->secs > 0 ? r->secs : 1e-9)));
+        json_object_set_new(root, "memory_budget", json_integer((json_int_t)r->mem));
+        if (!r->approx) {
+            json_object_set_new(root, "key_words", json_integer((json_int_t)st.key_words));
+            json_object_set_new(root, "entry_bytes", json_integer((json_int_t)st.entry_bytes));
+            json_object_set_new(root, "method",
+                                json_string(st.method == EG_COUNT_PARTITION ? "partition" : "tables"));
+            json_object_set_new(root, "partitions", json_integer((json_int_t)st.partitions));
+            json_object_set_new(root, "passes", json_integer((json_int_t)st.passes));
+            json_object_set_new(root, "passes_redone", json_integer((json_int_t)st.passes_redone));
+        }
+        json_object_set_new(root, "peak_rss_mib", json_real(cli_peak_rss_mib()));
+        json_dumpf(root, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        fputc('\n', stdout);
+        json_decref(root);
+    } else if (!r->quiet) {
+        printf("%s %llu tokens, orders 2..%u, V' = %llu%s\n", r->verb ? r->verb : "counted",
+               (unsigned long long)st.tokens, r->max_ngram, (unsigned long long)r->vprime,
+               r->approx ? " (approximate: HyperLogLog, heavy hitters)" : "");
+        for (uint32_t n = 2; n <= r->max_ngram; n++) {
+            printf("  %u-grams: %llu %sdistinct of %llu", n, (unsigned long long)st.distinct[n],
+                   r->approx ? "~" : "", (unsigned long long)st.total[n]);
+            if (!r->approx)
+                printf(", %llu singletons (%.1f%%)", (unsigned long long)st.singletons[n],
+                       st.distinct[n] ? 100.0 * st.singletons[n] / st.distinct[n] : 0.0);
+            printf("\n");
+            if (!r->approx) {
+                printf("    count>=  ");
+                for (unsigned b = 0; b < EG_FOF_BUCKETS; b++)
+                    if (st.fof[n][b])
+                        printf(" %llu:%llu", (unsigned long long)eg_fof_bucket_min(b),
+                               (unsigned long long)st.fof[n][b]);
+                printf("\n");
+            }
+            for (size_t i = 0; i < st.n_top[n]; i++) {
+                printf("    %10llu  ", (unsigned long long)st.top[n][i].count);
+                print_gram(stdout, r->vp, st.top[n][i].ids, n);
+                printf("\n");
+            }
+        }
+        if (r->verb)
+            cli_note("time %.2f s, %zu files, %.2f M tokens/s of the inputs, buffers %.0f MiB, "
+                     "peak memory %.1f MiB -> %s\n",
+                     r->secs, r->n_inputs, st.tokens / 1e6 / (r->secs > 0 ? r->secs : 1e-9),
+                     r->mem / 1048576.0, cli_peak_rss_mib(), r->output);
+        else
+            cli_note("time %.2f s (%s %.2f s, %.2f M tokens/s; %s %.2f s), %.2f M "
+                     "tokens/s overall, %llu spills, budget %.0f MiB, peak memory %.1f MiB%s%s\n",
+                     r->secs, r->approx || st.method != EG_COUNT_PARTITION ? "counting" : "scattering",
+                     st.seconds_count, st.seconds_count > 0 ? st.tokens / 1e6 / st.seconds_count : 0.0,
+                     r->approx || st.method != EG_COUNT_PARTITION ? "merge and write"
+                                                               : "counting ranges and writing",
+                     st.seconds_merge, st.tokens / 1e6 / (r->secs > 0 ? r->secs : 1e-9),
+                     (unsigned long long)st.spills,
+                     r->mem / 1048576.0, cli_peak_rss_mib(), r->output && !r->approx ? " -> " : "",
+                     r->output && !r->approx ? r->output : "");
+    }
+}
+
 int cmd_count(int argc, char **argv)
 {
     enum { O_PAD = 256, O_DOCS, O_TMP, O_APPROX, O_JSON, O_WIDE, O_WIDE_COUNTS, O_METHOD, O_PASSES };
@@ -255,110 +374,10 @@ int cmd_count(int argc, char **argv)
     double secs = cli_now() - t0;
     if (pc.on)
         fputs("\r\033[K", stderr);
-    if (json) {
-        json_t *root = json_object(), *orders = json_array();
-        json_object_set_new(root, "output", o.output ? json_string(o.output) : json_null());
-        json_object_set_new(root, "approx", json_boolean(approx));
-        json_object_set_new(root, "tokens", json_integer((json_int_t)st.tokens));
-        json_object_set_new(root, "compressed_vocab_size", json_integer((json_int_t)o.vprime));
-        json_object_set_new(root, "pad_id_compressed", json_integer(o.pad));
-        for (uint32_t n = 2; n <= o.max_ngram; n++) {
-            json_t *j = json_object(), *fof = json_array(), *top = json_array();
-            json_object_set_new(j, "n", json_integer(n));
-            json_object_set_new(j, "distinct", json_integer((json_int_t)st.distinct[n]));
-            json_object_set_new(j, "occurrences", json_integer((json_int_t)st.total[n]));
-            if (!approx) {
-                json_object_set_new(j, "singletons", json_integer((json_int_t)st.singletons[n]));
-                for (unsigned b = 0; b < EG_FOF_BUCKETS; b++)
-                    if (st.fof[n][b]) {
-                        json_t *e = json_object();
-                        json_object_set_new(e, "count_at_least",
-                                            json_integer((json_int_t)eg_fof_bucket_min(b)));
-                        json_object_set_new(e, "ngrams", json_integer((json_int_t)st.fof[n][b]));
-                        json_array_append_new(fof, e);
-                    }
-            }
-            json_object_set_new(j, "frequency_of_frequency", fof);
-            for (size_t i = 0; i < st.n_top[n]; i++) {
-                json_t *e = json_object(), *ids = json_array();
-                for (uint32_t k = 0; k < n; k++)
-                    json_array_append_new(ids, json_integer(st.top[n][i].ids[k]));
-                json_object_set_new(e, "ids", ids);
-                json_object_set_new(e, "count", json_integer((json_int_t)st.top[n][i].count));
-                if (vp) {
-                    char *txt = NULL;
-                    size_t tl = 0;
-                    FILE *mf = open_memstream(&txt, &tl);
-                    if (mf) {
-                        print_gram(mf, vp, st.top[n][i].ids, n);
-                        fclose(mf);
-                        json_object_set_new(e, "text", json_stringn(txt, tl));
-                    }
-                    free(txt);
-                }
-                json_array_append_new(top, e);
-            }
-            json_object_set_new(j, "top", top);
-            json_array_append_new(orders, j);
-        }
-        json_object_set_new(root, "orders", orders);
-        json_object_set_new(root, "spills", json_integer((json_int_t)st.spills));
-        json_object_set_new(root, "seconds", json_real(secs));
-        json_object_set_new(root, "seconds_count", json_real(st.seconds_count));
-        json_object_set_new(root, "seconds_merge", json_real(st.seconds_merge));
-        json_object_set_new(root, "count_tokens_per_second",
-                            json_real(st.seconds_count > 0 ? st.tokens / st.seconds_count : 0));
-        json_object_set_new(root, "tokens_per_second", json_real(st.tokens / (secs > 0 ? secs : 1e-9)));
-        json_object_set_new(root, "memory_budget", json_integer((json_int_t)mem));
-        if (!approx) {
-            json_object_set_new(root, "key_words", json_integer((json_int_t)st.key_words));
-            json_object_set_new(root, "entry_bytes", json_integer((json_int_t)st.entry_bytes));
-            json_object_set_new(root, "method",
-                                json_string(st.method == EG_COUNT_PARTITION ? "partition" : "tables"));
-            json_object_set_new(root, "partitions", json_integer((json_int_t)st.partitions));
-            json_object_set_new(root, "passes", json_integer((json_int_t)st.passes));
-            json_object_set_new(root, "passes_redone", json_integer((json_int_t)st.passes_redone));
-        }
-        json_object_set_new(root, "peak_rss_mib", json_real(cli_peak_rss_mib()));
-        json_dumpf(root, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-        fputc('\n', stdout);
-        json_decref(root);
-    } else if (!quiet) {
-        printf("counted %llu tokens, orders 2..%u, V' = %llu%s\n", (unsigned long long)st.tokens,
-               o.max_ngram, (unsigned long long)o.vprime,
-               approx ? " (approximate: HyperLogLog, heavy hitters)" : "");
-        for (uint32_t n = 2; n <= o.max_ngram; n++) {
-            printf("  %u-grams: %llu %sdistinct of %llu", n, (unsigned long long)st.distinct[n],
-                   approx ? "~" : "", (unsigned long long)st.total[n]);
-            if (!approx)
-                printf(", %llu singletons (%.1f%%)", (unsigned long long)st.singletons[n],
-                       st.distinct[n] ? 100.0 * st.singletons[n] / st.distinct[n] : 0.0);
-            printf("\n");
-            if (!approx) {
-                printf("    count>=  ");
-                for (unsigned b = 0; b < EG_FOF_BUCKETS; b++)
-                    if (st.fof[n][b])
-                        printf(" %llu:%llu", (unsigned long long)eg_fof_bucket_min(b),
-                               (unsigned long long)st.fof[n][b]);
-                printf("\n");
-            }
-            for (size_t i = 0; i < st.n_top[n]; i++) {
-                printf("    %10llu  ", (unsigned long long)st.top[n][i].count);
-                print_gram(stdout, vp, st.top[n][i].ids, n);
-                printf("\n");
-            }
-        }
-        cli_note("time %.2f s (%s %.2f s, %.2f M tokens/s; %s %.2f s), %.2f M "
-                 "tokens/s overall, %llu spills, budget %.0f MiB, peak memory %.1f MiB%s%s\n",
-                 secs, approx || st.method != EG_COUNT_PARTITION ? "counting" : "scattering",
-                 st.seconds_count, st.seconds_count > 0 ? st.tokens / 1e6 / st.seconds_count : 0.0,
-                 approx || st.method != EG_COUNT_PARTITION ? "merge and write"
-                                                           : "counting ranges and writing",
-                 st.seconds_merge, st.tokens / 1e6 / (secs > 0 ? secs : 1e-9),
-                 (unsigned long long)st.spills,
-                 mem / 1048576.0, cli_peak_rss_mib(), o.output && !approx ? " -> " : "",
-                 o.output && !approx ? o.output : "");
-    }
+    cli_count_report_opts r = {.output = approx ? NULL : o.output, .approx = approx,
+                               .vprime = o.vprime, .pad = o.pad, .max_ngram = o.max_ngram,
+                               .vp = vp, .secs = secs, .mem = mem, .json = json, .quiet = quiet};
+    cli_count_report(&st, &r);
     eg_count_stats_free(&st);
 done:
     free(proj);

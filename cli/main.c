@@ -13,6 +13,7 @@ static const char main_usage[] =
     "  vocab    the vocabulary projection V -> V' of a tokenizer\n"
     "  prep     tokenize raw corpora into token shards\n"
     "  count    n-gram counts of token shards (exact, or --approx)\n"
+    "  merge    sum counts files of disjoint shard subsets into one\n"
     "  plan     table sizes for a collision target, expected and measured rates\n"
     "  spec     multipliers, primes, row offsets and table sizes of a config\n"
     "  hash     hash token ids into per-head indices or table rows\n"
@@ -41,7 +42,8 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } cmds[] = {{"vocab", cmd_vocab}, {"prep", cmd_prep}, {"count", cmd_count}, {"plan", cmd_plan},
+    } cmds[] = {{"vocab", cmd_vocab}, {"prep", cmd_prep}, {"count", cmd_count}, {"merge", cmd_merge},
+                  {"plan", cmd_plan},
                   {"spec", cmd_spec}, {"hash", cmd_hash},
                   {"build", cmd_build}, {"inspect", cmd_inspect}, {"export", cmd_export},
                   {"import", cmd_import}, {"verify", cmd_verify}};

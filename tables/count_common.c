@@ -3,8 +3,11 @@
  * projection, and the top-k statistics (see count_common.h). */
 #include "count_common.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engram/eg_shard.h"
 
@@ -204,5 +207,48 @@ eg_status egc_for_each_segment(const eg_count_opts *o, segment_fn fn, void *ctx,
     }
     free(starts);
     *tokens = done;
+    return EG_OK;
+}
+
+eg_status egc_stats_sum(eg_count_stats *st, eg_count_stats *ts, int T, uint32_t N, size_t top_k,
+                        eg_err *err)
+{
+    for (int t = 0; t < T; t++)
+        for (uint32_t n = 2; n <= N; n++) {
+            st->distinct[n] += ts[t].distinct[n];
+            st->total[n] += ts[t].total[n];
+            st->singletons[n] += ts[t].singletons[n];
+            for (unsigned b = 0; b < EG_FOF_BUCKETS; b++)
+                st->fof[n][b] += ts[t].fof[n][b];
+        }
+    for (uint32_t n = 2; n <= N && top_k; n++) {
+        if (!(st->top[n] = calloc(top_k, sizeof *st->top[n])))
+            return eg_fail(err, EG_ENOMEM, "out of memory");
+        for (int t = 0; t < T; t++)
+            for (size_t i = 0; i < ts[t].n_top[n]; i++)
+                egc_top_offer(st, n, top_k, &ts[t].top[n][i]);
+        qsort(st->top[n], st->n_top[n], sizeof *st->top[n], egc_cmp_top);
+    }
+    return EG_OK;
+}
+
+eg_status egc_write_header(int fd, uint32_t N, uint64_t vprime, int64_t pad,
+                           const eg_count_stats *st, const char *path, eg_err *err)
+{
+    unsigned char hdr[8 + 4 + 4 + 8 + 8 + 8 + 16 * EG_COUNT_MAX_ORDER];
+    memset(hdr, 0, sizeof hdr);
+    memcpy(hdr, "EGCOUNT1", 8);
+    eg_put_le32(hdr + 8, 2);
+    eg_put_le32(hdr + 12, N);
+    eg_put_le64(hdr + 16, vprime);
+    eg_put_le64(hdr + 24, (uint64_t)pad);
+    eg_put_le64(hdr + 32, st->tokens);
+    for (uint32_t n = 2; n <= N; n++) {
+        eg_put_le64(hdr + 40 + 16 * (n - 2), st->distinct[n]);
+        eg_put_le64(hdr + 48 + 16 * (n - 2), st->total[n]);
+    }
+    size_t len = header_bytes(N);
+    if (pwrite(fd, hdr, len, 0) != (ssize_t)len)
+        return eg_fail(err, EG_EIO, "%s: write failed: %s", path, strerror(errno));
     return EG_OK;
 }

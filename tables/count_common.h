@@ -91,6 +91,14 @@ void egc_top_offer(eg_count_stats *st, uint32_t n, size_t k, const eg_ngram_top 
 /* qsort order of a top list: most frequent first, then ids ascending. */
 int egc_cmp_top(const void *a, const void *b);
 
+/* Add the threads' statistics ts[0..T) into st: sums, and the top lists
+ * merged into st's (allocated here, top_k each, sorted). */
+eg_status egc_stats_sum(eg_count_stats *st, eg_count_stats *ts, int T, uint32_t N, size_t top_k,
+                        eg_err *err);
+/* The counts file's header (version 2) at offset 0 of fd. */
+eg_status egc_write_header(int fd, uint32_t N, uint64_t vprime, int64_t pad,
+                           const eg_count_stats *st, const char *path, eg_err *err);
+
 /* The options' shared checks (inputs, N, V', pad, seq_len). */
 eg_status egc_check_opts(const eg_count_opts *o, eg_err *err);
 /* Bits per id: the least b with 2^b >= V' (at least 1). */

@@ -38,6 +38,7 @@
 #endif
 
 #include "count_common.h"
+#include "counts_meta.h"
 
 #include "count_width.h"
 

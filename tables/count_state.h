@@ -74,6 +74,8 @@ typedef struct counter_ {
     eg_status (*sink)(struct counter_ *c);
     int sink_tokens; /* the sink makes its own keys from the block's tokens */
     void *sketch;
+    char *meta; /* the counts file's metadata JSON (counts_meta.h) */
+    size_t meta_len;
 } counter;
 
 /* The partition of a key: how many splitters are <= it (branch-free binary
@@ -185,4 +187,5 @@ static void counter_free(counter *c)
     free(c->ks_kb);
     free(c->ks_est);
     free(c->tree);
+    free(c->meta);
 }

@@ -132,27 +132,6 @@ static inline size_t runs_end(const counter *c, eg_count_stats *st, unsigned cha
     return r->bytes + emit_runs(c, st, out + r->bytes, base, r->rk, r->re, r->m, &r->prev);
 }
 
-static eg_status write_header(counter *c, int fd, const eg_count_stats *st, const char *path)
-{
-    const uint32_t N = c->o->max_ngram;
-    unsigned char hdr[8 + 4 + 4 + 8 + 8 + 8 + 16 * EG_COUNT_MAX_ORDER];
-    memset(hdr, 0, sizeof hdr);
-    memcpy(hdr, "EGCOUNT1", 8);
-    eg_put_le32(hdr + 8, 1);
-    eg_put_le32(hdr + 12, N);
-    eg_put_le64(hdr + 16, c->o->vprime);
-    eg_put_le64(hdr + 24, (uint64_t)c->o->pad);
-    eg_put_le64(hdr + 32, st->tokens);
-    for (uint32_t n = 2; n <= N; n++) {
-        eg_put_le64(hdr + 40 + 16 * (n - 2), st->distinct[n]);
-        eg_put_le64(hdr + 48 + 16 * (n - 2), st->total[n]);
-    }
-    size_t len = header_bytes(N);
-    if (pwrite(fd, hdr, len, 0) != (ssize_t)len)
-        return eg_fail(c->err, EG_EIO, "%s: write failed: %s", path, strerror(errno));
-    return EG_OK;
-}
-
 /* A counts file being written: its temporary name, the threads' statistics
  * (with their top-k heaps), the file, and for the writers that write in
  * order, their sequential writer. */
@@ -201,37 +180,17 @@ static eg_status finish_counts(counter *c, eg_count_stats *st, counts_out *out, 
     eg_seqout_free(&out->q);
     if (ret)
         goto done;
-    for (int t = 0; t < T; t++)
-        for (uint32_t n = 2; n <= N; n++) {
-            st->distinct[n] += ts[t].distinct[n];
-            st->total[n] += ts[t].total[n];
-            st->singletons[n] += ts[t].singletons[n];
-            for (unsigned b = 0; b < EG_FOF_BUCKETS; b++)
-                st->fof[n][b] += ts[t].fof[n][b];
-        }
-    for (uint32_t n = 2; n <= N && o->top_k; n++) {
-        if (!(st->top[n] = calloc(o->top_k, sizeof *st->top[n]))) {
-            ret = eg_fail(c->err, EG_ENOMEM, "out of memory");
-            goto done;
-        }
-        for (int t = 0; t < T; t++)
-            for (size_t i = 0; i < ts[t].n_top[n]; i++)
-                egc_top_offer(st, n, o->top_k, &ts[t].top[n][i]);
-        qsort(st->top[n], st->n_top[n], sizeof *st->top[n], egc_cmp_top);
-    }
-    if ((ret = write_header(c, w->fd, st, tmp)))
+    if ((ret = egc_stats_sum(st, ts, T, N, o->top_k, c->err)))
         goto done;
-    if (fsync(w->fd))
-        ret = eg_fail(c->err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
-done:;
-    const int opened = w->fd >= 0;
-    if (opened && eg_outfile_close(w) && !ret)
-        ret = eg_fail(c->err, EG_EIO, "%s: close failed", tmp);
-    if (!ret && rename(tmp, o->output))
-        ret = eg_fail(c->err, EG_EIO, "%s: cannot rename into place: %s", o->output,
-                      strerror(errno));
-    if (ret && opened)
-        unlink(tmp);
+    if (!c->meta) { /* what the file counted (the shards fingerprinted) */
+        egc_meta m;
+        if (!(ret = egc_meta_from_opts(o, 0, o->n_shards, &m, c->err)))
+            ret = egc_meta_json(&m, &c->meta, &c->meta_len, c->err);
+        egc_meta_free(&m);
+    }
+done:
+    ret = egc_finish_file(w, tmp, o->output, N, o->vprime, o->pad, st, c->meta, c->meta_len, ret,
+                          c->err);
     for (int t = 0; ts && t < T; t++)
         eg_count_stats_free(&ts[t]);
     free(ts);

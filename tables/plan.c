@@ -17,6 +17,9 @@ struct eg_counts {
     int64_t pad;
     uint64_t distinct[EG_COUNT_MAX_ORDER + 1], total[EG_COUNT_MAX_ORDER + 1];
     size_t section[EG_COUNT_MAX_ORDER + 1]; /* byte offset of order n's records */
+    uint32_t version;
+    const char *meta; /* version 2: the metadata JSON in the map */
+    size_t meta_len;
 };
 
 eg_status eg_counts_open(const char *path, eg_counts **out, eg_err *err)
@@ -38,9 +41,9 @@ eg_status eg_counts_open(const char *path, eg_counts **out, eg_err *err)
     const unsigned char *p = c->map;
     if (!p || c->len < 40 || memcmp(p, "EGCOUNT1", 8))
         st = eg_fail(err, EG_EFORMAT, "%s: not a counts file (no EGCOUNT1 header)", path);
-    else if (eg_get_le32(p + 8) != 1)
-        st = eg_fail(err, EG_EUNSUPPORTED, "%s: counts file version %u (this build reads 1)",
-                     path, eg_get_le32(p + 8));
+    else if ((c->version = eg_get_le32(p + 8)) != 1 && c->version != 2)
+        st = eg_fail(err, EG_EUNSUPPORTED,
+                     "%s: counts file version %u (this build reads 1 and 2)", path, c->version);
     else if ((c->N = eg_get_le32(p + 12)) < 2 || c->N > EG_COUNT_MAX_ORDER)
         st = eg_fail(err, EG_EFORMAT, "%s: max n-gram order %u is out of range", path, c->N);
     else if (c->len < 40 + 16 * (size_t)(c->N - 1))
@@ -61,6 +64,16 @@ eg_status eg_counts_open(const char *path, eg_counts **out, eg_err *err)
                              path, n, (unsigned long long)c->distinct[n]);
             else
                 off += (size_t)(c->distinct[n] * rec);
+        }
+        if (!st && c->version == 2) { /* the metadata, its length, "EGCMETA1" */
+            const size_t left = c->len - off;
+            const uint64_t ml = left >= 16 ? eg_get_le64(p + c->len - 16) : 0;
+            if (left < 16 || memcmp(p + c->len - 8, "EGCMETA1", 8) || ml != left - 16)
+                st = eg_fail(err, EG_EFORMAT,
+                             "%s: no metadata trailer after the records (truncated?)", path);
+            c->meta = (const char *)p + off;
+            c->meta_len = (size_t)ml;
+            off = c->len;
         }
         if (!st && off != c->len)
             st = eg_fail(err, EG_EFORMAT, "%s: %zu bytes, the header describes %zu", path, c->len,
@@ -84,6 +97,13 @@ void eg_counts_close(eg_counts *c)
 }
 
 uint32_t eg_counts_max_ngram(const eg_counts *c) { return c->N; }
+uint32_t eg_counts_version(const eg_counts *c) { return c->version; }
+const char *eg_counts_meta(const eg_counts *c, size_t *len)
+{
+    if (len)
+        *len = c->meta_len;
+    return c->meta;
+}
 uint64_t eg_counts_vprime(const eg_counts *c) { return c->vprime; }
 int64_t eg_counts_pad(const eg_counts *c) { return c->pad; }
 uint64_t eg_counts_tokens(const eg_counts *c) { return c->tokens; }
@@ -94,6 +114,13 @@ uint64_t eg_counts_distinct(const eg_counts *c, uint32_t n)
 uint64_t eg_counts_total(const eg_counts *c, uint32_t n)
 {
     return n >= 2 && n <= c->N ? c->total[n] : 0;
+}
+
+const unsigned char *eg_counts_record(const eg_counts *c, uint32_t n, uint64_t i)
+{
+    if (n < 2 || n > c->N || i > c->distinct[n])
+        return NULL;
+    return c->map + c->section[n] + i * (4ull * n + 8);
 }
 
 eg_status eg_counts_get(const eg_counts *c, uint32_t n, uint64_t i, uint32_t *ids,

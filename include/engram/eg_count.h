@@ -10,12 +10,19 @@
  * count as they read, spill sorted zstd runs when full and merge them per
  * range at the end (see eg_count_method). Memory stays within the budget.
  *
- * Counts file (version 1, little-endian):
- *   "EGCOUNT1" (8 bytes); u32 version = 1; u32 max_ngram N; u64 V';
+ * Counts file (version 2, little-endian):
+ *   "EGCOUNT1" (8 bytes); u32 version = 2; u32 max_ngram N; u64 V';
  *   i64 pad id; u64 tokens; for n = 2..N: u64 distinct, u64 occurrences;
  *   then the records of order 2, of order 3, ...: n uint32 ids (oldest
  *   first) and a u64 count, sorted by the ids. numpy reads a section with
- *   dtype([("ids", "<u4", n), ("count", "<u8")]).
+ *   dtype([("ids", "<u4", n), ("count", "<u8")]). Then what was counted, as
+ *   JSON: the configuration (max_ngram, vprime, pad, pad_mode, seq_len,
+ *   projection_sha256) and the inputs (path, tokens, docs, fingerprint of
+ *   the token stream), sorted by path; then u64 the JSON's length and
+ *   "EGCMETA1". Version 1 is the same without the JSON and the last 16 bytes
+ *   (read, not written). Counting all shards at once, merging the counts of
+ *   disjoint subsets (eg_counts_merge) and counting across MPI ranks give
+ *   the same bytes.
  */
 #ifndef ENGRAM_EG_COUNT_H
 #define ENGRAM_EG_COUNT_H
@@ -146,9 +153,43 @@ int64_t eg_counts_pad(const eg_counts *c);
 uint64_t eg_counts_tokens(const eg_counts *c);
 uint64_t eg_counts_distinct(const eg_counts *c, uint32_t n);
 uint64_t eg_counts_total(const eg_counts *c, uint32_t n);
+/* The file's format version (1 or 2). */
+uint32_t eg_counts_version(const eg_counts *c);
+/* Version 2: the metadata JSON (borrowed from the open file, *len bytes, not
+ * NUL-terminated); NULL for version 1. */
+const char *eg_counts_meta(const eg_counts *c, size_t *len);
 /* Record i of order n: its ids (n values, copied into ids[]) and count. */
 eg_status eg_counts_get(const eg_counts *c, uint32_t n, uint64_t i, uint32_t *ids,
                         uint64_t *count);
+
+/* Where record i of order n starts in the mapped file (4n + 8 bytes;
+ * i == distinct gives the section's end); borrowed, valid until
+ * eg_counts_close. NULL when n or i is out of range. */
+const unsigned char *eg_counts_record(const eg_counts *c, uint32_t n, uint64_t i);
+
+/* ---- merging counts files ------------------------------------------------------ */
+
+typedef struct eg_merge_opts {
+    const char *const *inputs; /* counts files (version 2), borrowed */
+    size_t n_inputs;
+    const char *output;  /* the merged counts file (temporary name, renamed when complete) */
+    size_t memory;       /* the threads' merge buffers, bytes (0: 256 MiB); the inputs are mapped */
+    int n_threads;       /* 0: all cores */
+    size_t top_k;        /* as eg_count_opts.top_k */
+    int allow_overlap;   /* merge inputs that counted the same shard (it then counts twice) */
+    void (*progress)(uint64_t records_done, uint64_t records_total, void *ctx);
+    void *progress_ctx;
+} eg_merge_opts;
+
+/* Sum counts files into one: the n-grams of all of them with their counts
+ * added, and the inputs of all of them in its metadata. The result is
+ * byte-identical to counting every input shard at once. Errors: EG_EINVAL
+ * naming two files counted with a different configuration (order, V', pad,
+ * padding, projection) or that counted the same shard (unless
+ * allow_overlap); EG_EUNSUPPORTED for version 1 files (they do not record
+ * their inputs); EG_EFORMAT for a bad file. The top lists in `st` are
+ * allocated (eg_count_stats_free). */
+eg_status eg_counts_merge(const eg_merge_opts *o, eg_count_stats *st, eg_err *err);
 
 /* ---- planning ---------------------------------------------------------------- */
 
