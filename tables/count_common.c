@@ -128,7 +128,7 @@ void eg_count_stats_free(eg_count_stats *st)
 
 eg_status egc_check_opts(const eg_count_opts *o, eg_err *err)
 {
-    if (!o || !o->shards || !o->n_shards)
+    if (!o || !o->shards || (!o->n_shards && !o->comm)) /* a rank may have none */
         return eg_fail(err, EG_EINVAL, "count: no input shards");
     if (o->max_ngram < 2 || o->max_ngram > EG_COUNT_MAX_ORDER)
         return eg_fail(err, EG_EINVAL, "count: orders 2..N with N in 2..%d (got %u)",

@@ -213,6 +213,113 @@ static eg_status count_partitioned(const eg_count_opts *o, eg_count_stats *st, e
     return ret;
 }
 
+/* Tables (any budget): the counter set up, the budget divided between key
+ * buffers (extra_key_bytes more per key for the caller's: a distributed
+ * count's exchange) and the tables' arena; spill runs named for the process
+ * and `rank`. On error nothing is left to free. */
+static eg_status tables_begin(counter *c, const eg_count_opts *o, eg_count_stats *st,
+                              size_t extra_key_bytes, int rank, eg_err *err)
+{
+    eg_status ret = exact_begin(c, o, st, flush_keys, err);
+    if (ret)
+        return ret;
+    /* the budget: a quarter for two key buffers, the rest for the tables */
+    const size_t mem = o->memory ? o->memory : ((size_t)1 << 30);
+    if (mem < ((size_t)1 << 20))
+        return eg_fail(err, EG_ENOMEM,
+                       "count: a budget of %zu bytes is too small to make progress (at least "
+                       "1 MiB)",
+                       mem);
+    /* per key: the key and its hash, and their scattered copy (and the caller's) */
+    const size_t KEY_BYTES = 16 * KW + 16 + extra_key_bytes;
+    c->kcap = mem / 4 / KEY_BYTES;
+    if (c->kcap > ((size_t)8 << 20))
+        c->kcap = (size_t)8 << 20;
+    if (c->kcap < 4 * (size_t)o->max_ngram)
+        return eg_fail(err, EG_ENOMEM, "count: a budget of %zu bytes cannot hold a block", mem);
+    const size_t table_bytes = mem - c->kcap * KEY_BYTES - mem / 16;
+    c->P = 256;
+    while (c->P > (size_t)(2 * c->nt) && table_bytes / sizeof(entry) / c->P < 4096)
+        c->P /= 2;
+    size_t per = table_bytes / sizeof(entry) / c->P;
+    if (per < 64)
+        return eg_fail(err, EG_ENOMEM,
+                       "count: a budget of %zu bytes is too small to make progress (at least "
+                       "1 MiB)",
+                       mem);
+    c->klo = malloc(c->kcap * 8);
+    c->slo = malloc(c->kcap * 8);
+    c->kp = malloc(c->kcap);
+    c->sh = malloc(c->kcap * 8);
+#if KW == 2
+    c->khi = malloc(c->kcap * 8);
+    c->shi = malloc(c->kcap * 8);
+#endif
+    c->budget = per * c->P;
+    c->part = calloc(c->P, sizeof *c->part);
+    c->spl = calloc(c->P, sizeof *c->spl);
+    c->pbytes = calloc(c->P + 1, sizeof *c->pbytes);
+    c->hist = malloc((size_t)c->nt * c->P * sizeof *c->hist);
+    c->start = malloc((c->P + 1) * sizeof *c->start);
+    c->done = malloc(c->P * sizeof *c->done);
+    int ok = (KW == 1 || (c->khi && c->shi)) && c->klo && c->slo && c->kp && c->sh && c->part &&
+             c->spl && c->pbytes && c->hist && c->start && c->done && !alloc_block(c);
+    /* each partition's region: 8 shares of the budget (partitions are key
+     * ranges chosen from a sample, so some fill more than others), in 2 MiB
+     * units; one share each where the address space is refused */
+    const size_t hb = (size_t)2 << 20, huge = hb / sizeof(entry);
+    for (size_t shares = c->P > 8 ? 8 : 1; ok && !c->arena; shares = 1) {
+        /* whole 2 MiB units, so that every table starts on a huge page
+         * (entries of 12 bytes do not divide 2 MiB) */
+        c->region_bytes = (per * shares * sizeof(entry) + hb - 1) / hb * hb;
+        c->region = c->region_bytes / sizeof(entry);
+        c->arena_bytes = c->region_bytes * c->P;
+        void *a = mmap(NULL, c->arena_bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (a != MAP_FAILED)
+            c->arena = a;
+        else if (shares == 1)
+            ok = 0;
+    }
+#ifdef MADV_HUGEPAGE
+    /* huge pages (2 MiB: a fault each, not 512) where rounding every table up
+     * to them costs at most a sixteenth of the budget, which then pays it */
+    if (ok && c->P * huge <= c->budget / 16) {
+        c->huge_pages = 1; /* asked for per table in pt_grow, once it is large */
+        c->budget -= c->P * huge;
+    }
+#endif
+    c->scratch = calloc((size_t)c->nt, sizeof *c->scratch);
+    c->scratch_cap = calloc((size_t)c->nt, sizeof *c->scratch_cap);
+    ok = ok && c->scratch && c->scratch_cap;
+    for (size_t p = 0; ok && p < c->P; p++) {
+        c->part[p].cap = per < PT_START ? per : PT_START;
+        c->part[p].slot = (entry *)(void *)((unsigned char *)c->arena + p * c->region_bytes);
+        c->inuse += c->part[p].cap;
+    }
+    if (!ok) {
+        counter_free(c);
+        return eg_fail(err, EG_ENOMEM, "count: out of memory for a budget of %zu bytes", mem);
+    }
+    st->table_bytes = c->budget * sizeof(entry);
+    st->buffer_bytes = c->kcap * KEY_BYTES;
+    st->key_words = KW;
+    st->entry_bytes = (uint32_t)sizeof(entry);
+    st->method = EG_COUNT_TABLES;
+    st->partitions = (uint32_t)c->P;
+    const char *slash = strrchr(o->output, '/');
+    const long id = (long)getpid(); /* and the rank, where several share a process (tests) */
+    if (o->tmp_dir)
+        snprintf(c->tmp_prefix, sizeof c->tmp_prefix, "%s/egcount.%ld.%d", o->tmp_dir, id, rank);
+    else if (slash)
+        snprintf(c->tmp_prefix, sizeof c->tmp_prefix, "%.*s/.egcount.%ld.%d",
+                 (int)(slash - o->output), o->output, id, rank);
+    else
+        snprintf(c->tmp_prefix, sizeof c->tmp_prefix, ".egcount.%ld.%d", id, rank);
+    return EG_OK;
+}
+
+static eg_status count_distributed(const eg_count_opts *o, eg_count_stats *st, eg_err *err);
 eg_status eg_count_run_k64(const eg_count_opts *o, eg_count_stats *st, eg_err *err);
 eg_status eg_count_run_k32(const eg_count_opts *o, eg_count_stats *st, eg_err *err);
 #if KW == 1 && defined(CNT32)
@@ -230,6 +337,8 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
         return !o->wide_counts && egc_input_tokens(o) < UINT32_MAX ? eg_count_run_k32(o, st, err)
                                                                : eg_count_run_k64(o, st, err);
 #endif
+    if (o && o->comm) /* across processes: count_dist.h */
+        return count_distributed(o, st, err);
     if (o && o->method != EG_COUNT_TABLES) {
         int declined;
         eg_status r = count_partitioned(o, st, err, &declined);
@@ -237,100 +346,9 @@ eg_status eg_count_run(const eg_count_opts *o, eg_count_stats *st, eg_err *err)
             return r;
     }
     counter c;
-    eg_status ret = exact_begin(&c, o, st, flush_keys, err);
+    eg_status ret = tables_begin(&c, o, st, 0, 0, err);
     if (ret)
         return ret;
-    /* the budget: a quarter for two key buffers, the rest for the tables */
-    const size_t mem = o->memory ? o->memory : ((size_t)1 << 30);
-    if (mem < ((size_t)1 << 20))
-        return eg_fail(err, EG_ENOMEM,
-                       "count: a budget of %zu bytes is too small to make progress (at least "
-                       "1 MiB)",
-                       mem);
-    enum { KEY_BYTES = 16 * KW + 16 }; /* per key: the key and its hash, and their scattered copy */
-    c.kcap = mem / 4 / KEY_BYTES;
-    if (c.kcap > ((size_t)8 << 20))
-        c.kcap = (size_t)8 << 20;
-    if (c.kcap < 4 * (size_t)o->max_ngram)
-        return eg_fail(err, EG_ENOMEM, "count: a budget of %zu bytes cannot hold a block", mem);
-    const size_t table_bytes = mem - c.kcap * KEY_BYTES - mem / 16;
-    c.P = 256;
-    while (c.P > (size_t)(2 * c.nt) && table_bytes / sizeof(entry) / c.P < 4096)
-        c.P /= 2;
-    size_t per = table_bytes / sizeof(entry) / c.P;
-    if (per < 64)
-        return eg_fail(err, EG_ENOMEM,
-                       "count: a budget of %zu bytes is too small to make progress (at least "
-                       "1 MiB)",
-                       mem);
-    c.klo = malloc(c.kcap * 8);
-    c.slo = malloc(c.kcap * 8);
-    c.kp = malloc(c.kcap);
-    c.sh = malloc(c.kcap * 8);
-#if KW == 2
-    c.khi = malloc(c.kcap * 8);
-    c.shi = malloc(c.kcap * 8);
-#endif
-    c.budget = per * c.P;
-    c.part = calloc(c.P, sizeof *c.part);
-    c.spl = calloc(c.P, sizeof *c.spl);
-    c.pbytes = calloc(c.P + 1, sizeof *c.pbytes);
-    c.hist = malloc((size_t)c.nt * c.P * sizeof *c.hist);
-    c.start = malloc((c.P + 1) * sizeof *c.start);
-    c.done = malloc(c.P * sizeof *c.done);
-    int ok = (KW == 1 || (c.khi && c.shi)) && c.klo && c.slo && c.kp && c.sh && c.part &&
-             c.spl && c.pbytes && c.hist && c.start && c.done && !alloc_block(&c);
-    /* each partition's region: 8 shares of the budget (partitions are key
-     * ranges chosen from a sample, so some fill more than others), in 2 MiB
-     * units; one share each where the address space is refused */
-    const size_t hb = (size_t)2 << 20, huge = hb / sizeof(entry);
-    for (size_t shares = c.P > 8 ? 8 : 1; ok && !c.arena; shares = 1) {
-        /* whole 2 MiB units, so that every table starts on a huge page
-         * (entries of 12 bytes do not divide 2 MiB) */
-        c.region_bytes = (per * shares * sizeof(entry) + hb - 1) / hb * hb;
-        c.region = c.region_bytes / sizeof(entry);
-        c.arena_bytes = c.region_bytes * c.P;
-        void *a = mmap(NULL, c.arena_bytes, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (a != MAP_FAILED)
-            c.arena = a;
-        else if (shares == 1)
-            ok = 0;
-    }
-#ifdef MADV_HUGEPAGE
-    /* huge pages (2 MiB: a fault each, not 512) where rounding every table up
-     * to them costs at most a sixteenth of the budget, which then pays it */
-    if (ok && c.P * huge <= c.budget / 16) {
-        c.huge_pages = 1; /* asked for per table in pt_grow, once it is large */
-        c.budget -= c.P * huge;
-    }
-#endif
-    c.scratch = calloc((size_t)c.nt, sizeof *c.scratch);
-    c.scratch_cap = calloc((size_t)c.nt, sizeof *c.scratch_cap);
-    ok = ok && c.scratch && c.scratch_cap;
-    for (size_t p = 0; ok && p < c.P; p++) {
-        c.part[p].cap = per < PT_START ? per : PT_START;
-        c.part[p].slot = (entry *)(void *)((unsigned char *)c.arena + p * c.region_bytes);
-        c.inuse += c.part[p].cap;
-    }
-    if (!ok) {
-        counter_free(&c);
-        return eg_fail(err, EG_ENOMEM, "count: out of memory for a budget of %zu bytes", mem);
-    }
-    st->table_bytes = c.budget * sizeof(entry);
-    st->buffer_bytes = c.kcap * KEY_BYTES;
-    st->key_words = KW;
-    st->entry_bytes = (uint32_t)sizeof(entry);
-    st->method = EG_COUNT_TABLES;
-    st->partitions = (uint32_t)c.P;
-    const char *slash = strrchr(o->output, '/');
-    if (o->tmp_dir)
-        snprintf(c.tmp_prefix, sizeof c.tmp_prefix, "%s/egcount.%ld", o->tmp_dir, (long)getpid());
-    else if (slash)
-        snprintf(c.tmp_prefix, sizeof c.tmp_prefix, "%.*s/.egcount.%ld",
-                 (int)(slash - o->output), o->output, (long)getpid());
-    else
-        snprintf(c.tmp_prefix, sizeof c.tmp_prefix, ".egcount.%ld", (long)getpid());
     double t0 = now_s();
     sample_splitters(&c);
     ret = egc_for_each_segment(o, exact_segment, &c, &st->tokens, err);

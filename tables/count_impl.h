@@ -17,6 +17,7 @@
  *     count_runs.h     full tables spilled as sorted zstd runs; the k-way merge
  *   count_write.h      the counts file: records, statistics, header, writers
  *   count_driver.h     the budget, the method, eg_count_run
+ *   count_dist.h       across processes: shares, sample, key exchange, one output
  * count_width.h is the only width-dependent part (entry, kkey, nkey); what
  * does not depend on the width is compiled once in count_common.c. */
 #ifndef KW
@@ -63,3 +64,5 @@
 #include "count_ranges.h"
 
 #include "count_driver.h"
+
+#include "count_dist.h"

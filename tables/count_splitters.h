@@ -7,27 +7,37 @@ static int cmp_kkey(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Splitters from m sampled keys (sorted here): P - 1 of their distinct
- * values at even quantiles, so that partitions hold about as many distinct
- * n-grams each. Where the sample misleads, some partitions fill more than
- * others; tables grow from one shared budget, so that costs balance, never
- * correctness or memory. 0 when there are no keys to choose from. */
-static int splitters_from(counter *c, kkey *k, size_t m)
+/* parts - 1 splitters from the m sorted keys k: of their d distinct values,
+ * the ((j + 1) d / parts)-th for j = 0..parts-2, so that the parts hold
+ * about as many distinct n-grams each; 0 when there are no keys. */
+static int quantile_splitters(const kkey *k, size_t m, size_t parts, kkey *spl)
 {
-    qsort(k, m, sizeof *k, cmp_kkey);
     size_t d = 0;
     for (size_t i = 0; i < m; i++)
         d += !i || k[i] != k[i - 1];
     if (!d)
         return 0;
-    /* the ((j + 1) d / P)-th distinct key, walking the sorted sample */
-    for (size_t i = 0, seen = 0, j = 0; i < m && j + 1 < c->P; i++) {
+    for (size_t i = 0, seen = 0, j = 0; i < m && j + 1 < parts; i++) {
         if (i && k[i] == k[i - 1])
             continue;
-        while (j + 1 < c->P && (size_t)((u128)(j + 1) * d / c->P) == seen)
-            c->spl[j++] = k[i];
+        while (j + 1 < parts && (size_t)((u128)(j + 1) * d / parts) == seen)
+            spl[j++] = k[i];
         seen++;
     }
+    return 1;
+}
+
+/* Splitters from m sampled keys, sorted (sorted here unless `sorted`): P - 1
+ * of their distinct values at even quantiles. Where the sample misleads,
+ * some partitions fill more than others; tables grow from one shared budget,
+ * so that costs balance, never correctness or memory. 0 when there are no
+ * keys to choose from. */
+static int splitters_from(counter *c, kkey *k, size_t m, int sorted)
+{
+    if (!sorted)
+        qsort(k, m, sizeof *k, cmp_kkey);
+    if (!quantile_splitters(k, m, c->P, c->spl))
+        return 0;
     c->have_spl = 1;
     if (c->ks_est) { /* each range's share of the sample's keys (repeats too) */
         memset(c->ks_est, 0, c->P * sizeof *c->ks_est);
@@ -41,25 +51,26 @@ static int splitters_from(counter *c, kkey *k, size_t m)
     return 1;
 }
 
-/* The splitters from the whole input: the n-grams of 256 windows of 1024
- * tokens spread evenly over it (a corpus's first block may be unlike the
- * rest). Ids the projection rejects are skipped here: the counting pass
- * reports them. Without keys (or on a read error, reported by the pass) the
- * first batch is used instead (choose_splitters). */
-static void sample_splitters(counter *c)
+/* The sample: the n-grams of 256 windows spread evenly over the input (of
+ * at most a sixteenth of the budget over `share`: its slack while tables
+ * are small), into *k (malloc'ed, *m keys; NULL when the input cannot be
+ * opened). */
+static void sample_keys(counter *c, size_t share, kkey **out, size_t *out_m)
 {
     const eg_count_opts *o = c->o;
     const uint32_t N = o->max_ngram, H = N - 1;
     enum { W = 256, L = 1024 };
-    /* at most a sixteenth of the budget (its slack: tables are small yet) */
     const size_t mem = o->memory ? o->memory : ((size_t)1 << 30);
-    const size_t most = mem / 16 / sizeof(kkey) > 4096 ? mem / 16 / sizeof(kkey) : 4096;
+    size_t most = mem / 16 / sizeof(kkey) / share;
+    most = most > 4096 ? most : 4096;
+    *out = NULL;
+    *out_m = 0;
     const uint64_t total = egc_input_tokens(o);
     if (total == UINT64_MAX)
         return;
     const size_t cap = (size_t)W * L * H < most ? (size_t)W * L * H : most;
     const size_t wl = cap / W / H > H + 1 ? cap / W / H : H + 1; /* tokens per window */
-    kkey *k = malloc(cap * sizeof *k);
+    kkey *k = malloc(cap * sizeof *k + 1);
     uint32_t *x = malloc(L * sizeof *x);
     size_t m = 0;
     uint64_t base = 0; /* the first token of shard i */
@@ -93,11 +104,26 @@ static void sample_splitters(counter *c)
         base += n;
         eg_shard_close(s);
     }
-    if (k && m)
-        splitters_from(c, k, m);
-    free(k);
     free(x);
+    *out = k;
+    *out_m = m;
 }
+
+/* The splitters from the whole input: the n-grams of 256 windows of 1024
+ * tokens spread evenly over it (a corpus's first block may be unlike the
+ * rest). Ids the projection rejects are skipped here: the counting pass
+ * reports them. Without keys (or on a read error, reported by the pass) the
+ * first batch is used instead (choose_splitters). */
+static void sample_splitters(counter *c)
+{
+    kkey *k = NULL;
+    size_t m = 0;
+    sample_keys(c, 1, &k, &m);
+    if (k && m)
+        splitters_from(c, k, m, 0);
+    free(k);
+}
+
 
 /* Splitters from a sample of the first batch's keys, when sample_splitters
  * found none. */
@@ -112,7 +138,7 @@ static eg_status choose_splitters(counter *c)
         const size_t j = m == n ? i : (size_t)(((u128)mix_key(0, i) * n) >> 64);
         k[i] = KEY_AT(c->khi, c->klo, j);
     }
-    splitters_from(c, k, m);
+    splitters_from(c, k, m, 0);
     free(k);
     return EG_OK;
 }

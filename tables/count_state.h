@@ -75,6 +75,7 @@ typedef struct counter_ {
     int sink_tokens; /* the sink makes its own keys from the block's tokens */
     void *sketch;
     char *meta; /* the counts file's metadata JSON (counts_meta.h) */
+    struct dist_ *dist; /* a distributed count's exchange (count_dist.h) */
     size_t meta_len;
 } counter;
 

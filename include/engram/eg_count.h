@@ -45,6 +45,25 @@ typedef enum eg_pad_mode {
     EG_PAD_SEQLEN = 1 /* every seq_len tokens of each shard, as the model sees it */
 } eg_pad_mode;
 
+/* Collective operations among the processes of a distributed count (ranks
+ * 0..size-1), supplied by the caller: an MPI adapter (the engram command's
+ * --mpi), or threads (the tests). Every rank calls them in the same order;
+ * each returns 0, or non-zero when the transport failed. Byte counts and
+ * offsets are per rank, in rank order. */
+typedef struct eg_comm {
+    int rank, size;
+    void *ctx;
+    /* recv[r * bytes, (r + 1) * bytes) = rank r's send */
+    int (*allgather)(void *ctx, const void *send, size_t bytes, void *recv);
+    /* rank r's `bytes_of[r]` bytes, laid end to end in recv */
+    int (*allgatherv)(void *ctx, const void *send, size_t bytes, void *recv,
+                      const size_t *bytes_of);
+    /* send_bytes[r] bytes from send + send_at[r] go to rank r; rank r's
+     * recv_bytes[r] bytes for this rank land at recv + recv_at[r] */
+    int (*alltoallv)(void *ctx, const void *send, const size_t *send_bytes, const size_t *send_at,
+                     void *recv, const size_t *recv_bytes, const size_t *recv_at);
+} eg_comm;
+
 typedef struct eg_count_opts {
     const char *const *shards; /* shard paths (eg_shard_open), borrowed */
     size_t n_shards;
@@ -71,6 +90,17 @@ typedef struct eg_count_opts {
                       * 64-bit ones; non-zero: always 64-bit (tests,
                       * benchmarks). The output is the same. */
     int method; /* eg_count_method: how exact counting goes (output the same) */
+    const eg_comm *comm; /* non-NULL: count across its ranks, each calling eg_count_run
+                          * with the same options (all the shards, the same output
+                          * on a file system they share): each rank reads its share
+                          * of the shards (contiguous, by tokens), n-gram keys go to
+                          * the rank owning their key range (splitters from a sample
+                          * gathered from every rank) in bounded rounds, each rank
+                          * counts with tables within `memory` (its own budget) and
+                          * writes its range at its offset of the one output, which
+                          * is byte-identical to a single process's. A failure on
+                          * any rank stops every rank with that rank's message, and
+                          * the output is then not created. */
     uint32_t passes; /* partition first: read the input this many times, each pass
                       * scattering the keys of the next key ranges only, so that
                       * the stream in memory is about 1/passes of it. 0: auto
@@ -119,6 +149,12 @@ typedef struct eg_count_stats {
                            * first: reading and scattering */
     double seconds_merge; /* the final sort, merge and write; partition first:
                            * counting the ranges, sorting and writing */
+    /* distributed (eg_count_opts.comm): the ranks, the key bytes sent to other
+     * ranks (all ranks), and the most time one rank spent in the exchange
+     * (waiting included) and in counting */
+    uint32_t ranks;
+    uint64_t exchange_bytes;
+    double seconds_exchange;
     eg_ngram_top *top[EG_COUNT_MAX_ORDER + 1]; /* top_k each, most frequent first */
     size_t n_top[EG_COUNT_MAX_ORDER + 1];
 } eg_count_stats;
