@@ -66,6 +66,24 @@ CRYPTO_LIBS := $(if $(HAVE_CRYPTO),$(call pc_libs,libcrypto),-lcrypto)
 HAVE_OPENMP := $(shell printf '#include <omp.h>\nint main(void){return omp_get_max_threads() < 0;}\n' | \
                  $(CC) -fopenmp -x c - -o /dev/null >/dev/null 2>&1 && echo yes)
 
+# MPI (optional): `engram count --mpi` and `engram prep --mpi` when mpicc
+# exists (OpenMPI's --showme, else MPICH's -show); only cli/mpi.c sees mpi.h.
+# MPI=0 builds without it.
+ifneq ($(MPI),0)
+MPI_CFLAGS := $(shell mpicc --showme:compile 2>/dev/null)
+MPI_LIBS := $(shell mpicc --showme:link 2>/dev/null)
+ifeq ($(strip $(MPI_LIBS)),)
+MPI_CFLAGS := $(filter -I%,$(shell mpicc -show 2>/dev/null))
+MPI_LIBS := $(filter -L% -l% -Wl%,$(shell mpicc -show 2>/dev/null))
+endif
+HAVE_MPI := $(if $(strip $(MPI_LIBS)),$(shell printf '\043include <mpi.h>\nint main(void){return MPI_Init(0,0);}\n' | \
+              $(CC) $(MPI_CFLAGS) -x c - -o /dev/null $(MPI_LIBS) >/dev/null 2>&1 && echo yes),)
+endif
+ifneq ($(HAVE_MPI),yes)
+MPI_CFLAGS :=
+MPI_LIBS :=
+endif
+
 HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo yes)
 ifeq ($(origin CUDA),undefined)
 CUDA := $(if $(HAVE_NVCC),1,0)
@@ -80,7 +98,8 @@ mark = $(if $(1),✓,✗)
 DEP_LINE := deps: $(call mark,$(HAVE_ICU))ICU $(call mark,$(HAVE_SPM))sentencepiece \
   $(call mark,$(HAVE_LMDB))LMDB $(call mark,$(HAVE_ZLIB))zlib $(call mark,$(HAVE_ZSTD))zstd \
   $(call mark,$(HAVE_JANSSON))jansson $(call mark,$(HAVE_ONIG))oniguruma \
-  $(call mark,$(HAVE_CRYPTO))libcrypto $(call mark,$(HAVE_OPENMP))OpenMP $(call mark,$(filter 1,$(CUDA)))CUDA$(if $(HAVE_NVCC),,(no nvcc))
+  $(call mark,$(HAVE_CRYPTO))libcrypto $(call mark,$(HAVE_OPENMP))OpenMP $(call mark,$(filter 1,$(CUDA)))CUDA$(if $(HAVE_NVCC),,(no nvcc)) \
+  $(call mark,$(HAVE_MPI))MPI$(if $(HAVE_MPI),,(no mpicc))
 ANY_MISSING := $(strip $(foreach d,ICU SPM LMDB ZLIB ZSTD JANSSON ONIG CRYPTO OPENMP,$(if $(HAVE_$(d)),,$(d))))
 
 .PHONY: deps
@@ -159,6 +178,11 @@ $(BUILD)/obj/%.o: %.c $(HDRS) Makefile
 	$(if $(Q),@echo "  CC    $<")
 	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
 
+$(BUILD)/obj/cli/mpi.o: cli/mpi.c $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  CC    $<")
+	$(Q)$(CC) $(CFLAGS_ALL) $(MPI_CFLAGS) $(if $(HAVE_MPI),-DENGRAM_MPI,) -c $< -o $@
+
 $(BUILD)/obj/%.o: %.cc $(HDRS) Makefile
 	@mkdir -p $(dir $@)
 	$(if $(Q),@echo "  CXX   $<")
@@ -174,7 +198,7 @@ $(LIB_SO): $(LIB_OBJ)
 
 $(ENGRAM): $(CLI_OBJ) $(LIB_A)
 	$(if $(Q),@echo "  LD    $@")
-	$(Q)$(CC) -o $@ $(CLI_OBJ) $(LIB_A) $(LDLIBS_ALL) $(LDFLAGS)
+	$(Q)$(CC) -o $@ $(CLI_OBJ) $(LIB_A) $(LDLIBS_ALL) $(MPI_LIBS) $(LDFLAGS)
 
 $(TESTS): $(TEST_OBJ) $(LIB_A)
 	$(if $(Q),@echo "  LD    $@")
@@ -187,7 +211,7 @@ $(TESTS): $(TEST_OBJ) $(LIB_A)
 # interpreter.
 PY_TESTS ?= 1
 test: all $(TESTS)
-	$(Q)ENGRAM_BIN=$(ENGRAM) ENGRAM_LIB=$(LIB_SO) ENGRAM_PY_TESTS=$(PY_TESTS) \
+	$(Q)ENGRAM_BIN=$(ENGRAM) ENGRAM_MPI=$(if $(HAVE_MPI),1,0) ENGRAM_LIB=$(LIB_SO) ENGRAM_PY_TESTS=$(PY_TESTS) \
 	  ENGRAM_CUDA_LIB=$(abspath $(CUDA_LIB)) ./$(TESTS) $(TEST_ARGS)
 
 asan:

@@ -102,6 +102,12 @@ typedef struct cli_count_report_opts {
 void cli_count_report(const eg_count_stats *st, const cli_count_report_opts *r);
 int cmd_merge(int argc, char **argv);
 
+/* --mpi (cli/mpi.c): MPI started and cm its collectives over every rank of
+ * the job; 1 with the error printed where engram was built without MPI or
+ * MPI cannot start. cli_mpi_end finalizes it. */
+int cli_mpi_begin(eg_comm *cm);
+void cli_mpi_end(void);
+
 /* A byte size with an optional k/M/G suffix (powers of 1024). */
 int cli_parse_size(const char *s, uint64_t *out);
 

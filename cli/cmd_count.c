@@ -44,6 +44,11 @@ static const char count_usage[] =
     "      --wide-keys            two-word keys even where one word holds every n-gram\n"
     "      --wide-counts          64-bit counts in the tables even below 2^32 tokens\n"
     "                             (the same output, slower; for tests and benchmarks)\n"
+    "      --mpi                  count across the ranks of an MPI job (mpirun -n P\n"
+    "                             engram count --mpi ...): each rank reads its share\n"
+    "                             of the shards and counts its key range within\n"
+    "                             --memory (per rank); one COUNTS, byte-identical\n"
+    "                             to a single process's (docs/SCALING.md)\n"
     "      --json                 the summary as JSON on stdout\n"
     "  -q, --quiet                no progress line, no summary\n"
     "  -h, --help                 this text\n";
@@ -95,8 +100,13 @@ void cli_count_report(const eg_count_stats *st_, const cli_count_report_opts *r)
         json_object_set_new(root, "approx", json_boolean(r->approx));
         if (r->verb)
             json_object_set_new(root, "merged_files", json_integer((json_int_t)r->n_inputs));
-        if (r->ranks)
+        if (r->ranks) {
             json_object_set_new(root, "ranks", json_integer(r->ranks));
+            json_object_set_new(root, "exchange_bytes", json_integer((json_int_t)st.exchange_bytes));
+            json_object_set_new(root, "exchange_bytes_per_token",
+                                json_real(st.tokens ? (double)st.exchange_bytes / st.tokens : 0.0));
+            json_object_set_new(root, "seconds_exchange", json_real(st.seconds_exchange));
+        }
         json_object_set_new(root, "tokens", json_integer((json_int_t)st.tokens));
         json_object_set_new(root, "compressed_vocab_size", json_integer((json_int_t)r->vprime));
         json_object_set_new(root, "pad_id_compressed", json_integer(r->pad));
@@ -186,6 +196,11 @@ void cli_count_report(const eg_count_stats *st_, const cli_count_report_opts *r)
                 printf("\n");
             }
         }
+        if (r->ranks)
+            cli_note("%d ranks: %.1f MiB of keys exchanged (%.1f bytes per token), at most "
+                     "%.2f s of a rank's time in the exchange\n",
+                     r->ranks, st.exchange_bytes / 1048576.0,
+                     st.tokens ? (double)st.exchange_bytes / st.tokens : 0.0, st.seconds_exchange);
         if (r->verb)
             cli_note("time %.2f s, %zu files, %.2f M tokens/s of the inputs, buffers %.0f MiB, "
                      "peak memory %.1f MiB -> %s\n",
@@ -207,7 +222,18 @@ void cli_count_report(const eg_count_stats *st_, const cli_count_report_opts *r)
 
 int cmd_count(int argc, char **argv)
 {
-    enum { O_PAD = 256, O_DOCS, O_TMP, O_APPROX, O_JSON, O_WIDE, O_WIDE_COUNTS, O_METHOD, O_PASSES };
+    enum {
+        O_PAD = 256,
+        O_DOCS,
+        O_TMP,
+        O_APPROX,
+        O_JSON,
+        O_WIDE,
+        O_WIDE_COUNTS,
+        O_METHOD,
+        O_PASSES,
+        O_MPI
+    };
     static const struct option opts[] = {{"tokenizer", required_argument, 0, 't'},
                                          {"projection", required_argument, 0, 'p'},
                                          {"compressed-vocab", required_argument, 0, 'V'},
@@ -227,6 +253,7 @@ int cmd_count(int argc, char **argv)
                                          {"method", required_argument, 0, O_METHOD},
                                          {"passes", required_argument, 0, O_PASSES},
                                          {"json", no_argument, 0, O_JSON},
+                                         {"mpi", no_argument, 0, O_MPI},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
@@ -235,7 +262,7 @@ int cmd_count(int argc, char **argv)
     eg_count_opts o;
     memset(&o, 0, sizeof o);
     o.top_k = 10;
-    int approx = 0, json = 0, quiet = 0, c;
+    int approx = 0, json = 0, quiet = 0, mpi = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "t:p:V:c:n:T:m:j:o:k:qh", opts, NULL)) != -1) {
         switch (c) {
@@ -267,6 +294,7 @@ int cmd_count(int argc, char **argv)
             break;
         }
         case O_JSON: json = 1; break;
+        case O_MPI: mpi = 1; break;
         case 'q': quiet = 1; break;
         case 'V':
             if (cli_parse_u64(optarg, &vprime) || !vprime)
@@ -360,6 +388,18 @@ int cmd_count(int argc, char **argv)
     } else {
         o.pad = (int64_t)pad_raw;
     }
+    eg_comm cm;
+    if (mpi) {
+        if (approx) {
+            rc = cli_error("--mpi counts exactly; --approx is one process");
+            goto done;
+        }
+        if ((rc = cli_mpi_begin(&cm)))
+            goto done;
+        o.comm = &cm;
+        quiet |= cm.rank != 0; /* rank 0 reports for all */
+        json &= cm.rank == 0;
+    }
     count_progress pc = {cli_now(), cli_now(), !quiet && isatty(STDERR_FILENO)};
     o.progress = progress;
     o.progress_ctx = &pc;
@@ -368,7 +408,7 @@ int cmd_count(int argc, char **argv)
     if ((approx ? eg_count_approx(&o, &st, &err) : eg_count_run(&o, &st, &err))) {
         if (pc.on)
             fputs("\r\033[K", stderr);
-        rc = cli_fail(&err);
+        rc = !mpi || cm.rank == 0 ? cli_fail(&err) : 1; /* every rank has the message */
         goto done;
     }
     double secs = cli_now() - t0;
@@ -376,10 +416,13 @@ int cmd_count(int argc, char **argv)
         fputs("\r\033[K", stderr);
     cli_count_report_opts r = {.output = approx ? NULL : o.output, .approx = approx,
                                .vprime = o.vprime, .pad = o.pad, .max_ngram = o.max_ngram,
-                               .vp = vp, .secs = secs, .mem = mem, .json = json, .quiet = quiet};
+                               .vp = vp, .secs = secs, .mem = mem, .json = json, .quiet = quiet,
+                               .ranks = mpi ? cm.size : 0};
     cli_count_report(&st, &r);
     eg_count_stats_free(&st);
 done:
+    if (mpi && o.comm)
+        cli_mpi_end();
     free(proj);
     eg_projection_free(vp);
     eg_tokenizer_free(tok);

@@ -21,6 +21,8 @@ PKGS=(
   python3-matplotlib           # the training sweep's plot (docs/training-sweep.png)
   python3-sentencepiece        # examples/generate.py: prompts in, text out
   clang libomp-dev             # libFuzzer (make fuzz) and ThreadSanitizer with OpenMP (make tsan)
+  libopenmpi-dev openmpi-bin   # engram count/prep --mpi across processes and nodes (optional:
+                               # without mpicc everything else builds)
 )
 
 missing=()

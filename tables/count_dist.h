@@ -49,31 +49,13 @@ static inline size_t rank_of(const dist *d, kkey k)
     return a;
 }
 
-/* Every rank's status, gathered: EG_OK when all are fine, else (on every
- * rank) the first failing rank's code and message. */
-typedef struct {
-    int32_t code;
-    char msg[EG_ERR_MSG_MAX];
-} rank_status;
-
+/* Every rank's status, gathered (eg_comm_agree), the time counted as
+ * exchange. */
 static eg_status dist_agree(dist *d, eg_status st, eg_err *err)
 {
-    rank_status mine, *all = malloc((size_t)d->R * sizeof *all);
-    memset(&mine, 0, sizeof mine);
-    mine.code = st;
-    if (st)
-        snprintf(mine.msg, sizeof mine.msg, "%s", err && err->msg[0] ? err->msg : "failed");
     const double t0 = now_s();
-    if (!all || d->cm->allgather(d->cm->ctx, &mine, sizeof mine, all)) {
-        free(all);
-        return eg_fail(err, EG_EIO, "count: the ranks could not exchange their status");
-    }
+    const eg_status ret = eg_comm_agree(d->cm, st, err);
     d->t_exchange += now_s() - t0;
-    eg_status ret = EG_OK;
-    for (int r = 0; r < d->R && !ret; r++)
-        if (all[r].code)
-            ret = eg_fail(err, all[r].code, "rank %d of %d: %s", r, d->R, all[r].msg);
-    free(all);
     return ret;
 }
 

@@ -1,5 +1,6 @@
 /*
- * eg_base.h - status codes, error reports and version of libengram.
+ * eg_base.h - status codes, error reports and version of libengram, and the
+ * collectives (eg_comm) of jobs that run across processes.
  *
  * Conventions used by every public header of libengram:
  *  - Every fallible call returns an eg_status: 0 (EG_OK) on success, a negative
@@ -16,6 +17,8 @@
  */
 #ifndef ENGRAM_EG_BASE_H
 #define ENGRAM_EG_BASE_H
+
+#include <stddef.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -47,6 +50,31 @@ typedef struct eg_err {
     eg_status code;
     char msg[EG_ERR_MSG_MAX];
 } eg_err;
+
+/* Collective operations among the processes of a distributed job (ranks
+ * 0..size-1: eg_count_opts.comm, eg_prep_opts.comm), supplied by the caller:
+ * an MPI adapter (the engram command's --mpi), or threads (the tests). Every rank calls them in the same order;
+ * each returns 0, or non-zero when the transport failed. Byte counts and
+ * offsets are per rank, in rank order. */
+typedef struct eg_comm {
+    int rank, size;
+    void *ctx;
+    /* recv[r * bytes, (r + 1) * bytes) = rank r's send */
+    int (*allgather)(void *ctx, const void *send, size_t bytes, void *recv);
+    /* rank r's `bytes_of[r]` bytes, laid end to end in recv */
+    int (*allgatherv)(void *ctx, const void *send, size_t bytes, void *recv,
+                      const size_t *bytes_of);
+    /* send_bytes[r] bytes from send + send_at[r] go to rank r; rank r's
+     * recv_bytes[r] bytes for this rank land at recv + recv_at[r] */
+    int (*alltoallv)(void *ctx, const void *send, const size_t *send_bytes, const size_t *send_at,
+                     void *recv, const size_t *recv_bytes, const size_t *recv_at);
+} eg_comm;
+
+/* Every rank's verdict: each rank passes its own status (and err holding its
+ * message when st != 0); all ranks return the same, EG_OK when every rank
+ * passed EG_OK, else the lowest failing rank's status with err = "rank r of
+ * R: its message"; EG_EIO when the transport itself failed. */
+eg_status eg_comm_agree(const eg_comm *cm, eg_status st, eg_err *err);
 
 /* A static, human-readable name for a status code ("invalid argument", ...). */
 const char *eg_status_str(eg_status s);

@@ -45,25 +45,6 @@ typedef enum eg_pad_mode {
     EG_PAD_SEQLEN = 1 /* every seq_len tokens of each shard, as the model sees it */
 } eg_pad_mode;
 
-/* Collective operations among the processes of a distributed count (ranks
- * 0..size-1), supplied by the caller: an MPI adapter (the engram command's
- * --mpi), or threads (the tests). Every rank calls them in the same order;
- * each returns 0, or non-zero when the transport failed. Byte counts and
- * offsets are per rank, in rank order. */
-typedef struct eg_comm {
-    int rank, size;
-    void *ctx;
-    /* recv[r * bytes, (r + 1) * bytes) = rank r's send */
-    int (*allgather)(void *ctx, const void *send, size_t bytes, void *recv);
-    /* rank r's `bytes_of[r]` bytes, laid end to end in recv */
-    int (*allgatherv)(void *ctx, const void *send, size_t bytes, void *recv,
-                      const size_t *bytes_of);
-    /* send_bytes[r] bytes from send + send_at[r] go to rank r; rank r's
-     * recv_bytes[r] bytes for this rank land at recv + recv_at[r] */
-    int (*alltoallv)(void *ctx, const void *send, const size_t *send_bytes, const size_t *send_at,
-                     void *recv, const size_t *recv_bytes, const size_t *recv_at);
-} eg_comm;
-
 typedef struct eg_count_opts {
     const char *const *shards; /* shard paths (eg_shard_open), borrowed */
     size_t n_shards;
