@@ -32,6 +32,11 @@ static const char prep_usage[] =
     "                          SIZE/16, at most 64M)\n"
     "      --strict            invalid UTF-8, malformed JSONL and missing fields are\n"
     "                          errors (default: replaced or skipped, and counted)\n"
+    "      --mpi               prepare across the ranks of an MPI job (mpirun -n P\n"
+    "                          engram prep --mpi ...): the input files are divided\n"
+    "                          by size into contiguous runs, rank r writes\n"
+    "                          PREFIX_r<rrrrr>[_NNNNNN].bin; in name order they hold\n"
+    "                          the token stream one process writes\n"
     "      --json              the summary as JSON on stdout\n"
     "  -q, --quiet             no progress line, no summary\n"
     "  -h, --help              this text\n";
@@ -80,7 +85,7 @@ static void show_progress(const eg_prep_stats *st, void *vctx)
 
 int cmd_prep(int argc, char **argv)
 {
-    enum { O_LINE = 256, O_JSONL, O_FIELD, O_BOS, O_EOS, O_STRICT, O_JSON, O_MAXDOC };
+    enum { O_LINE = 256, O_JSONL, O_FIELD, O_BOS, O_EOS, O_STRICT, O_JSON, O_MAXDOC, O_MPI };
     static const struct option opts[] = {{"tokenizer", required_argument, 0, 't'},
                                          {"output", required_argument, 0, 'o'},
                                          {"format", required_argument, 0, 'f'},
@@ -95,6 +100,7 @@ int cmd_prep(int argc, char **argv)
                                          {"max-doc", required_argument, 0, O_MAXDOC},
                                          {"strict", no_argument, 0, O_STRICT},
                                          {"json", no_argument, 0, O_JSON},
+                                         {"mpi", no_argument, 0, O_MPI},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
@@ -105,7 +111,7 @@ int cmd_prep(int argc, char **argv)
     po.bos = po.eos = -1;
     po.reader.field = "text";
     uint64_t memory = 1ull << 30, v;
-    int json = 0, quiet = 0, c, jsonl = 0;
+    int json = 0, quiet = 0, c, jsonl = 0, mpi = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "t:o:f:s:j:m:qh", opts, NULL)) != -1) {
         switch (c) {
@@ -146,6 +152,7 @@ int cmd_prep(int argc, char **argv)
             break;
         case O_STRICT: po.reader.strict = 1; break;
         case O_JSON: json = 1; break;
+        case O_MPI: mpi = 1; break;
         case 'q': quiet = 1; break;
         case 'h': fputs(prep_usage, stdout); return 0;
         default: fputs(prep_usage, stderr); return 2;
@@ -178,13 +185,23 @@ int cmd_prep(int argc, char **argv)
         return 1;
     }
     po.tok = tok;
+    eg_comm cm;
+    if (mpi) {
+        if (cli_mpi_begin(&cm)) {
+            eg_tokenizer_free(tok);
+            return 1;
+        }
+        po.comm = &cm;
+        quiet |= cm.rank != 0; /* rank 0 reports for all */
+        json &= cm.rank == 0;
+    }
     progress_ctx pc = {cli_now(), cli_now(), !quiet && isatty(STDERR_FILENO)};
     po.progress = show_progress;
     po.progress_ctx = &pc;
     eg_prep_stats st;
     double t0 = cli_now();
     if (eg_prep_run(&po, &st, &err))
-        rc = cli_fail(&err);
+        rc = !mpi || cm.rank == 0 ? cli_fail(&err) : 1; /* every rank has the message */
     double secs = cli_now() - t0;
     if (pc.on && secs > 0.5)
         fputs("\r\033[K", stderr);
@@ -197,7 +214,7 @@ int cmd_prep(int argc, char **argv)
                "\"bytes\": %llu, \"bytes_read\": %llu, \"empty_docs\": %llu, "
                "\"invalid_utf8\": %llu, \"bad_records\": %llu, \"missing_field\": %llu, "
                "\"seconds\": %.6f, \"tokens_per_second\": %.1f, \"mb_per_second\": %.3f, "
-               "\"threads\": %d, \"peak_rss_mib\": %.1f}\n",
+               "\"threads\": %d, \"ranks\": %d, \"peak_rss_mib\": %.1f}\n",
                tok_path, output, fmt, st.shards, (unsigned long long)st.in.files,
                (unsigned long long)st.in.docs, (unsigned long long)st.in.chunks,
                (unsigned long long)st.tokens, (unsigned long long)st.in.bytes,
@@ -206,13 +223,16 @@ int cmd_prep(int argc, char **argv)
                (unsigned long long)st.in.missing_field, secs,
                (double)st.tokens / (secs > 0 ? secs : 1e-9),
                (double)st.in.bytes / 1e6 / (secs > 0 ? secs : 1e-9), po.n_threads,
-               cli_peak_rss_mib());
+               mpi ? cm.size : 1, cli_peak_rss_mib());
     } else if (!rc && !quiet) {
         cli_note("prepared %llu documents (%llu files, %.1f MB of text) -> %llu tokens in %zu "
                  "%s shard%s at %s\n",
                  (unsigned long long)st.in.docs, (unsigned long long)st.in.files,
                  (double)st.in.bytes / 1e6, (unsigned long long)st.tokens, st.shards, fmt,
                  st.shards == 1 ? "" : "s", output);
+        if (mpi)
+            cli_note("%d ranks, each writing %s_r<rank>...; peak memory below is rank 0's\n",
+                     cm.size, output);
         if (st.in.empty || st.in.bad_utf8 || st.in.bad_records || st.in.missing_field ||
             st.in.chunks)
             cli_note("skipped %llu empty documents, %llu malformed records, %llu without the "
@@ -225,6 +245,8 @@ int cmd_prep(int argc, char **argv)
                  (double)st.tokens / (secs > 0 ? secs : 1e-9) / 1e6,
                  (double)st.in.bytes / 1e6 / (secs > 0 ? secs : 1e-9), cli_peak_rss_mib());
     }
+    if (mpi)
+        cli_mpi_end();
     eg_tokenizer_free(tok);
     return rc;
 }

@@ -1,14 +1,20 @@
 /* pipeline.c - read a batch of documents, tokenize it in parallel (OpenMP,
  * dynamic schedule), write it in input order; repeat. Memory is bounded by the
  * batch (its text and its ids); the output does not depend on the thread count. */
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #include "../base/eg_internal.h"
 #include "engram/eg_prep.h"
+
+__extension__ typedef unsigned __int128 u128;
 
 #define DEFAULT_BATCH ((size_t)64 << 20)
 #define MAX_BATCH_DOCS 65536
@@ -23,24 +29,23 @@ typedef struct {
     eg_err err;
 } doc_slot;
 
-eg_status eg_prep_run(const eg_prep_opts *o, eg_prep_stats *stats, eg_err *err)
+/* Prepare `inputs` into shards at `output`. A share with no document is an
+ * error when need_doc, else writes nothing (stats->shards 0). On success the
+ * finished writer goes to *keep where keep is non-NULL (to be renamed or
+ * aborted by the caller), else it is freed; on failure nothing is left. */
+static eg_status prep_share(const eg_prep_opts *o, const char *const *inputs, size_t n_inputs,
+                            const char *output, int need_doc, eg_prep_stats *stats,
+                            eg_shard_writer **keep, eg_err *err)
 {
-    if (!o || !o->tok || !o->output || !stats)
-        return eg_fail(err, EG_EINVAL, "eg_prep_run: NULL argument");
     memset(stats, 0, sizeof *stats);
-    eg_status st = eg_tokenizer_can_encode(o->tok, err);
-    if (st)
-        return st;
+    eg_status st;
     const uint64_t V = eg_tokenizer_vocab_size(o->tok);
-    if ((o->bos >= 0 && (uint64_t)o->bos >= V) || (o->eos >= 0 && (uint64_t)o->eos >= V))
-        return eg_fail(err, EG_ERANGE, "--bos/--eos id is outside the tokenizer's %llu ids",
-                       (unsigned long long)V);
     const size_t batch_bytes = o->batch_bytes ? o->batch_bytes : DEFAULT_BATCH;
     eg_reader *rd = NULL;
     eg_shard_writer *w = NULL;
-    if ((st = eg_reader_open(o->inputs, o->n_inputs, &o->reader, &rd, err)))
+    if ((st = eg_reader_open(inputs, n_inputs, &o->reader, &rd, err)))
         return st;
-    if ((st = eg_shard_writer_open(o->output, o->format, V, o->shard_tokens, &w, err))) {
+    if ((st = eg_shard_writer_open(output, o->format, V, o->shard_tokens, &w, err))) {
         eg_reader_close(rd);
         return st;
     }
@@ -156,22 +161,197 @@ eg_status eg_prep_run(const eg_prep_opts *o, eg_prep_stats *stats, eg_err *err)
     }
     if (!st && doc_open && o->eos >= 0)
         st = eg_shard_writer_append(w, &eos, 1, err);
-    if (!st && !doc_open)
+    if (!st && !doc_open && need_doc)
         st = eg_fail(err, EG_EFORMAT, "the input holds no document (every one was empty or "
                                       "skipped): nothing written");
-    if (!st)
+    if (!st && doc_open)
         st = eg_shard_writer_finish(w, err);
-    if (st)
+    if (st || !doc_open)
         eg_shard_writer_abort(w);
-    else
-        stats->shards = eg_shard_writer_n_shards(w);
+    stats->shards = st ? 0 : eg_shard_writer_n_shards(w);
     eg_reader_get_stats(rd, &stats->in);
     for (size_t i = 0; docs && i < MAX_BATCH_DOCS; i++)
         free(docs[i].own);
     free(docs);
     free(ids_all);
     free(text);
+    if (!st && keep) {
+        *keep = w;
+        w = NULL;
+    }
     eg_shard_writer_free(w);
     eg_reader_close(rd);
     return st;
+}
+
+/* ---- across ranks ----------------------------------------------------------- */
+
+/* The files of this rank: the expanded inputs divided by size into runs in
+ * reading order, file i to the rank whose 1/R of the bytes holds the
+ * file's midpoint (so runs are contiguous and every rank computes the same
+ * division). *first and *count index eg_reader_file. */
+static eg_status share_of(const eg_prep_opts *o, eg_reader **all, size_t *first, size_t *count,
+                          eg_err *err)
+{
+    eg_status st = eg_reader_open(o->inputs, o->n_inputs, &o->reader, all, err);
+    if (st)
+        return st;
+    size_t n = 0;
+    uint64_t total = 0;
+    for (const char *f; (f = eg_reader_file(*all, n)); n++) {
+        struct stat sb;
+        if (!strcmp(f, "-"))
+            return eg_fail(err, EG_EINVAL, "standard input cannot be divided among ranks: "
+                                           "name the input files");
+        if (stat(f, &sb))
+            return eg_fail(err, EG_EIO, "%s: %s", f, strerror(errno));
+        total += (uint64_t)sb.st_size;
+    }
+    const unsigned R = (unsigned)o->comm->size, me = (unsigned)o->comm->rank;
+    uint64_t at = 0;
+    *first = n;
+    *count = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct stat sb;
+        if (stat(eg_reader_file(*all, i), &sb))
+            return eg_fail(err, EG_EIO, "%s: %s", eg_reader_file(*all, i), strerror(errno));
+        const uint64_t mid2 = 2 * at + (uint64_t)sb.st_size; /* twice the midpoint */
+        at += (uint64_t)sb.st_size;
+        /* rank = floor(R * mid / total), in 128 bits; all at rank 0 when empty */
+        const unsigned r = total ? (unsigned)((u128)mid2 * R / (2 * (u128)total)) : 0;
+        if ((r < R ? r : R - 1) == me) {
+            if (!*count)
+                *first = i;
+            (*count)++;
+        }
+    }
+    return EG_OK;
+}
+
+/* The final name of w's shard i (written under the temporary prefix tmp),
+ * or its .idx. */
+static void final_name(char *to, size_t cap, const eg_shard_writer *w, size_t i, int idx,
+                       const char *tmp, const char *prefix)
+{
+    snprintf(to, cap, "%s%s", prefix, eg_shard_writer_path(w, i) + strlen(tmp));
+    if (idx) /* PREFIX...bin -> PREFIX...idx */
+        memcpy(to + strlen(to) - 4, ".idx", 4);
+}
+
+/* Remove the final names of w's first n shards. */
+static void unlink_final(const eg_shard_writer *w, size_t n, eg_shard_format fmt,
+                         const char *tmp, const char *prefix)
+{
+    char to[4200];
+    for (size_t i = 0; i < n; i++)
+        for (int idx = 0; idx < 1 + (fmt == EG_SHARD_MEGATRON); idx++) {
+            final_name(to, sizeof to, w, i, idx, tmp, prefix);
+            unlink(to);
+        }
+}
+
+/* Rename every file of w (its shards and, for Megatron, their .idx) from
+ * the temporary prefix tmp to prefix. On failure the files renamed so far
+ * are removed, and the rest by the caller (eg_shard_writer_abort). */
+static eg_status rename_shards(eg_shard_writer *w, eg_shard_format fmt, const char *tmp,
+                               const char *prefix, eg_err *err)
+{
+    char from[4200], to[4200];
+    for (size_t i = 0; i < eg_shard_writer_n_shards(w); i++)
+        for (int idx = 0; idx < 1 + (fmt == EG_SHARD_MEGATRON); idx++) {
+            snprintf(from, sizeof from, "%s", eg_shard_writer_path(w, i));
+            if (idx)
+                memcpy(from + strlen(from) - 4, ".idx", 4);
+            final_name(to, sizeof to, w, i, idx, tmp, prefix);
+            if (rename(from, to)) {
+                eg_status st = eg_fail(err, EG_EIO, "%s: cannot rename into place: %s", to,
+                                       strerror(errno));
+                unlink_final(w, i + 1, fmt, tmp, prefix);
+                return st;
+            }
+        }
+    return EG_OK;
+}
+
+static void stats_add(eg_prep_stats *a, const eg_prep_stats *b)
+{
+    a->in.files += b->in.files;
+    a->in.bytes_read += b->in.bytes_read;
+    a->in.bytes_total += b->in.bytes_total;
+    a->in.bytes += b->in.bytes;
+    a->in.docs += b->in.docs;
+    a->in.chunks += b->in.chunks;
+    a->in.empty += b->in.empty;
+    a->in.bad_utf8 += b->in.bad_utf8;
+    a->in.bad_records += b->in.bad_records;
+    a->in.missing_field += b->in.missing_field;
+    a->tokens += b->tokens;
+    a->shards += b->shards;
+}
+
+static eg_status prep_distributed(const eg_prep_opts *o, eg_prep_stats *stats, eg_err *err)
+{
+    const eg_comm *cm = o->comm;
+    eg_reader *all = NULL;
+    eg_shard_writer *w = NULL;
+    size_t first = 0, count = 0;
+    char prefix[4096], tmp[4200];
+    snprintf(prefix, sizeof prefix, "%s_r%05d", o->output, cm->rank);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", prefix, (long)getpid());
+    eg_status st = strlen(o->output) + 64 > sizeof prefix
+                       ? eg_fail(err, EG_EINVAL, "%s: the output prefix is too long", o->output)
+                       : share_of(o, &all, &first, &count, err);
+    eg_prep_stats mine;
+    memset(&mine, 0, sizeof mine);
+    if (!st && count) {
+        const char **files = malloc(count * sizeof *files);
+        for (size_t i = 0; files && i < count; i++)
+            files[i] = eg_reader_file(all, first + i);
+        st = files ? prep_share(o, files, count, tmp, 0, &mine, &w, err)
+                   : eg_fail(err, EG_ENOMEM, "out of memory");
+        free(files);
+    }
+    eg_reader_close(all);
+    /* every rank's verdict, then the whole job's statistics */
+    eg_prep_stats *each = malloc((size_t)cm->size * sizeof *each);
+    if (!st && !each)
+        st = eg_fail(err, EG_ENOMEM, "out of memory");
+    st = eg_comm_agree(cm, st, err);
+    if (!st && cm->allgather(cm->ctx, &mine, sizeof mine, each))
+        st = eg_fail(err, EG_EIO, "the ranks could not exchange their statistics");
+    memset(stats, 0, sizeof *stats);
+    for (int r = 0; !st && r < cm->size; r++)
+        stats_add(stats, &each[r]);
+    free(each);
+    if (!st && !stats->in.docs)
+        st = eg_fail(err, EG_EFORMAT, "the input holds no document (every one was empty or "
+                                      "skipped): nothing written");
+    /* temporary names to final ones on every rank, or on none */
+    if (!st) {
+        const eg_status renamed = w ? rename_shards(w, o->format, tmp, prefix, err) : EG_OK;
+        st = eg_comm_agree(cm, renamed, err);
+        if (st && !renamed && w) /* another rank could not rename: undo ours */
+            unlink_final(w, eg_shard_writer_n_shards(w), o->format, tmp, prefix);
+    }
+    if (st && w) /* what is left under temporary names */
+        eg_shard_writer_abort(w);
+    eg_shard_writer_free(w);
+    return st;
+}
+
+eg_status eg_prep_run(const eg_prep_opts *o, eg_prep_stats *stats, eg_err *err)
+{
+    if (!o || !o->tok || !o->output || !stats)
+        return eg_fail(err, EG_EINVAL, "eg_prep_run: NULL argument");
+    memset(stats, 0, sizeof *stats);
+    eg_status st = eg_tokenizer_can_encode(o->tok, err);
+    if (st)
+        return st;
+    const uint64_t V = eg_tokenizer_vocab_size(o->tok);
+    if ((o->bos >= 0 && (uint64_t)o->bos >= V) || (o->eos >= 0 && (uint64_t)o->eos >= V))
+        return eg_fail(err, EG_ERANGE, "--bos/--eos id is outside the tokenizer's %llu ids",
+                       (unsigned long long)V);
+    if (o->comm)
+        return prep_distributed(o, stats, err);
+    return prep_share(o, o->inputs, o->n_inputs, o->output, 1, stats, NULL, err);
 }

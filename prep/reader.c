@@ -605,6 +605,11 @@ eg_status eg_reader_next(eg_reader *r, const char **text, size_t *len, uint32_t 
 
 void eg_reader_get_stats(const eg_reader *r, eg_reader_stats *st) { *st = r->st; }
 
+const char *eg_reader_file(const eg_reader *r, size_t i)
+{
+    return r && i < r->n_files ? r->files[i] : NULL;
+}
+
 void eg_reader_close(eg_reader *r)
 {
     if (!r)

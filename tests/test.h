@@ -51,6 +51,14 @@ int t_failed_now(void);
         }                                                                           \
     } while (0)
 
+#define REQUIRE_MSG(cond, ...)                                                      \
+    do {                                                                            \
+        if (!(cond)) {                                                              \
+            t_fail(__FILE__, __LINE__, __VA_ARGS__);                                \
+            return;                                                                 \
+        }                                                                           \
+    } while (0)
+
 #define SKIP(why)                                                                   \
     do {                                                                            \
         t_skip(why);                                                                \
@@ -68,9 +76,16 @@ const char *t_tmpdir(void);
 const char *t_tmp_path(const char *name);
 int t_write_file(const char *path, const void *data, size_t len);
 int t_file_exists(const char *path);
+/* Both files readable and equal byte for byte. */
+int t_same_file(const char *a, const char *b);
 /* Run the engram CLI with `args` (a shell fragment); returns its exit status;
  * its stderr is kept in t_cli_stderr(), its stdout in t_cli_stdout(). */
 int t_cli(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The same under `mpirun --oversubscribe -n ranks` (the CLI's --mpi);
+ * t_mpi_available() says whether it can run: engram built with MPI
+ * (ENGRAM_MPI=1, set by make test) and mpirun on the PATH. */
+int t_cli_mpi(int ranks, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int t_mpi_available(void);
 const char *t_cli_stderr(void);
 const char *t_cli_stdout(void);
 /* The file that holds the last t_cli's standard output (binary-safe). */

@@ -137,6 +137,16 @@ int t_file_exists(const char *path)
     return stat(path, &st) == 0;
 }
 
+int t_same_file(const char *a, const char *b)
+{
+    size_t na = 0, nb = 0;
+    char *x = t_read_file(a, &na), *y = t_read_file(b, &nb);
+    const int same = x && y && na == nb && !memcmp(x, y, na);
+    free(x);
+    free(y);
+    return same;
+}
+
 static char *cli_out, *cli_err;
 
 const char *t_cli_stderr(void) { return cli_err ? cli_err : ""; }
@@ -145,20 +155,19 @@ const char *t_cli_stdout(void) { return cli_out ? cli_out : ""; }
 static char cli_out_path[600];
 const char *t_cli_stdout_file(void) { return cli_out_path; }
 
-int t_cli(const char *fmt, ...)
+/* Run `launcher BIN args` (launcher "" or "mpirun ... "), keeping its
+ * output and error. */
+static int cli_run(const char *launcher, const char *fmt, va_list ap)
 {
     char args[4096], cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
     const char *bin = getenv("ENGRAM_BIN");
     char out_path[600], err_path[600];
     snprintf(out_path, sizeof out_path, "%s/cli.stdout", t_tmpdir());
     snprintf(cli_out_path, sizeof cli_out_path, "%s", out_path);
     snprintf(err_path, sizeof err_path, "%s/cli.stderr", t_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s %s >%s 2>%s </dev/null", bin && *bin ? bin : "build/engram",
-             args, out_path, err_path);
+    snprintf(cmd, sizeof cmd, "%s%s %s >%s 2>%s </dev/null", launcher,
+             bin && *bin ? bin : "build/engram", args, out_path, err_path);
     int rc = system(cmd);
     free(cli_out);
     free(cli_err);
@@ -167,6 +176,38 @@ int t_cli(const char *fmt, ...)
     if (rc == -1)
         return -1;
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
+}
+
+int t_cli(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    const int rc = cli_run("", fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int t_mpi_available(void)
+{
+    const char *m = getenv("ENGRAM_MPI");
+    return m && !strcmp(m, "1") && system("command -v mpirun >/dev/null 2>&1") == 0;
+}
+
+int t_cli_mpi(int ranks, const char *fmt, ...)
+{
+    /* OpenMPI refuses root unless told (containers and CI run as root);
+     * MPI's own allocations outlive MPI_Finalize, which is not ours to
+     * report under ASan */
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    char launcher[128];
+    snprintf(launcher, sizeof launcher,
+             "ASAN_OPTIONS=detect_leaks=0 mpirun --oversubscribe -n %d ", ranks);
+    va_list ap;
+    va_start(ap, fmt);
+    const int rc = cli_run(launcher, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 uint64_t t_rand(uint64_t *s)

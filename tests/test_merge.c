@@ -41,16 +41,6 @@ static void write_docs_shard(const char *prefix, unsigned seed, size_t tokens)
     char var[512];                                                                                 \
     snprintf(var, sizeof var, "%s", t_tmp_path(name))
 
-static int same_file(const char *a, const char *b)
-{
-    size_t na, nb;
-    char *x = t_read_file(a, &na), *y = t_read_file(b, &nb);
-    const int same = x && y && na == nb && !memcmp(x, y, na);
-    free(x);
-    free(y);
-    return same;
-}
-
 /* Disjoint subsets of five shards counted apart (partition first, tables
  * with spills, one and two threads, orders 2..4), merged in any order and
  * any grouping, give the file counting all five at once gives, byte for
@@ -83,17 +73,17 @@ TEST(merge_of_disjoint_subsets_equals_counting_all_at_once)
                       cc) == 0);
         REQUIRE(t_cli("merge %s %s %s -o %s -q -m 1M -j 2", ca,
                       cb, cc, out) == 0);
-        CHECK_MSG(same_file(out, all), "%s: merge(a, b, c) differs from counting all", modes[m]);
+        CHECK_MSG(t_same_file(out, all), "%s: merge(a, b, c) differs from counting all", modes[m]);
         REQUIRE(t_cli("merge %s %s %s -o %s -q -j 1", cc,
                       ca, cb, out) == 0);
-        CHECK_MSG(same_file(out, all), "%s: merge(c, a, b) differs", modes[m]);
+        CHECK_MSG(t_same_file(out, all), "%s: merge(c, a, b) differs", modes[m]);
         REQUIRE(t_cli("merge %s %s -o %s -q", ca, cb,
                       cab) == 0);
         REQUIRE(t_cli("merge %s %s -o %s -q", cab,
                       cc, out) == 0);
-        CHECK_MSG(same_file(out, all), "%s: merge(merge(a, b), c) differs", modes[m]);
+        CHECK_MSG(t_same_file(out, all), "%s: merge(merge(a, b), c) differs", modes[m]);
         REQUIRE(t_cli("merge %s -o %s -q", all, out) == 0);
-        CHECK_MSG(same_file(out, all), "%s: merging one file changes it", modes[m]);
+        CHECK_MSG(t_same_file(out, all), "%s: merging one file changes it", modes[m]);
         /* the summary: the same statistics as the count's */
         REQUIRE(t_cli("merge %s %s %s -o %s --json -k 3", ca,
                       cb, cc, out) == 0);
@@ -183,7 +173,7 @@ TEST(merge_refuses_other_configurations_and_overlaps)
     /* allowed, the overlap counts twice: as counting the shard twice does */
     REQUIRE(t_cli("merge %s %s -o %s -q --allow-overlap", ca, ca, out) == 0);
     REQUIRE(t_cli("count %s %s -V 300 --pad 0 -n 3 -o %s -q", a, a, t_tmp_path("mr_aa.counts")) == 0);
-    CHECK(same_file(out, t_tmp_path("mr_aa.counts")));
+    CHECK(t_same_file(out, t_tmp_path("mr_aa.counts")));
     /* version 1 (the same file without its metadata) is read, not merged */
     bytes = t_read_file(ca, &n);
     REQUIRE(bytes && n > 16);

@@ -70,6 +70,9 @@ enum { EG_DOC_CONTINUES = 1u << 0 /* this chunk continues the previous document 
 eg_status eg_reader_next(eg_reader *r, const char **text, size_t *len, uint32_t *doc_flags,
                          eg_err *err);
 void eg_reader_get_stats(const eg_reader *r, eg_reader_stats *st);
+/* The i-th file the inputs expanded to, in reading order ("-" for standard
+ * input), borrowed until eg_reader_close; NULL past the last. */
+const char *eg_reader_file(const eg_reader *r, size_t i);
 void eg_reader_close(eg_reader *r);
 
 /* ---- the pipeline --------------------------------------------------------- */
@@ -94,6 +97,20 @@ typedef struct eg_prep_opts {
     /* Called after each batch (may be NULL). */
     void (*progress)(const eg_prep_stats *st, void *ctx);
     void *progress_ctx;
+    const eg_comm *comm; /* non-NULL: prepare across its ranks, each calling eg_prep_run
+                          * with the same options (files on a file system they share;
+                          * not standard input). The input files, expanded and sorted
+                          * as one process would read them, are divided by size into
+                          * contiguous runs, one per rank; rank r writes its run as
+                          * output_r<rrrrr> (with shard_tokens, output_r<rrrrr>_000000
+                          * ...; a rank with no document writes nothing), so that its
+                          * shards in name order hold the token stream (and documents)
+                          * a single process writes, whatever the number of ranks.
+                          * Shards are written under temporary names and renamed only
+                          * once every rank has succeeded; a failure on any rank stops
+                          * every rank with that rank's message and leaves no shard.
+                          * progress reports this rank's share; the stats returned are
+                          * the whole job's, on every rank. */
 } eg_prep_opts;
 
 /* Read, tokenize in parallel and write shards, in input order whatever the
