@@ -100,6 +100,9 @@ typedef struct {
 /* Create (truncate) path with mode 0644; both descriptors are closed by
  * eg_outfile_close. -1 with errno when the file cannot be created. */
 int eg_outfile_open(eg_outfile *w, const char *path);
+/* Open an existing file to write parts of it (not truncated): processes that
+ * write disjoint ranges of one file. */
+int eg_outfile_reopen(eg_outfile *w, const char *path);
 /* Close both descriptors: 0, or -1 when closing the plain one failed. */
 int eg_outfile_close(eg_outfile *w);
 /* Write the file's bytes [s, e), held by buf from file offset bw on

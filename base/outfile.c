@@ -13,10 +13,10 @@
 
 #include "eg_internal.h"
 
-int eg_outfile_open(eg_outfile *w, const char *path)
+static int outfile_open(eg_outfile *w, const char *path, int flags)
 {
     w->dfd = -1;
-    w->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    w->fd = open(path, O_WRONLY | O_CLOEXEC | flags, 0644);
     if (w->fd < 0)
         return -1;
 #ifdef O_DIRECT
@@ -27,6 +27,13 @@ int eg_outfile_open(eg_outfile *w, const char *path)
 #endif
     return 0;
 }
+
+int eg_outfile_open(eg_outfile *w, const char *path)
+{
+    return outfile_open(w, path, O_CREAT | O_TRUNC);
+}
+
+int eg_outfile_reopen(eg_outfile *w, const char *path) { return outfile_open(w, path, 0); }
 
 int eg_outfile_close(eg_outfile *w)
 {

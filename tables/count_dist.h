@@ -230,28 +230,47 @@ typedef struct {
     uint64_t fof[EG_COUNT_MAX_ORDER + 1][EG_FOF_BUCKETS];
 } rank_sum;
 
-/* Copy bytes [from, from + len) of file `src` to offset `to` of fd. */
-static eg_status copy_range(const char *src, uint64_t from, uint64_t len, int fd, uint64_t to,
-                            const char *dst, eg_err *err)
+/* Copy bytes [from, from + len) of file `src` to offset `to` of file dst,
+ * beside the page cache: the part is read a chunk at a time and its pages
+ * dropped once read, and the output's whole blocks are written with
+ * O_DIRECT (eg_outfile_put; the edges, which the neighbouring ranks' ranges
+ * share, through the plain descriptor), so that copying gigabytes recycles
+ * a few megabytes of pages instead of touching fresh memory for every 4 KiB
+ * (the slowest thing on the VMs measured: docs/SCALING.md). */
+static eg_status copy_range(const char *src, uint64_t from, uint64_t len, const char *dst,
+                            uint64_t to, eg_err *err)
 {
-    int in = open(src, O_RDONLY);
+    enum { BUF = 8 << 20 };
+    const uint64_t A = EG_OUT_ALIGN;
+    eg_outfile out = {.fd = -1, .dfd = -1};
+    int in = open(src, O_RDONLY | O_CLOEXEC);
     if (in < 0)
         return eg_fail(err, EG_EIO, "%s: cannot open: %s", src, strerror(errno));
-    enum { BUF = 8 << 20 };
-    unsigned char *b = malloc(BUF);
+    if (eg_outfile_reopen(&out, dst)) {
+        close(in);
+        return eg_fail(err, EG_EIO, "%s: cannot open: %s", dst, strerror(errno));
+    }
+    unsigned char *b = aligned_alloc(A, BUF);
     eg_status ret = b ? EG_OK : eg_fail(err, EG_ENOMEM, "out of memory");
     for (uint64_t done = 0; !ret && done < len;) {
-        const size_t want = (size_t)(len - done < BUF ? len - done : BUF);
-        const ssize_t got = pread(in, b, want, (off_t)(from + done));
-        if (got <= 0)
+        const uint64_t s = to + done, bw = s / A * A; /* b holds the file from bw */
+        const size_t want = (size_t)(len - done < BUF - (s - bw) ? len - done : BUF - (s - bw));
+        const ssize_t got = pread(in, b + (s - bw), want, (off_t)(from + done));
+        if (got <= 0) {
             ret = eg_fail(err, EG_EIO, "%s: read failed: %s", src, got ? strerror(errno) : "short");
-        else if (pwrite(fd, b, (size_t)got, (off_t)(to + done)) != got)
+            break;
+        }
+        posix_fadvise(in, (off_t)(from + done), got, POSIX_FADV_DONTNEED);
+        if (eg_outfile_put(&out, b, bw, s, s + (uint64_t)got))
             ret = eg_fail(err, EG_EIO, "%s: write failed: %s", dst, strerror(errno));
-        else
-            done += (uint64_t)got;
+        done += (uint64_t)got;
     }
+    if (!ret && fsync(out.fd))
+        ret = eg_fail(err, EG_EIO, "%s: write failed: %s", dst, strerror(errno));
     free(b);
     close(in);
+    if (eg_outfile_close(&out) && !ret)
+        ret = eg_fail(err, EG_EIO, "%s: write failed: %s", dst, strerror(errno));
     return ret;
 }
 
@@ -382,16 +401,7 @@ static eg_status dist_assemble(counter *c, dist *d, const eg_count_opts *o, cons
     }
     if ((ret = dist_agree(d, ret, err)))
         goto done;
-    int fd = open(tmp, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        ret = eg_fail(err, EG_EIO, "%s: cannot open: %s", tmp, strerror(errno));
-    else {
-        ret = copy_range(part, header_bytes(N), mine.rec_bytes, fd, header_bytes(N) + offset, tmp,
-                         err);
-        if (!ret && fsync(fd))
-            ret = eg_fail(err, EG_EIO, "%s: write failed: %s", tmp, strerror(errno));
-        close(fd);
-    }
+    ret = copy_range(part, header_bytes(N), mine.rec_bytes, tmp, header_bytes(N) + offset, err);
     if ((ret = dist_agree(d, ret, err)))
         goto done;
     if (me == 0) /* the header, the metadata, the rename */
@@ -464,7 +474,12 @@ static eg_status count_distributed(const eg_count_opts *o, eg_count_stats *st, e
     lo.shards = o->shards + first;
     lo.n_shards = n;
     lo.method = EG_COUNT_TABLES;
-    snprintf(part, sizeof part, "%s.part-%d.%ld", o->output, me, (long)getpid());
+    /* the part where spills go (--tmp: a node's local disk), else beside the
+     * output; then copied into the output */
+    if (o->tmp_dir)
+        snprintf(part, sizeof part, "%s/egcount-part.%ld.%d", o->tmp_dir, (long)getpid(), me);
+    else
+        snprintf(part, sizeof part, "%s.part-%d.%ld", o->output, me, (long)getpid());
     lo.output = part;
     ret = tables_begin(&c, &lo, st, 2 * sizeof(kkey) + sizeof(uint32_t), me, err);
     began = !ret;

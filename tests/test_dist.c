@@ -488,7 +488,10 @@ TEST(mpirun_count_equals_one_process)
     for (int i = 0; i < 5; i++)
         snprintf(in + strlen(in), sizeof in - strlen(in), "%s.bin ", paths[i]);
     for (int spill = 0; spill < 2; spill++) {
-        const char *mem = spill ? "-m 2M --method tables" : "-m 256M";
+        /* spilling: runs and each rank's part in --tmp, not beside the output */
+        char mem[700];
+        snprintf(mem, sizeof mem, spill ? "-m 2M --method tables --tmp %s" : "-m 256M",
+                 t_tmpdir());
         REQUIRE(t_cli("count %s -V 65536 --pad 0 -n 4 --docs %s -j 2 -o %s -q", in, mem, one) ==
                 0);
         for (int R = 1; R <= 4; R *= 2) {
