@@ -25,6 +25,18 @@ void cli_note(const char *fmt, ...) CLI_PRINTF(1, 2);
 double cli_now(void);
 double cli_peak_rss_mib(void);
 
+/* A progress line on stderr, at most twice a second, where `on` (a
+ * terminal): done of total `unit`s, rate, ETA. For the library's
+ * progress(done, total, ctx) callbacks; clear it with cli_progress_end. */
+typedef struct {
+    double t0, last;
+    int on;
+    const char *unit; /* "tokens", "records" */
+} cli_progress;
+void cli_progress_begin(cli_progress *p, int on, const char *unit);
+void cli_progress_cb(uint64_t done, uint64_t total, void *p);
+void cli_progress_end(const cli_progress *p);
+
 /* Parse a non-negative integer with an optional k/M/G suffix (powers of 1000
  * for counts). Returns 0 on success. */
 int cli_parse_u64(const char *s, uint64_t *out);
@@ -107,6 +119,9 @@ int cmd_merge(int argc, char **argv);
  * MPI cannot start. cli_mpi_end finalizes it. */
 int cli_mpi_begin(eg_comm *cm);
 void cli_mpi_end(void);
+
+/* --threads N: 0 (all cores) .. 4096; 1 with the error printed. */
+int cli_parse_threads(const char *s, int *out);
 
 /* A byte size with an optional k/M/G suffix (powers of 1024). */
 int cli_parse_size(const char *s, uint64_t *out);

@@ -53,23 +53,6 @@ static const char count_usage[] =
     "  -q, --quiet                no progress line, no summary\n"
     "  -h, --help                 this text\n";
 
-typedef struct {
-    double t0, last;
-    int on;
-} count_progress;
-
-static void progress(uint64_t done, uint64_t total, void *vctx)
-{
-    count_progress *c = vctx;
-    double now = cli_now();
-    if (!c->on || now - c->last < 0.5)
-        return;
-    c->last = now;
-    double dt = now - c->t0, frac = total ? (double)done / (double)total : 0;
-    fprintf(stderr, "\r  %.1f M tokens (%.0f%%), %.2f M tokens/s, ETA %.0f s   ", done / 1e6,
-            100 * frac, done / 1e6 / (dt > 0 ? dt : 1e-9), frac > 0 ? dt / frac - dt : 0.0);
-}
-
 /* The key text of each compressed id (with a tokenizer), else "#id". The pad
  * id is a real id of the vocabulary too, so it is printed like any other. */
 static void print_gram(FILE *f, const eg_vocab_projection *vp, const uint32_t *ids, uint32_t n)
@@ -318,9 +301,8 @@ int cmd_count(int argc, char **argv)
                 return cli_error("--memory: '%s' is not a size", optarg);
             break;
         case 'j':
-            if (cli_parse_u64(optarg, &v) || v > 4096)
-                return cli_error("--threads: must be 0..4096");
-            o.n_threads = (int)v;
+            if (cli_parse_threads(optarg, &o.n_threads))
+                return 1;
             break;
         case 'k':
             if (cli_parse_u64(optarg, &v) || v > 100000)
@@ -400,20 +382,19 @@ int cmd_count(int argc, char **argv)
         quiet |= cm.rank != 0; /* rank 0 reports for all */
         json &= cm.rank == 0;
     }
-    count_progress pc = {cli_now(), cli_now(), !quiet && isatty(STDERR_FILENO)};
-    o.progress = progress;
+    cli_progress pc;
+    cli_progress_begin(&pc, !quiet && isatty(STDERR_FILENO), "tokens");
+    o.progress = cli_progress_cb;
     o.progress_ctx = &pc;
     eg_count_stats st;
     double t0 = cli_now();
     if ((approx ? eg_count_approx(&o, &st, &err) : eg_count_run(&o, &st, &err))) {
-        if (pc.on)
-            fputs("\r\033[K", stderr);
+        cli_progress_end(&pc);
         rc = !mpi || cm.rank == 0 ? cli_fail(&err) : 1; /* every rank has the message */
         goto done;
     }
     double secs = cli_now() - t0;
-    if (pc.on)
-        fputs("\r\033[K", stderr);
+    cli_progress_end(&pc);
     cli_count_report_opts r = {.output = approx ? NULL : o.output, .approx = approx,
                                .vprime = o.vprime, .pad = o.pad, .max_ngram = o.max_ngram,
                                .vp = vp, .secs = secs, .mem = mem, .json = json, .quiet = quiet,

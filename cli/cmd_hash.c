@@ -88,9 +88,8 @@ static int parse_args(int argc, char **argv, hash_args *a)
             a->layer = (long)v;
             break;
         case 't':
-            if (cli_parse_u64(optarg, &v) || v > 4096)
-                return cli_error("--threads: '%s' must be 0..4096 (0 = all cores)", optarg);
-            a->threads = (int)v;
+            if (cli_parse_threads(optarg, &a->threads))
+                return 1;
             break;
         case 'S':
             if (cli_parse_u64(optarg, &a->show))

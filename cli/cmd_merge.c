@@ -30,23 +30,6 @@ static const char merge_usage[] =
     "  -q, --quiet          no progress line, no summary\n"
     "  -h, --help           this text\n";
 
-typedef struct {
-    double t0, last;
-    int on;
-} merge_progress;
-
-static void progress(uint64_t done, uint64_t total, void *vctx)
-{
-    merge_progress *c = vctx;
-    double now = cli_now();
-    if (!c->on || now - c->last < 0.5)
-        return;
-    c->last = now;
-    double dt = now - c->t0, frac = total ? (double)done / (double)total : 0;
-    fprintf(stderr, "\r  %.1f M records (%.0f%%), %.2f M records/s, ETA %.0f s   ", done / 1e6,
-            100 * frac, done / 1e6 / (dt > 0 ? dt : 1e-9), frac > 0 ? dt / frac - dt : 0.0);
-}
-
 int cmd_merge(int argc, char **argv)
 {
     enum { O_JSON = 256, O_OVERLAP };
@@ -73,9 +56,8 @@ int cmd_merge(int argc, char **argv)
                 return cli_error("--memory: '%s' is not a size of 1M or more", optarg);
             break;
         case 'j':
-            if (cli_parse_u64(optarg, &v) || v > 4096)
-                return cli_error("--threads: must be 0..4096");
-            o.n_threads = (int)v;
+            if (cli_parse_threads(optarg, &o.n_threads))
+                return 1;
             break;
         case 'k':
             if (cli_parse_u64(optarg, &v) || v > 100000)
@@ -96,15 +78,15 @@ int cmd_merge(int argc, char **argv)
     o.inputs = (const char *const *)(argv + optind);
     o.n_inputs = (size_t)(argc - optind);
     o.memory = (size_t)mem;
-    merge_progress pc = {cli_now(), cli_now(), !quiet && !json && isatty(STDERR_FILENO)};
-    o.progress = progress;
+    cli_progress pc;
+    cli_progress_begin(&pc, !quiet && !json && isatty(STDERR_FILENO), "records");
+    o.progress = cli_progress_cb;
     o.progress_ctx = &pc;
     eg_count_stats st;
     eg_err err;
     const double t0 = cli_now();
     const eg_status r = eg_counts_merge(&o, &st, &err);
-    if (pc.on)
-        fputs("\r\033[K", stderr);
+    cli_progress_end(&pc);
     if (r)
         return cli_fail(&err);
     eg_counts *out = NULL;

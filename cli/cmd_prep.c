@@ -137,9 +137,8 @@ int cmd_prep(int argc, char **argv)
         case O_BOS: bos_s = optarg; break;
         case O_EOS: eos_s = optarg; break;
         case 'j':
-            if (cli_parse_u64(optarg, &v) || v > 4096)
-                return cli_error("--threads: '%s' must be 0..4096", optarg);
-            po.n_threads = (int)v;
+            if (cli_parse_threads(optarg, &po.n_threads))
+                return 1;
             break;
         case 'm':
             if (cli_parse_size(optarg, &memory) || memory < (1u << 20))

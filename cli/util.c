@@ -34,11 +34,46 @@ void cli_note(const char *fmt, ...)
     va_end(ap);
 }
 
+int cli_parse_threads(const char *s, int *out)
+{
+    uint64_t v;
+    if (cli_parse_u64(s, &v) || v > 4096)
+        return cli_error("--threads: '%s' must be 0..4096 (0 = all cores)", s);
+    *out = (int)v;
+    return 0;
+}
+
 double cli_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void cli_progress_begin(cli_progress *p, int on, const char *unit)
+{
+    p->t0 = p->last = cli_now();
+    p->on = on;
+    p->unit = unit;
+}
+
+void cli_progress_cb(uint64_t done, uint64_t total, void *vp)
+{
+    cli_progress *c = vp;
+    double now = cli_now();
+    if (!c->on || now - c->last < 0.5)
+        return;
+    c->last = now;
+    double dt = now - c->t0, frac = total ? (double)done / (double)total : 0;
+    fprintf(stderr, "\r  %.1f M %s (%.0f%%), %.2f M %s/s, ETA %.0f s   ", done / 1e6, c->unit,
+            100 * frac, done / 1e6 / (dt > 0 ? dt : 1e-9), c->unit,
+            frac > 0 ? dt / frac - dt : 0.0);
+}
+
+void cli_progress_end(const cli_progress *p)
+{
+    if (p->on)
+        fputs("\r\033[K", stderr);
 }
 
 double cli_peak_rss_mib(void)

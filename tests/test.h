@@ -76,6 +76,12 @@ const char *t_tmpdir(void);
 const char *t_tmp_path(const char *name);
 int t_write_file(const char *path, const void *data, size_t len);
 int t_file_exists(const char *path);
+/* A Megatron shard at prefix of `tokens` tokens in documents of 1..max_doc,
+ * Zipf-like ids below id_range (frequent low ids) from seed, the dtype
+ * chosen for `vocab`; the token at bad_at (UINT64_MAX: none) is vocab - 5000
+ * (out of range for a V' of that). 0, or -1 when it cannot be written. */
+int t_write_docs_shard(const char *prefix, unsigned seed, size_t tokens, size_t max_doc,
+                       uint32_t id_range, uint64_t vocab, uint64_t bad_at);
 /* Both files readable and equal byte for byte. */
 int t_same_file(const char *a, const char *b);
 /* Run the engram CLI with `args` (a shell fragment); returns its exit status;

@@ -122,27 +122,10 @@ static void run_ranks(const eg_count_opts *o, const eg_prep_opts *po, int R, ran
     free(sh.sa);
 }
 
+/* Documents of 1..500 tokens, ids below 60000, id 65000 at token bad_at. */
 static void write_shard(const char *prefix, unsigned seed, size_t tokens, uint32_t bad_at)
 {
-    eg_shard_writer *w = NULL;
-    eg_err err;
-    REQUIRE(eg_shard_writer_open(prefix, EG_SHARD_MEGATRON, 70000, 0, &w, &err) == EG_OK);
-    uint64_t x = 0x9E3779B97F4A7C15ull * (seed + 1);
-    uint32_t doc[500];
-    for (size_t done = 0; done < tokens;) {
-        size_t len = 1 + (size_t)(t_rand(&x) % 500);
-        len = len < tokens - done ? len : tokens - done;
-        for (size_t i = 0; i < len; i++) {
-            const double u = (double)(t_rand(&x) >> 11) / 9007199254740992.0;
-            doc[i] = (uint32_t)(u * u * u * 60000); /* frequent low ids */
-            if (done + i == bad_at)
-                doc[i] = 65000;
-        }
-        REQUIRE(eg_shard_writer_add_doc(w, doc, len, &err) == EG_OK);
-        done += len;
-    }
-    REQUIRE(eg_shard_writer_finish(w, &err) == EG_OK);
-    eg_shard_writer_free(w);
+    REQUIRE(t_write_docs_shard(prefix, seed, tokens, 500, 60000, 70000, bad_at) == 0);
 }
 
 static char *slurp(const char *path, size_t *n)
@@ -161,7 +144,7 @@ TEST(count_across_ranks_equals_one_process)
     char paths[7][512];
     const char *sp[7];
     for (int i = 0; i < 7; i++) {
-        char name[16];
+        char name[32];
         snprintf(name, sizeof name, "dist%d", i);
         snprintf(paths[i], sizeof paths[i], "%s", t_tmp_path(name));
         write_shard(paths[i], (unsigned)i, sizes[i], UINT32_MAX);
@@ -231,7 +214,7 @@ TEST(count_across_ranks_a_failing_rank_stops_all)
     char paths[4][512];
     const char *sp[4];
     for (int i = 0; i < 4; i++) {
-        char name[16];
+        char name[32];
         snprintf(name, sizeof name, "dfail%d", i);
         snprintf(paths[i], sizeof paths[i], "%s", t_tmp_path(name));
         write_shard(paths[i], 40u + (unsigned)i, 30000, i == 2 ? 12345 : UINT32_MAX);
@@ -477,7 +460,7 @@ TEST(mpirun_count_equals_one_process)
     static const size_t sizes[5] = {50000, 3000, 140000, 80000, 20000};
     char paths[5][512];
     for (int i = 0; i < 5; i++) {
-        char name[16];
+        char name[32];
         snprintf(name, sizeof name, "mpic%d", i);
         snprintf(paths[i], sizeof paths[i], "%s", t_tmp_path(name));
         write_shard(paths[i], 70u + (unsigned)i, sizes[i], UINT32_MAX);

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "engram/eg_shard.h"
 #include "test.h"
 
 #define MAX_TESTS 512
@@ -135,6 +136,35 @@ int t_file_exists(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0;
+}
+
+int t_write_docs_shard(const char *prefix, unsigned seed, size_t tokens, size_t max_doc,
+                       uint32_t id_range, uint64_t vocab, uint64_t bad_at)
+{
+    eg_shard_writer *w = NULL;
+    if (eg_shard_writer_open(prefix, EG_SHARD_MEGATRON, vocab, 0, &w, NULL))
+        return -1;
+    uint64_t x = 0x9E3779B97F4A7C15ull * (seed + 1);
+    uint32_t *doc = malloc(max_doc * sizeof *doc);
+    int bad = !doc;
+    for (size_t done = 0; !bad && done < tokens;) {
+        size_t len = 1 + (size_t)(t_rand(&x) % max_doc);
+        len = len < tokens - done ? len : tokens - done;
+        for (size_t i = 0; i < len; i++) {
+            const double u = (double)(t_rand(&x) >> 11) / 9007199254740992.0;
+            doc[i] = (uint32_t)(u * u * u * id_range); /* frequent low ids */
+            if (done + i == bad_at)
+                doc[i] = (uint32_t)(vocab - 5000);
+        }
+        bad = eg_shard_writer_add_doc(w, doc, len, NULL) != EG_OK;
+        done += len;
+    }
+    bad = bad || eg_shard_writer_finish(w, NULL) != EG_OK;
+    if (bad)
+        eg_shard_writer_abort(w);
+    eg_shard_writer_free(w);
+    free(doc);
+    return bad ? -1 : 0;
 }
 
 int t_same_file(const char *a, const char *b)

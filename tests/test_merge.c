@@ -14,25 +14,7 @@
  * that padding at document starts matters), ids below 300. */
 static void write_docs_shard(const char *prefix, unsigned seed, size_t tokens)
 {
-    eg_shard_writer *w = NULL;
-    eg_err err;
-    REQUIRE(eg_shard_writer_open(prefix, EG_SHARD_MEGATRON, 1000, 0, &w, &err) == EG_OK);
-    uint64_t x = 0x9E3779B97F4A7C15ull * (seed + 1);
-    uint32_t doc[300];
-    for (size_t done = 0; done < tokens;) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        size_t len = 1 + (size_t)(x >> 33) % 300;
-        len = len < tokens - done ? len : tokens - done;
-        for (size_t i = 0; i < len; i++) {
-            x = x * 6364136223846793005ull + 1442695040888963407ull;
-            const double u = (double)(x >> 11) / 9007199254740992.0;
-            doc[i] = (uint32_t)(u * u * u * 300); /* frequent low ids */
-        }
-        REQUIRE(eg_shard_writer_add_doc(w, doc, len, &err) == EG_OK);
-        done += len;
-    }
-    REQUIRE(eg_shard_writer_finish(w, &err) == EG_OK);
-    eg_shard_writer_free(w);
+    REQUIRE(t_write_docs_shard(prefix, seed, tokens, 300, 300, 1000, UINT32_MAX) == 0);
 }
 
 /* t_tmp_path's result is overwritten after 8 calls: paths kept long are
@@ -49,7 +31,7 @@ TEST(merge_of_disjoint_subsets_equals_counting_all_at_once)
 {
     char sh[5][512];
     for (int s = 0; s < 5; s++) {
-        char name[8];
+        char name[32];
         snprintf(name, sizeof name, "mg%d", s);
         snprintf(sh[s], sizeof sh[s], "%s", t_tmp_path(name));
         write_docs_shard(sh[s], (unsigned)s, 60000 + 17000 * (size_t)s);
