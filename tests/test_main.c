@@ -187,7 +187,8 @@ const char *t_cli_stdout_file(void) { return cli_out_path; }
 
 /* Run `launcher BIN args` (launcher "" or "mpirun ... "), keeping its
  * output and error. */
-static int cli_run(const char *launcher, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static int cli_run(const char *launcher, const char *fmt,
+                                                       va_list ap)
 {
     char args[4096], cmd[8192];
     vsnprintf(args, sizeof args, fmt, ap);
