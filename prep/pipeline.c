@@ -197,26 +197,29 @@ static eg_status share_of(const eg_prep_opts *o, eg_reader **all, size_t *first,
     if (st)
         return st;
     size_t n = 0;
-    uint64_t total = 0;
-    for (const char *f; (f = eg_reader_file(*all, n)); n++) {
+    while (eg_reader_file(*all, n))
+        n++;
+    uint64_t total = 0, *size = malloc((n + 1) * sizeof *size);
+    if (!size)
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n && !st; i++) {
+        const char *f = eg_reader_file(*all, i);
         struct stat sb;
         if (!strcmp(f, "-"))
-            return eg_fail(err, EG_EINVAL, "standard input cannot be divided among ranks: "
-                                           "name the input files");
-        if (stat(f, &sb))
-            return eg_fail(err, EG_EIO, "%s: %s", f, strerror(errno));
-        total += (uint64_t)sb.st_size;
+            st = eg_fail(err, EG_EINVAL, "standard input cannot be divided among ranks: "
+                                         "name the input files");
+        else if (stat(f, &sb))
+            st = eg_fail(err, EG_EIO, "%s: %s", f, strerror(errno));
+        else
+            total += size[i] = (uint64_t)sb.st_size;
     }
     const unsigned R = (unsigned)o->comm->size, me = (unsigned)o->comm->rank;
     uint64_t at = 0;
     *first = n;
     *count = 0;
-    for (size_t i = 0; i < n; i++) {
-        struct stat sb;
-        if (stat(eg_reader_file(*all, i), &sb))
-            return eg_fail(err, EG_EIO, "%s: %s", eg_reader_file(*all, i), strerror(errno));
-        const uint64_t mid2 = 2 * at + (uint64_t)sb.st_size; /* twice the midpoint */
-        at += (uint64_t)sb.st_size;
+    for (size_t i = 0; i < n && !st; i++) {
+        const uint64_t mid2 = 2 * at + size[i]; /* twice the file's midpoint */
+        at += size[i];
         /* rank = floor(R * mid / total), in 128 bits; all at rank 0 when empty */
         const unsigned r = total ? (unsigned)((u128)mid2 * R / (2 * (u128)total)) : 0;
         if ((r < R ? r : R - 1) == me) {
@@ -225,7 +228,8 @@ static eg_status share_of(const eg_prep_opts *o, eg_reader **all, size_t *first,
             (*count)++;
         }
     }
-    return EG_OK;
+    free(size);
+    return st;
 }
 
 /* The final name of w's shard i (written under the temporary prefix tmp),
