@@ -82,6 +82,8 @@ int t_file_exists(const char *path);
  * (out of range for a V' of that). 0, or -1 when it cannot be written. */
 int t_write_docs_shard(const char *prefix, unsigned seed, size_t tokens, size_t max_doc,
                        uint32_t id_range, uint64_t vocab, uint64_t bad_at);
+/* Whether a name in t_tmpdir() contains `part` (a file left behind). */
+int t_tmp_has(const char *part);
 /* Both files readable and equal byte for byte. */
 int t_same_file(const char *a, const char *b);
 /* Run the engram CLI with `args` (a shell fragment); returns its exit status;

@@ -167,6 +167,17 @@ int t_write_docs_shard(const char *prefix, unsigned seed, size_t tokens, size_t 
     return bad ? -1 : 0;
 }
 
+int t_tmp_has(const char *part)
+{
+    DIR *d = opendir(t_tmpdir());
+    int found = 0;
+    for (struct dirent *e; d && !found && (e = readdir(d));)
+        found = strstr(e->d_name, part) != NULL;
+    if (d)
+        closedir(d);
+    return found;
+}
+
 int t_same_file(const char *a, const char *b)
 {
     size_t na = 0, nb = 0;
