@@ -16,6 +16,9 @@
 
 __extension__ typedef unsigned __int128 u128;
 
+static const char no_document[] =
+    "the input holds no document (every one was empty or skipped): nothing written";
+
 #define DEFAULT_BATCH ((size_t)64 << 20)
 #define MAX_BATCH_DOCS 65536
 
@@ -162,8 +165,7 @@ static eg_status prep_share(const eg_prep_opts *o, const char *const *inputs, si
     if (!st && doc_open && o->eos >= 0)
         st = eg_shard_writer_append(w, &eos, 1, err);
     if (!st && !doc_open && need_doc)
-        st = eg_fail(err, EG_EFORMAT, "the input holds no document (every one was empty or "
-                                      "skipped): nothing written");
+        st = eg_fail(err, EG_EFORMAT, "%s", no_document);
     if (!st && doc_open)
         st = eg_shard_writer_finish(w, err);
     if (st || !doc_open)
@@ -232,14 +234,17 @@ static eg_status share_of(const eg_prep_opts *o, eg_reader **all, size_t *first,
     return st;
 }
 
+/* A Megatron shard's path (...bin) made its index's (...idx), in place. */
+static void to_idx(char *path) { memcpy(path + strlen(path) - 4, ".idx", 4); }
+
 /* The final name of w's shard i (written under the temporary prefix tmp),
  * or its .idx. */
 static void final_name(char *to, size_t cap, const eg_shard_writer *w, size_t i, int idx,
                        const char *tmp, const char *prefix)
 {
     snprintf(to, cap, "%s%s", prefix, eg_shard_writer_path(w, i) + strlen(tmp));
-    if (idx) /* PREFIX...bin -> PREFIX...idx */
-        memcpy(to + strlen(to) - 4, ".idx", 4);
+    if (idx)
+        to_idx(to);
 }
 
 /* Remove the final names of w's first n shards. */
@@ -265,7 +270,7 @@ static eg_status rename_shards(eg_shard_writer *w, eg_shard_format fmt, const ch
         for (int idx = 0; idx < 1 + (fmt == EG_SHARD_MEGATRON); idx++) {
             snprintf(from, sizeof from, "%s", eg_shard_writer_path(w, i));
             if (idx)
-                memcpy(from + strlen(from) - 4, ".idx", 4);
+                to_idx(from);
             final_name(to, sizeof to, w, i, idx, tmp, prefix);
             if (rename(from, to)) {
                 eg_status st = eg_fail(err, EG_EIO, "%s: cannot rename into place: %s", to,
@@ -328,8 +333,7 @@ static eg_status prep_distributed(const eg_prep_opts *o, eg_prep_stats *stats, e
         stats_add(stats, &each[r]);
     free(each);
     if (!st && !stats->in.docs)
-        st = eg_fail(err, EG_EFORMAT, "the input holds no document (every one was empty or "
-                                      "skipped): nothing written");
+        st = eg_fail(err, EG_EFORMAT, "%s", no_document);
     /* temporary names to final ones on every rank, or on none */
     if (!st) {
         const eg_status renamed = w ? rename_shards(w, o->format, tmp, prefix, err) : EG_OK;

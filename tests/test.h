@@ -74,6 +74,11 @@ void *t_read_file(const char *path, size_t *len);
 /* A fresh temporary directory for this test run. */
 const char *t_tmpdir(void);
 const char *t_tmp_path(const char *name);
+/* t_tmp_path's result is overwritten after 8 calls: a path kept long is
+ * declared as its copy, char var[512]. */
+#define TMP(var, name)                                                              \
+    char var[512];                                                                  \
+    snprintf(var, sizeof var, "%s", t_tmp_path(name))
 int t_write_file(const char *path, const void *data, size_t len);
 int t_file_exists(const char *path);
 /* A Megatron shard at prefix of `tokens` tokens in documents of 1..max_doc,

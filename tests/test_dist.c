@@ -150,9 +150,8 @@ TEST(count_across_ranks_equals_one_process)
         write_shard(paths[i], (unsigned)i, sizes[i], UINT32_MAX);
         sp[i] = paths[i];
     }
-    char one[512], out[512];
-    snprintf(one, sizeof one, "%s", t_tmp_path("dist_one.counts"));
-    snprintf(out, sizeof out, "%s", t_tmp_path("dist_ranks.counts"));
+    TMP(one, "dist_one.counts");
+    TMP(out, "dist_ranks.counts");
     for (int N = 3; N <= 5; N += 2)
         for (int spill = 0; spill < 2; spill++) {
             eg_count_opts o;
@@ -220,8 +219,7 @@ TEST(count_across_ranks_a_failing_rank_stops_all)
         write_shard(paths[i], 40u + (unsigned)i, 30000, i == 2 ? 12345 : UINT32_MAX);
         sp[i] = paths[i];
     }
-    char out[512];
-    snprintf(out, sizeof out, "%s", t_tmp_path("dfail.counts"));
+    TMP(out, "dfail.counts");
     eg_count_opts o;
     memset(&o, 0, sizeof o);
     o.shards = sp;
@@ -334,10 +332,9 @@ TEST(prep_across_ranks_equals_one_process)
 {
     if (!t_shared())
         SKIP("needs ../shared (tokenizer and corpus)");
-    char dir[512], one[512], ranks[512];
-    snprintf(dir, sizeof dir, "%s", t_tmp_path("pdist_in"));
-    snprintf(one, sizeof one, "%s", t_tmp_path("pdist_one"));
-    snprintf(ranks, sizeof ranks, "%s", t_tmp_path("pdist_ranks"));
+    TMP(dir, "pdist_in");
+    TMP(one, "pdist_one");
+    TMP(ranks, "pdist_ranks");
     write_pieces(dir, 9, 0);
     eg_tokenizer *tok = NULL;
     eg_err err;
@@ -413,9 +410,8 @@ TEST(prep_across_ranks_a_failing_rank_stops_all)
 {
     if (!t_shared())
         SKIP("needs ../shared (tokenizer and corpus)");
-    char dir[512], out[512];
-    snprintf(dir, sizeof dir, "%s", t_tmp_path("pfail_in"));
-    snprintf(out, sizeof out, "%s", t_tmp_path("pfail_out"));
+    TMP(dir, "pfail_in");
+    TMP(out, "pfail_out");
     write_pieces(dir, 9, 1);
     eg_tokenizer *tok = NULL;
     eg_err err;
@@ -460,9 +456,9 @@ TEST(mpirun_count_equals_one_process)
         snprintf(paths[i], sizeof paths[i], "%s", t_tmp_path(name));
         write_shard(paths[i], 70u + (unsigned)i, sizes[i], UINT32_MAX);
     }
-    char one[512], out[512], in[2600] = "";
-    snprintf(one, sizeof one, "%s", t_tmp_path("mpic_one.counts"));
-    snprintf(out, sizeof out, "%s", t_tmp_path("mpic_out.counts"));
+    char in[2600] = "";
+    TMP(one, "mpic_one.counts");
+    TMP(out, "mpic_out.counts");
     for (int i = 0; i < 5; i++)
         snprintf(in + strlen(in), sizeof in - strlen(in), "%s.bin ", paths[i]);
     for (int spill = 0; spill < 2; spill++) {
@@ -503,10 +499,9 @@ TEST(mpirun_prep_equals_one_process)
         SKIP("engram built without MPI, or no mpirun");
     if (!t_shared())
         SKIP("needs ../shared (tokenizer and corpus)");
-    char dir[512], one[512], out[512];
-    snprintf(dir, sizeof dir, "%s", t_tmp_path("mpip_in"));
-    snprintf(one, sizeof one, "%s", t_tmp_path("mpip_one"));
-    snprintf(out, sizeof out, "%s", t_tmp_path("mpip_out"));
+    TMP(dir, "mpip_in");
+    TMP(one, "mpip_one");
+    TMP(out, "mpip_out");
     write_pieces(dir, 9, 0);
     const char *tok = t_shared_path("data/tokenizers/mistral-v03.tokenizer.json");
     REQUIRE(t_cli("prep -t %s -o %s %s --doc-per-line --eos 2 -s 9000 -q", tok, one, dir) == 0);
@@ -523,8 +518,7 @@ TEST(mpirun_prep_equals_one_process)
     stream_free(&want);
     stream_free(&got);
     write_pieces(dir, 9, 1);
-    char fail[512];
-    snprintf(fail, sizeof fail, "%s", t_tmp_path("mpip_fail"));
+    TMP(fail, "mpip_fail");
     CHECK(t_cli_mpi(3, "prep -t %s -o %s %s --strict -j 1 --mpi", tok, fail, dir) != 0);
     CHECK_MSG(strstr(t_cli_stderr(), "rank 2 of 3: ") && strstr(t_cli_stderr(), "piece08.txt"),
               "%s", t_cli_stderr());

@@ -17,12 +17,6 @@ static void write_docs_shard(const char *prefix, unsigned seed, size_t tokens)
     REQUIRE(t_write_docs_shard(prefix, seed, tokens, 300, 300, 1000, UINT32_MAX) == 0);
 }
 
-/* t_tmp_path's result is overwritten after 8 calls: paths kept long are
- * copied. */
-#define TMP(var, name)                                                                             \
-    char var[512];                                                                                 \
-    snprintf(var, sizeof var, "%s", t_tmp_path(name))
-
 /* Disjoint subsets of five shards counted apart (partition first, tables
  * with spills, one and two threads, orders 2..4), merged in any order and
  * any grouping, give the file counting all five at once gives, byte for
