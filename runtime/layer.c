@@ -215,6 +215,8 @@ typedef struct {
     size_t off, cap;
 } bump;
 
+#define WS_ALIGN 64
+
 static pthread_key_t ws_key;
 static pthread_once_t ws_once = PTHREAD_ONCE_INIT;
 static int ws_key_ok;
@@ -246,7 +248,10 @@ static char *ws_acquire(size_t bytes)
     if (w->cap < bytes) {
         free(w->p);
         w->cap = 0;
-        w->p = malloc(bytes);
+        /* cache-line aligned, as every array take() places in it: threads
+         * that own adjacent ranges of an array then never write one line */
+        void *p = NULL;
+        w->p = posix_memalign(&p, WS_ALIGN, bytes) ? NULL : p;
         if (!w->p)
             return NULL;
         w->cap = bytes;
@@ -254,7 +259,6 @@ static char *ws_acquire(size_t bytes)
     return w->p;
 }
 
-#define WS_ALIGN 64
 static size_t ws_round(size_t n) { return (n + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN; }
 
 static void *take(bump *b, size_t bytes)
@@ -275,6 +279,7 @@ typedef struct {
     float *V;  /* [BT][hc][d] gated values */
     float *C;  /* [BT][hc][d] RMSNorm(v) */
     float *Y;  /* [BT][hc][d] conv output */
+    float *S;  /* [BT][hc][d] sigmoid(Y) (silu_out's) */
     float *g, *rc; /* [BT][hc] */
     double *rk, *rq, *s;
 } fwd;
@@ -323,20 +328,23 @@ static int fwd_layout(const eg_layer_dims *dm, fwd *f, bump *ws)
     f->V = take(ws, n1 * hc * d * sizeof *f->V);
     f->C = take(ws, n1 * hc * d * sizeof *f->C);
     f->Y = take(ws, n1 * hc * d * sizeof *f->Y);
+    f->S = take(ws, n1 * hc * d * sizeof *f->S);
     f->rk = take(ws, n1 * hc * sizeof *f->rk);
     f->rq = take(ws, n1 * hc * sizeof *f->rq);
     f->s = take(ws, n1 * hc * sizeof *f->s);
     f->g = take(ws, n1 * hc * sizeof *f->g);
     f->rc = take(ws, n1 * hc * sizeof *f->rc);
-    return f->K && f->U && f->V && f->C && f->Y && f->rk && f->rq && f->s && f->g && f->rc ? 0
-                                                                                       : -1;
+    return f->K && f->U && f->V && f->C && f->Y && f->S && f->rk && f->rq && f->s && f->g &&
+                   f->rc
+               ? 0
+               : -1;
 }
 
 /* The bytes fwd_layout takes (what a saved forward holds). */
 static size_t fwd_bytes(const eg_layer_dims *dm)
 {
     const size_t BT = dm->B * dm->T, n1 = BT ? BT : 1, hc = dm->hc, d = dm->d;
-    return ws_round(hc * n1 * d * 8) + ws_round(n1 * d * 4) + 3 * ws_round(n1 * hc * d * 4) +
+    return ws_round(hc * n1 * d * 8) + ws_round(n1 * d * 4) + 4 * ws_round(n1 * hc * d * 4) +
            3 * ws_round(n1 * hc * 8) + 2 * ws_round(n1 * hc * 4);
 }
 
@@ -495,15 +503,19 @@ static eg_status check_saved(const eg_layer_dims *dm, const void *saved, size_t 
 
 static inline float sigm(float x) { return (float)(1.0 / (1.0 + exp(-(double)x))); }
 
-/* out = v + SiLU(y), element by element, in parallel for a batch. */
-static void silu_out(size_t n, const float *V, const float *Y, float *out, int nt)
+/* s = sigmoid(y) (kept for the backward) and, unless out is NULL, out = v +
+ * SiLU(y) = v + y s, element by element, in parallel for a batch. */
+static void silu_out(size_t n, const float *V, const float *Y, float *S, float *out, int nt)
 {
     const long long NN = (long long)n;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (n > 16384)
 #endif
-    for (long long i = 0; i < NN; i++)
-        out[i] = V[i] + Y[i] * sigm(Y[i]);
+    for (long long i = 0; i < NN; i++) {
+        S[i] = sigm(Y[i]);
+        if (out)
+            out[i] = V[i] + Y[i] * S[i];
+    }
 }
 
 eg_status eg_layer_forward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
@@ -519,7 +531,7 @@ eg_status eg_layer_forward(const eg_layer_dims *dm, const eg_layer_weights *w, c
     bump ws;
     if ((st = forward_ws(dm, w, e, h, NULL, 0, &f, &ws, nthreads(n_threads), err)))
         return st;
-    silu_out(N, f.V, f.Y, out, nthreads(n_threads));
+    silu_out(N, f.V, f.Y, f.S, out, nthreads(n_threads));
     return EG_OK;
 }
 
@@ -574,6 +586,96 @@ static eg_status backward_args(const eg_layer_dims *dm, const eg_layer_weights *
     return EG_OK;
 }
 
+/* Per-channel sums over tokens for the channels [c0, c1) a thread owns,
+ * walking the tokens' rows: each a[ch] adds one term per token, so every sum
+ * still runs in token order (the loops vectorize across channels, never
+ * within a sum). */
+
+/* The conv's weights: a[k][ch] = sum over t of dY[t][ch] C[t - back_k][ch]. */
+EG_VEC static void conv_weight_sums(size_t c0, size_t c1, size_t BT, size_t T, size_t KW,
+                                    size_t dil, size_t CH, double *restrict a,
+                                    const float *restrict dY, const float *restrict C)
+{
+    for (size_t k = 0; k < KW; k++)
+        memset(a + k * CH + c0, 0, (c1 - c0) * sizeof *a);
+    for (size_t t = 0; t < BT; t++) {
+        const size_t pos = t % T;
+        const float *dy = dY + t * CH;
+        for (size_t k = 0; k < KW; k++) {
+            const size_t back = (KW - 1 - k) * dil;
+            if (back > pos)
+                continue;
+            const float *cin = C + (t - back) * CH;
+            double *ak = a + k * CH;
+            for (size_t ch = c0; ch < c1; ch++)
+                ak[ch] += (double)dy[ch] * (double)cin[ch];
+        }
+    }
+}
+
+/* The conv input's norm weight: a[ch] = sum over t of dC V rc[t][branch]. */
+EG_VEC static void norm_c_sums(size_t c0, size_t c1, size_t BT, size_t hc, size_t d,
+                               double *restrict a, const float *restrict dC,
+                               const float *restrict V, const float *restrict rc)
+{
+    const size_t CH = hc * d;
+    for (size_t ch = c0; ch < c1; ch++)
+        a[ch] = 0;
+    for (size_t t = 0; t < BT; t++)
+        for (size_t i = c0 / d; i * d < c1; i++) { /* the branches in [c0, c1) */
+            const size_t lo = i * d > c0 ? i * d : c0, hi = (i + 1) * d < c1 ? (i + 1) * d : c1;
+            const double r = (double)rc[t * hc + i];
+            const float *x = dC + t * CH, *y = V + t * CH;
+            for (size_t ch = lo; ch < hi; ch++)
+                a[ch] += (double)x[ch] * (double)y[ch] * r;
+        }
+}
+
+/* The key and query norm weights: ak[ch], aq[ch] over tokens of
+ * ds/sqrt(d) nq k rk and ds/sqrt(d) nk q rq. */
+EG_VEC static void norm_kq_sums(size_t c0, size_t c1, size_t BT, size_t hc, size_t d,
+                                double *restrict ak, double *restrict aq,
+                                const double *restrict K, const float *restrict h,
+                                const float *restrict gk, const float *restrict gq,
+                                const double *restrict dsv, const double *restrict rkv,
+                                const double *restrict rqv, double isd)
+{
+    for (size_t ch = c0; ch < c1; ch++)
+        ak[ch] = aq[ch] = 0;
+    for (size_t t = 0; t < BT; t++)
+        for (size_t i = c0 / d; i * d < c1; i++) {
+            const size_t lo = i * d > c0 ? i * d : c0, hi = (i + 1) * d < c1 ? (i + 1) * d : c1;
+            const size_t ti = t * hc + i;
+            const double dsi = dsv[ti] * isd, rk = rkv[ti], rq = rqv[ti];
+            const double *k = K + (i * BT + t) * d - i * d;
+            const float *q = h + ti * d - i * d;
+            for (size_t ch = lo; ch < hi; ch++) {
+                const double kk = k[ch], qq = (double)q[ch];
+                const double nk = kk * rk * (double)gk[ch];
+                const double nq = qq * rq * (double)gq[ch];
+                ak[ch] += dsi * nq * kk * rk;
+                aq[ch] += dsi * nk * qq * rq;
+            }
+        }
+}
+
+/* The biases: a[cc] over tokens, channels cc of the keys' branches, then the
+ * values' (cc in [hc d, (hc+1) d)). */
+EG_VEC static void bias_sums(size_t c0, size_t c1, size_t BT, size_t hc, size_t d,
+                             double *restrict a, const float *restrict dK,
+                             const float *restrict dU)
+{
+    for (size_t cc = c0; cc < c1; cc++)
+        a[cc] = 0;
+    for (size_t t = 0; t < BT; t++)
+        for (size_t i = c0 / d; i * d < c1; i++) {
+            const size_t lo = i * d > c0 ? i * d : c0, hi = (i + 1) * d < c1 ? (i + 1) * d : c1;
+            const float *src = (i == hc ? dU + t * d : dK + (i * BT + t) * d) - i * d;
+            for (size_t cc = lo; cc < hi; cc++)
+                a[cc] += (double)src[cc];
+        }
+}
+
 /* The backward from the forward's intermediates f; ws has room for the
  * backward's own. */
 static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
@@ -600,7 +702,7 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
 #pragma omp parallel for schedule(static) num_threads(nt) if (NE > 16384)
 #endif
     for (long long i = 0; i < NE; i++) {
-        const float s = sigm(f.Y[i]);
+        const float s = f.S[i];
         dY[i] = dout[i] * s * (1.0f + f.Y[i] * (1.0f - s));
         dV[i] = dout[i];
     }
@@ -615,23 +717,10 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
     {
         size_t c0, c1;
         own_range(CH, &c0, &c1);
-        double *a = acc + c0 * KW;
-        memset(a, 0, (c1 - c0) * KW * sizeof *a);
-        for (size_t t = 0; t < BT; t++) {
-            const size_t pos = t % T;
-            const float *dy = dY + t * CH;
-            for (size_t k = 0; k < KW; k++) {
-                const size_t back = (KW - 1 - k) * dil;
-                if (back > pos)
-                    continue;
-                const float *cin = f.C + (t - back) * CH;
-                for (size_t ch = c0; ch < c1; ch++)
-                    a[(ch - c0) * KW + k] += (double)dy[ch] * (double)cin[ch];
-            }
-        }
+        conv_weight_sums(c0, c1, BT, T, KW, dil, CH, acc, dY, f.C); /* acc[k][ch] */
         for (size_t ch = c0; ch < c1; ch++)
             for (size_t k = 0; k < KW; k++)
-                g->dconv[ch * KW + k] = (float)a[(ch - c0) * KW + k];
+                g->dconv[ch * KW + k] = (float)acc[k * CH + ch];
     }
     /* ... and input, per element */
 #ifdef _OPENMP
@@ -658,12 +747,7 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
         size_t c0, c1;
         own_range(CH, &c0, &c1);
         double *a = acc + CH * KW;
-        for (size_t ch = c0; ch < c1; ch++)
-            a[ch] = 0;
-        for (size_t t = 0; t < BT; t++)
-            for (size_t ch = c0; ch < c1; ch++)
-                a[ch] += (double)dC[t * CH + ch] * (double)f.V[t * CH + ch] *
-                         (double)f.rc[t * hc + ch / d];
+        norm_c_sums(c0, c1, BT, hc, d, a, dC, f.V, f.rc);
         for (size_t ch = c0; ch < c1; ch++)
             g->dnorm_c[ch] = (float)a[ch];
     }
@@ -721,18 +805,8 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
         size_t c0, c1;
         own_range(CH, &c0, &c1);
         double *ak = acc + CH * (KW + 1), *aq = acc + CH * (KW + 2);
-        for (size_t ch = c0; ch < c1; ch++)
-            ak[ch] = aq[ch] = 0;
-        for (size_t t = 0; t < BT; t++)
-            for (size_t ch = c0; ch < c1; ch++) {
-                const size_t i = ch / d, c = ch % d, ti = t * hc + i;
-                const double ds = dsv[ti];
-                const double kk = f.K[(i * BT + t) * d + c], qq = (double)h[ti * d + c];
-                const double nk = kk * f.rk[ti] * (double)w->norm_k[ch];
-                const double nq = qq * f.rq[ti] * (double)w->norm_q[ch];
-                ak[ch] += ds * isd * nq * kk * f.rk[ti];
-                aq[ch] += ds * isd * nk * qq * f.rq[ti];
-            }
+        norm_kq_sums(c0, c1, BT, hc, d, ak, aq, f.K, h, w->norm_k, w->norm_q, dsv, f.rk, f.rq,
+                     isd);
         for (size_t ch = c0; ch < c1; ch++) {
             g->dnorm_k[ch] = (float)ak[ch];
             g->dnorm_q[ch] = (float)aq[ch];
@@ -758,13 +832,7 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
             size_t c0, c1;
             own_range(NB, &c0, &c1);
             double *a = acc; /* NB <= CH * (KW + 3) */
-            for (size_t cc = c0; cc < c1; cc++)
-                a[cc] = 0;
-            for (size_t t = 0; t < BT; t++)
-                for (size_t cc = c0; cc < c1; cc++) {
-                    const size_t i = cc / d, c = cc % d;
-                    a[cc] += (double)(i == hc ? dU[t * d + c] : dK[(i * BT + t) * d + c]);
-                }
+            bias_sums(c0, c1, BT, hc, d, a, dK, dU);
             for (size_t cc = c0; cc < c1; cc++) {
                 const size_t i = cc / d, c = cc % d;
                 if (i == hc && g->db_v)
@@ -789,6 +857,7 @@ eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, 
     bump ws;
     if ((st = forward_ws(dm, w, e, h, NULL, WS_BWD, &f, &ws, nt, err)))
         return st;
+    silu_out(dm->B * dm->T * dm->hc * dm->d, f.V, f.Y, f.S, NULL, nt);
     return backward(dm, w, e, h, dout, g, &f, &ws, nt, err);
 }
 
@@ -815,7 +884,7 @@ eg_status eg_layer_forward_save(const eg_layer_dims *dm, const eg_layer_weights 
     if ((st = ws_begin(dm, WS_SCRATCH, &ws, err)) ||
         (st = forward(dm, w, e, h, NULL, &f, &ws, nt, err)))
         return st;
-    silu_out(BT * dm->hc * dm->d, f.V, f.Y, out, nt);
+    silu_out(BT * dm->hc * dm->d, f.V, f.Y, f.S, out, nt);
     return EG_OK;
 }
 
@@ -922,7 +991,7 @@ eg_status eg_layer_decode(const eg_layer_dims *dm, const eg_layer_weights *w, co
     bump ws;
     if ((st = forward_ws(dm, w, e, h, s, 0, &f, &ws, nthreads(n_threads), err)))
         return st;
-    silu_out(BT * CH, f.V, f.Y, out, nthreads(n_threads));
+    silu_out(BT * CH, f.V, f.Y, f.S, out, nthreads(n_threads));
     /* the history: the last L conv inputs of (old history, this call's) */
     for (size_t b = 0; b < dm->B && L; b++) {
         float *hb = s->hist + b * L * CH;

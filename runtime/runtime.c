@@ -14,16 +14,88 @@
 #include "engram/eg_hash.h"
 #include "engram/eg_runtime.h"
 
-/* Trained rows of one layer: open addressing from row id to a slot holding
- * the row's binary32 value, Adam's m and v, and its step count. */
+/* Trained rows of one layer: their binary32 values, Adam's m and v and step
+ * counts in slots (in the order rows were first trained), and a dense index
+ * from row to slot. The index is 4 bytes per row of the layer, allocated
+ * zeroed at the first trained row (calloc: pages no row touched stay
+ * unbacked for large tables): one load finds a row, where a hash table of
+ * trained rows took a probe sequence and grew with rehashes. Slots live in
+ * chunks of 2^shift that never move: growing is one more chunk, not a copy
+ * of every row trained so far. */
 typedef struct {
-    uint64_t *key; /* row + 1; 0 = empty */
-    uint32_t *slot;
-    size_t cap, n;
-    float *vals; /* n * 3 * dim */
-    uint32_t *steps;
-    size_t vcap;
+    uint32_t *slot_of; /* [rows] slot + 1 of each trained row; 0 = not trained */
+    uint64_t rows;
+    size_t n;       /* trained rows (slots in use) */
+    unsigned shift; /* slots per chunk: 2^shift */
+    float **chunk;  /* each: 2^shift slots of 3 * dim floats, then 2^shift step counts */
+    size_t n_chunks, cap_chunks;
 } overlay;
+
+/* The value, m and v of slot s (3 * dim floats), and its step count. */
+static inline float *ov_vals(const overlay *o, size_t s, size_t dim)
+{
+    return o->chunk[s >> o->shift] + (s & (((size_t)1 << o->shift) - 1)) * 3 * dim;
+}
+
+static inline uint32_t *ov_step(const overlay *o, size_t s, size_t dim)
+{
+    return (uint32_t *)(o->chunk[s >> o->shift] + ((size_t)3 * dim << o->shift)) +
+           (s & (((size_t)1 << o->shift) - 1));
+}
+
+/* The slot of a row (< o->rows), -1 when it was never trained. */
+static inline long ov_find(const overlay *o, uint64_t row)
+{
+    return o->slot_of ? (long)o->slot_of[row] - 1 : -1;
+}
+
+/* The slot of `row` (< o->rows), a new one (value `init`, zero moments, step
+ * count `step`) if it was not trained; -1 when out of memory. */
+static long ov_insert(overlay *o, uint64_t row, const float *init, uint32_t dim, uint32_t step)
+{
+    long f = ov_find(o, row);
+    if (f >= 0)
+        return f;
+    if (o->n >= UINT32_MAX)
+        return -1;
+    if (!o->slot_of && !(o->slot_of = calloc(o->rows ? o->rows : 1, sizeof *o->slot_of)))
+        return -1;
+    if (!o->shift) { /* chunks of about 8 MiB */
+        const size_t per = (size_t)3 * dim * sizeof(float) + sizeof(uint32_t);
+        o->shift = 6;
+        while (o->shift < 20 && (per << (o->shift + 1)) <= ((size_t)8 << 20))
+            o->shift++;
+    }
+    if ((o->n >> o->shift) == o->n_chunks) {
+        if (o->n_chunks == o->cap_chunks) {
+            const size_t nc = o->cap_chunks ? 2 * o->cap_chunks : 16;
+            float **c = realloc(o->chunk, nc * sizeof *c);
+            if (!c)
+                return -1;
+            o->chunk = c;
+            o->cap_chunks = nc;
+        }
+        float *c = malloc(((size_t)3 * dim * sizeof(float) + sizeof(uint32_t)) << o->shift);
+        if (!c)
+            return -1;
+        o->chunk[o->n_chunks++] = c;
+    }
+    const size_t s = o->n++;
+    o->slot_of[row] = (uint32_t)(s + 1);
+    float *v = ov_vals(o, s, dim);
+    memcpy(v, init, dim * sizeof *v);
+    memset(v + dim, 0, 2 * (size_t)dim * sizeof *v); /* m and v start at zero */
+    *ov_step(o, s, dim) = step;
+    return (long)s;
+}
+
+static void ov_free(overlay *o)
+{
+    free(o->slot_of);
+    for (size_t c = 0; c < o->n_chunks; c++)
+        free(o->chunk[c]);
+    free(o->chunk);
+}
 
 struct eg_runtime {
     eg_store *store;
@@ -34,95 +106,14 @@ struct eg_runtime {
     overlay *ov; /* per layer */
 };
 
-static inline uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    return x;
-}
-
-static long ov_find(const overlay *o, uint64_t row)
-{
-    if (!o->cap)
-        return -1;
-    for (size_t i = mix64(row) & (o->cap - 1);; i = (i + 1) & (o->cap - 1)) {
-        if (!o->key[i])
-            return -1;
-        if (o->key[i] == row + 1)
-            return o->slot[i];
-    }
-}
-
-/* The slot of `row`, inserted (with value `init`, zero moments) if new. */
-static long ov_insert(overlay *o, uint64_t row, const float *init, uint32_t dim, uint32_t step)
-{
-    long f = ov_find(o, row);
-    if (f >= 0)
-        return f;
-    if ((o->n + 1) * 4 > o->cap * 3) {
-        size_t nc = o->cap ? 2 * o->cap : 1024;
-        uint64_t *k = calloc(nc, sizeof *k);
-        uint32_t *s = malloc(nc * sizeof *s);
-        if (!k || !s) {
-            free(k);
-            free(s);
-            return -1;
-        }
-        for (size_t i = 0; i < o->cap; i++)
-            if (o->key[i]) {
-                size_t j = mix64(o->key[i] - 1) & (nc - 1);
-                while (k[j])
-                    j = (j + 1) & (nc - 1);
-                k[j] = o->key[i];
-                s[j] = o->slot[i];
-            }
-        free(o->key);
-        free(o->slot);
-        o->key = k;
-        o->slot = s;
-        o->cap = nc;
-    }
-    if (o->n == o->vcap) {
-        size_t nv = o->vcap ? 2 * o->vcap : 256;
-        float *v = realloc(o->vals, nv * 3 * dim * sizeof *v);
-        if (!v)
-            return -1;
-        o->vals = v;
-        uint32_t *st = realloc(o->steps, nv * sizeof *st);
-        if (!st)
-            return -1;
-        o->steps = st;
-        o->vcap = nv;
-    }
-    size_t i = mix64(row) & (o->cap - 1);
-    while (o->key[i])
-        i = (i + 1) & (o->cap - 1);
-    o->key[i] = row + 1;
-    o->slot[i] = (uint32_t)o->n;
-    float *v = o->vals + o->n * 3 * dim;
-    memcpy(v, init, dim * sizeof *v);
-    memset(v + dim, 0, 2 * dim * sizeof *v); /* m and v start at zero */
-    o->steps[o->n] = step;
-    return (long)o->n++;
-}
-
-static void ov_free(overlay *o)
-{
-    free(o->key);
-    free(o->slot);
-    free(o->vals);
-    free(o->steps);
-}
-
 static eg_status load_opt(void *ctx, uint32_t li, uint64_t row, uint32_t step, const float *vals)
 {
     eg_runtime *rt = ctx;
     long s = ov_insert(&rt->ov[li], row, vals, rt->dim, step);
     if (s < 0)
         return EG_ENOMEM;
-    memcpy(rt->ov[li].vals + (size_t)s * 3 * rt->dim, vals, 3 * (size_t)rt->dim * sizeof *vals);
-    rt->ov[li].steps[s] = step;
+    memcpy(ov_vals(&rt->ov[li], (size_t)s, rt->dim), vals, 3 * (size_t)rt->dim * sizeof *vals);
+    *ov_step(&rt->ov[li], (size_t)s, rt->dim) = step;
     return EG_OK;
 }
 
@@ -168,6 +159,8 @@ eg_status eg_runtime_open(const char *store, const eg_runtime_opts *opts, eg_run
         eg_runtime_close(rt);
         return eg_fail(err, EG_ENOMEM, "out of memory");
     }
+    for (uint32_t li = 0; li < rt->L; li++)
+        rt->ov[li].rows = eg_spec_layer_rows(rt->spec, li);
     st = eg_store_opt_foreach(rt->store, load_opt, rt, err);
     if (st) {
         if (st == EG_ENOMEM)
@@ -373,7 +366,7 @@ static eg_status row_value(eg_runtime *rt, uint32_t li, uint64_t row, float *out
 {
     long s = ov_find(&rt->ov[li], row);
     if (s >= 0) {
-        memcpy(out, rt->ov[li].vals + (size_t)s * 3 * rt->dim, rt->dim * sizeof *out);
+        memcpy(out, ov_vals(&rt->ov[li], (size_t)s, rt->dim), rt->dim * sizeof *out);
         return EG_OK;
     }
     return eg_store_read_rows(rt->store, li, row, 1, out, rt->dim, err);
@@ -412,7 +405,7 @@ eg_status eg_rt_gather(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t
             eg_err e2;
             long s = rows[i] < lr ? ov_find(&rt->ov[li], rows[i]) : -1;
             if (s >= 0) {
-                eg_row_encode(out_dtype, (uint32_t)dim, rt->ov[li].vals + (size_t)s * 3 * dim, o);
+                eg_row_encode(out_dtype, (uint32_t)dim, ov_vals(&rt->ov[li], (size_t)s, dim), o);
                 continue;
             }
             if (rows[i] >= lr || eg_store_row_ptr(rt->store, li, rows[i], &p, &e2) ||
@@ -574,7 +567,7 @@ eg_status eg_rt_adam_step(eg_runtime *rt, uint32_t li, const uint64_t *uniq, con
             miss[nm++] = i;
     }
     /* rows trained for the first time: their stored values, read side by side,
-     * then brought into the overlay (serial: the table may grow) */
+     * then given slots (serial: a slot is an index entry and a copy) */
     const eg_store_info *in = eg_store_get_info(rt->store);
     float *v0 = malloc((nm ? nm : 1) * dim * sizeof *v0);
     uint64_t *mrows = malloc((nm ? nm : 1) * sizeof *mrows);
@@ -627,8 +620,8 @@ eg_status eg_rt_adam_step(eg_runtime *rt, uint32_t li, const uint64_t *uniq, con
 #pragma omp parallel for schedule(static) num_threads(threads(rt)) if (n > 64)
 #endif
     for (long long i = 0; i < NN; i++) {
-        float *w = o->vals + (size_t)slot[i] * 3 * dim;
-        const uint32_t t = ++o->steps[slot[i]];
+        float *w = ov_vals(o, (size_t)slot[i], dim);
+        const uint32_t t = ++*ov_step(o, (size_t)slot[i], dim);
         eg_adam_row(w, w + dim, w + 2 * dim, t, grads + (size_t)i * dim, (uint32_t)dim, hp);
     }
     free(slot);
@@ -653,7 +646,7 @@ eg_status eg_rt_set_rows(eg_runtime *rt, uint32_t li, const uint64_t *rows, cons
         const long sl = ov_insert(o, rows[i], vals + i * dim, (uint32_t)dim, 0); /* or found */
         if (sl < 0)
             return eg_fail(err, EG_ENOMEM, "out of memory");
-        memcpy(o->vals + (size_t)sl * 3 * dim, vals + i * dim, dim * sizeof(float));
+        memcpy(ov_vals(o, (size_t)sl, dim), vals + i * dim, dim * sizeof(float));
     }
     return EG_OK;
 }
@@ -674,21 +667,10 @@ static eg_status ckpt_rows(void *ctx, uint32_t li, uint64_t row0, uint64_t n, vo
     for (uint64_t r = row0; r < row0 + n; r++) {
         long s = ov_find(o, r);
         if (s >= 0)
-            eg_row_encode(in->dtype, in->dim, o->vals + (size_t)s * 3 * rt->dim,
+            eg_row_encode(in->dtype, in->dim, ov_vals(o, (size_t)s, rt->dim),
                           (unsigned char *)dst + (r - row0) * in->row_bytes);
     }
     return EG_OK;
-}
-
-typedef struct {
-    uint64_t key;
-    uint32_t li, slot;
-} optref;
-
-static int cmp_optref(const void *a, const void *b)
-{
-    uint64_t x = ((const optref *)a)->key, y = ((const optref *)b)->key;
-    return x < y ? -1 : x > y;
 }
 
 eg_status eg_rt_checkpoint(eg_runtime *rt, const char *path, eg_err *err)
@@ -699,33 +681,29 @@ eg_status eg_rt_checkpoint(eg_runtime *rt, const char *path, eg_err *err)
     const eg_store_info *in = eg_store_get_info(rt->store);
     const size_t dim = rt->dim, n_opt = eg_rt_trained_rows(rt);
     const uint64_t V = eg_spec_compressed_vocab(rt->spec);
-    optref *refs = malloc((n_opt ? n_opt : 1) * sizeof *refs);
     uint64_t *keys = malloc((n_opt ? n_opt : 1) * sizeof *keys);
     uint32_t *steps = malloc((n_opt ? n_opt : 1) * sizeof *steps);
     float *vals = malloc((n_opt ? n_opt : 1) * 3 * dim * sizeof *vals);
     const char **vkeys = eg_store_key(rt->store, 0) ? malloc(V * sizeof *vkeys) : NULL;
     uint8_t **hit = in->sparse ? calloc(rt->L, sizeof *hit) : NULL;
     eg_status st = EG_OK;
-    if (!refs || !keys || !steps || !vals || (eg_store_key(rt->store, 0) && !vkeys) ||
+    if (!keys || !steps || !vals || (eg_store_key(rt->store, 0) && !vkeys) ||
         (in->sparse && !hit)) {
         st = eg_fail(err, EG_ENOMEM, "out of memory");
         goto done;
     }
+    /* the trained rows in key order (layer, then row): the index in row order */
     size_t k = 0;
-    for (uint32_t li = 0; li < rt->L; li++)
-        for (size_t c = 0; c < rt->ov[li].cap; c++)
-            if (rt->ov[li].key[c]) {
-                refs[k].key = (uint64_t)li << 40 | (rt->ov[li].key[c] - 1);
-                refs[k].li = li;
-                refs[k].slot = rt->ov[li].slot[c];
+    for (uint32_t li = 0; li < rt->L; li++) {
+        const overlay *o = &rt->ov[li];
+        for (uint64_t r = 0; o->n && r < o->rows; r++)
+            if (o->slot_of[r]) {
+                const size_t sl = o->slot_of[r] - 1;
+                keys[k] = (uint64_t)li << 40 | r;
+                steps[k] = *ov_step(o, sl, dim);
+                memcpy(vals + k * 3 * dim, ov_vals(o, sl, dim), 3 * dim * sizeof *vals);
                 k++;
             }
-    qsort(refs, k, sizeof *refs, cmp_optref);
-    for (size_t i = 0; i < k; i++) {
-        keys[i] = refs[i].key;
-        steps[i] = rt->ov[refs[i].li].steps[refs[i].slot];
-        memcpy(vals + i * 3 * dim, rt->ov[refs[i].li].vals + (size_t)refs[i].slot * 3 * dim,
-               3 * dim * sizeof *vals);
     }
     for (uint64_t c = 0; vkeys && c < V; c++)
         vkeys[c] = eg_store_key(rt->store, (uint32_t)c);
@@ -743,11 +721,9 @@ eg_status eg_rt_checkpoint(eg_runtime *rt, const char *path, eg_err *err)
             if (p)
                 hit[li][r >> 3] |= (uint8_t)(1u << (r & 7));
         }
-        for (size_t c = 0; c < rt->ov[li].cap; c++)
-            if (rt->ov[li].key[c]) {
-                const uint64_t r = rt->ov[li].key[c] - 1;
+        for (uint64_t r = 0; rt->ov[li].n && r < rows; r++)
+            if (rt->ov[li].slot_of[r])
                 hit[li][r >> 3] |= (uint8_t)(1u << (r & 7));
-            }
     }
     size_t np;
     const uint32_t *proj = eg_store_projection(rt->store, &np);
@@ -790,7 +766,6 @@ done:
     for (uint32_t li = 0; hit && li < rt->L; li++)
         free(hit[li]);
     free(hit);
-    free(refs);
     free(keys);
     free(steps);
     free(vals);

@@ -131,7 +131,7 @@ eg_status eg_layer_backward(const eg_layer_dims *dm, const eg_layer_weights *w, 
 /* Training without recomputing the forward: eg_layer_forward_save writes
  * the output (as eg_layer_forward) and keeps the intermediates the backward
  * needs in `saved` (caller-owned, 8-byte aligned, at least
- * eg_layer_saved_bytes(dm) bytes: (hc*(20 + 32/d) + 4)*d bytes per token,
+ * eg_layer_saved_bytes(dm) bytes: (hc*(24 + 32/d) + 4)*d bytes per token,
  * rounded up); eg_layer_backward_saved then gives eg_layer_backward's gradients,
  * bit for bit, from them (same dm, w, e and h; `saved` is only read, and may
  * be reused once the backward returns). EG_ECAPACITY when saved is too small
