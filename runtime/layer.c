@@ -170,6 +170,23 @@ static void dots_d(size_t M, size_t N, size_t K, const float *A, const float *W,
         }
 }
 
+/* The depthwise conv of one token: y[ch] = the sum over taps k, in order, of
+ * wT[k][ch] src[k][ch], skipping taps whose src[k] is NULL (before a
+ * sequence's start or past its end): per element the plain loop over k. */
+EG_VEC static void conv_taps(size_t CH, size_t KW, const float *restrict wT,
+                             const float *const *src, float *restrict y)
+{
+    for (size_t ch = 0; ch < CH; ch++)
+        y[ch] = 0;
+    for (size_t k = 0; k < KW; k++) {
+        const float *restrict x = src[k], *restrict wk = wT + k * CH;
+        if (!x)
+            continue;
+        for (size_t ch = 0; ch < CH; ch++)
+            y[ch] += wk[ch] * x[ch];
+    }
+}
+
 /* dst[c][r] = src[r][c] for src [R][Cn]. */
 static void transpose(size_t R, size_t Cn, const float *src, float *dst, int nt)
 {
@@ -360,11 +377,12 @@ static size_t ws_bytes(const eg_layer_dims *dm, unsigned parts)
     size_t n = 0;
     if (parts & WS_FWD)
         n += fwd_bytes(dm);
-    if (parts & WS_SCRATCH)
-        n += ws_round((size_t)dm->De * d * 4);
-    if (parts & WS_BWD) /* dY dC dV, dU dKT, dK, dsv, the per-channel sums */
+    if (parts & WS_SCRATCH) /* a transposed projection, the transposed conv */
+        n += ws_round((size_t)dm->De * d * 4) + ws_round(CH * dm->kernel * 4);
+    if (parts & WS_BWD) /* dY dC dV, dU dKT, dK, dsv, the per-channel sums, the conv */
         n += 3 * ws_round(n1 * CH * 4) + 2 * ws_round(n1 * d * 4) + ws_round(hc * n1 * d * 4) +
-             ws_round(n1 * hc * 8) + ws_round(CH * (dm->kernel + 3) * 8);
+             ws_round(n1 * hc * 8) + ws_round(CH * (dm->kernel + 3) * 8) +
+             ws_round(CH * dm->kernel * 4);
     return n;
 }
 
@@ -388,7 +406,8 @@ static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, con
     const float eps_kq = dm->eps_kq > 0 ? dm->eps_kq : 1.1920929e-07f;
     const float eps_c = dm->eps_conv > 0 ? dm->eps_conv : 1e-5f;
     float *wt = take(ws, De * d * sizeof *wt);
-    if (!f->K || !wt)
+    float *convT = take(ws, hc * d * dm->kernel * sizeof *convT);
+    if (!f->K || !wt || !convT)
         return eg_fail(err, EG_EINVAL, "layer: workspace too small for B*T = %zu tokens", BT);
     /* the projections: K_i = E W_K[i]^T + b_k[i], U = E W_V^T + b_v */
     const int few = BT <= SMALL_BT; /* decoding: dot products, no transposed copies */
@@ -454,24 +473,18 @@ static eg_status forward(const eg_layer_dims *dm, const eg_layer_weights *w, con
     }
     /* the causal depthwise conv per sequence: y[t] = sum_k w[k] x[t - (K-1-k) dil] */
     const size_t T = dm->T, KW = dm->kernel, dil = dm->dilation, CH = hc * d;
+    transpose(CH, KW, w->conv, convT, 1);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (BT > 16)
 #endif
     for (long long tt = 0; tt < NT; tt++) {
         const size_t t = (size_t)tt, pos = t % (T ? T : 1), b = t / (T ? T : 1);
-        float *y = f->Y + t * CH;
         const float *src[EG_LAYER_MAX_KERNEL];
         for (size_t k = 0; k < KW; k++) {
             const size_t back = (KW - 1 - k) * dil;
             src[k] = back <= pos ? f->C + (t - back) * CH : state_row(st, b, pos, back);
         }
-        for (size_t ch = 0; ch < CH; ch++) {
-            float acc = 0;
-            for (size_t k = 0; k < KW; k++)
-                if (src[k])
-                    acc += w->conv[ch * KW + k] * src[k][ch];
-            y[ch] = acc;
-        }
+        conv_taps(CH, KW, convT, src, f->Y + t * CH);
     }
     return EG_OK;
 }
@@ -691,9 +704,10 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
     float *dV = take(&ws, n1 * CH * sizeof *dV), *dU = take(&ws, n1 * d * sizeof *dU);
     float *dK = take(&ws, hc * n1 * d * sizeof *dK), *dKT = take(&ws, n1 * d * sizeof *dKT);
     double *dsv = take(&ws, n1 * hc * sizeof *dsv);
+    float *convT = take(&ws, CH * KW * sizeof *convT);
     /* per-channel sums over tokens (below) */
     double *acc = take(&ws, CH * (KW + 3) * sizeof *acc);
-    if (!dY || !dC || !dV || !dU || !dK || !dKT || !dsv || !acc)
+    if (!dY || !dC || !dV || !dU || !dK || !dKT || !dsv || !acc || !convT)
         return eg_fail(err, EG_EINVAL, "layer: workspace too small for B*T = %zu tokens", BT);
     const long long NT = (long long)BT;
     /* out = v + silu(y) */
@@ -723,21 +737,18 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
                 g->dconv[ch * KW + k] = (float)acc[k * CH + ch];
     }
     /* ... and input, per element */
+    transpose(CH, KW, w->conv, convT, 1);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (BT > 16)
 #endif
     for (long long tt = 0; tt < NT; tt++) {
         const size_t t = (size_t)tt, pos = t % T;
-        float *dc = dC + t * CH;
-        for (size_t ch = 0; ch < CH; ch++) {
-            float s_ = 0;
-            for (size_t k = 0; k < KW; k++) {
-                const size_t back = (KW - 1 - k) * dil;
-                if (pos + back < T)
-                    s_ += dY[(t + back) * CH + ch] * w->conv[ch * KW + k];
-            }
-            dc[ch] = s_;
+        const float *src[EG_LAYER_MAX_KERNEL];
+        for (size_t k = 0; k < KW; k++) {
+            const size_t back = (KW - 1 - k) * dil;
+            src[k] = pos + back < T ? dY + (t + back) * CH : NULL;
         }
+        conv_taps(CH, KW, convT, src, dC + t * CH);
     }
     /* RMSNorm of the conv input: its weight (per channel over tokens) */
 #ifdef _OPENMP
