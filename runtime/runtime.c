@@ -372,6 +372,8 @@ static eg_status row_value(eg_runtime *rt, uint32_t li, uint64_t row, float *out
     return eg_store_read_rows(rt->store, li, row, 1, out, rt->dim, err);
 }
 
+#define GATHER_BLOCK 32
+
 eg_status eg_rt_gather(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
                        eg_dtype out_dtype, void *out, size_t cap, eg_err *err)
 {
@@ -392,37 +394,69 @@ eg_status eg_rt_gather(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t
     }
     if (in->dtype == out_dtype) {
         /* the stored encoding is the output's: rows are copied from the map
-         * as they are (nothing to decode, so nothing to deduplicate) */
+         * as they are (nothing to decode, so nothing to deduplicate), in
+         * blocks whose index entries, then rows, are fetched ahead (each row
+         * is a random read of a large table) */
         int bad = 0;
         eg_err first = {0};
-        const long long NN = (long long)n;
+        size_t first_at = 0;
+        const overlay *o = &rt->ov[li];
+        const long long NB = (long long)((n + GATHER_BLOCK - 1) / GATHER_BLOCK);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads(rt)) if (n > 4096) reduction(| : bad)
 #endif
-        for (long long i = 0; i < NN; i++) {
-            unsigned char *o = (unsigned char *)out + (size_t)i * dim * es;
-            const void *p = NULL;
-            eg_err e2;
-            long s = rows[i] < lr ? ov_find(&rt->ov[li], rows[i]) : -1;
-            if (s >= 0) {
-                eg_row_encode(out_dtype, (uint32_t)dim, ov_vals(&rt->ov[li], (size_t)s, dim), o);
-                continue;
+        for (long long bb = 0; bb < NB; bb++) {
+            const size_t i0 = (size_t)bb * GATHER_BLOCK;
+            const size_t m = n - i0 < GATHER_BLOCK ? n - i0 : GATHER_BLOCK;
+            const void *src[GATHER_BLOCK];
+            int trained[GATHER_BLOCK];
+            for (size_t j = 0; j < m && o->slot_of; j++)
+                if (rows[i0 + j] < lr)
+                    __builtin_prefetch(&o->slot_of[rows[i0 + j]]);
+            for (size_t j = 0; j < m; j++) {
+                const uint64_t r = rows[i0 + j];
+                long s = r < lr ? ov_find(o, r) : -1;
+                eg_err e2;
+                src[j] = NULL;
+                trained[j] = s >= 0;
+                if (s >= 0)
+                    src[j] = ov_vals(o, (size_t)s, dim);
+                else if (r < lr && eg_store_row_ptr(rt->store, li, r, &src[j], &e2))
+                    src[j] = NULL; /* the error again below, on the slow path */
+                if (src[j])
+                    __builtin_prefetch(src[j]);
             }
-            if (rows[i] >= lr || eg_store_row_ptr(rt->store, li, rows[i], &p, &e2) ||
-                (!p && eg_store_read_encoded(rt->store, li, rows[i], 1, o, dim * es, &e2))) {
-                if (rows[i] >= lr)
-                    eg_fail(&e2, EG_ERANGE, "eg_rt_gather: row %llu at %lld >= layer %u's %llu rows",
-                            (unsigned long long)rows[i], i, li, (unsigned long long)lr);
-                bad = 1;
+            for (size_t j = 0; j < m; j++) {
+                const size_t i = i0 + j;
+                unsigned char *out_row = (unsigned char *)out + i * dim * es;
+                if (trained[j]) {
+                    eg_row_encode(out_dtype, (uint32_t)dim, src[j], out_row);
+                    continue;
+                }
+                if (src[j]) {
+                    memcpy(out_row, src[j], dim * es);
+                    continue;
+                }
+                const void *p = NULL;
+                eg_err e2;
+                if (rows[i] >= lr || eg_store_row_ptr(rt->store, li, rows[i], &p, &e2) ||
+                    (!p && eg_store_read_encoded(rt->store, li, rows[i], 1, out_row, dim * es, &e2))) {
+                    if (rows[i] >= lr)
+                        eg_fail(&e2, EG_ERANGE, "eg_rt_gather: row %llu at %zu >= layer %u's %llu rows",
+                                (unsigned long long)rows[i], i, li, (unsigned long long)lr);
+                    bad = 1;
 #ifdef _OPENMP
 #pragma omp critical
 #endif
-                if (!first.code)
-                    first = e2;
-                continue;
+                    if (!first.code || i < first_at) {
+                        first = e2;
+                        first_at = i;
+                    }
+                    continue;
+                }
+                if (p)
+                    memcpy(out_row, p, dim * es);
             }
-            if (p)
-                memcpy(o, p, dim * es);
         }
         if (bad)
             return eg_fail(err, first.code ? first.code : EG_EFORMAT, "%s", first.msg);
@@ -562,6 +596,8 @@ eg_status eg_rt_adam_step(eg_runtime *rt, uint32_t li, const uint64_t *uniq, con
                            "eg_rt_adam_step: rows must be unique, ascending and < %llu (at %zu)",
                            (unsigned long long)lr_rows, i);
         }
+        if (o->slot_of && i + 16 < n && uniq[i + 16] < lr_rows)
+            __builtin_prefetch(&o->slot_of[uniq[i + 16]]);
         slot[i] = ov_find(o, uniq[i]);
         if (slot[i] < 0)
             miss[nm++] = i;
@@ -620,6 +656,11 @@ eg_status eg_rt_adam_step(eg_runtime *rt, uint32_t li, const uint64_t *uniq, con
 #pragma omp parallel for schedule(static) num_threads(threads(rt)) if (n > 64)
 #endif
     for (long long i = 0; i < NN; i++) {
+        if (i + 8 < NN) { /* a row's value, m and v: 12 * dim bytes */
+            const char *pa = (const char *)ov_vals(o, (size_t)slot[i + 8], dim);
+            for (size_t b = 0; b < 12 * dim; b += 64)
+                __builtin_prefetch(pa + b, 1);
+        }
         float *w = ov_vals(o, (size_t)slot[i], dim);
         const uint32_t t = ++*ov_step(o, (size_t)slot[i], dim);
         eg_adam_row(w, w + dim, w + 2 * dim, t, grads + (size_t)i * dim, (uint32_t)dim, hp);
