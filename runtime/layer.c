@@ -52,9 +52,11 @@ static void own_range(size_t n, size_t *c0, size_t *c1)
     *c1 = n * (id + 1) / nth;
 }
 
-/* C[M][N] (=, or += when acc) A[M][K] * B[K][N], row-major. */
-EG_VEC static void gemm_nn(size_t M, size_t N, size_t K, const float *restrict A, const float *restrict B,
-                    float *restrict C, int acc, int nt)
+/* C[M][N] (=, or += when acc) A[M][K] * B[K][N], row-major; A's element
+ * (m, k) is A[m * sam + k * sak]: (K, 1) for A as stored, (1, M) for the
+ * transpose of a stored [K][M] (no transposed copy). */
+EG_VEC static void gemm_sa(size_t M, size_t N, size_t K, const float *restrict A, size_t sam,
+                           size_t sak, const float *restrict B, float *restrict C, int acc, int nt)
 {
     const long long MB = (long long)((M + TILE_R - 1) / TILE_R);
 #ifdef _OPENMP
@@ -77,7 +79,7 @@ EG_VEC static void gemm_nn(size_t M, size_t N, size_t K, const float *restrict A
                 memcpy(&b0, B + k * N + n0, sizeof b0);
                 memcpy(&b1, B + k * N + n0 + 16, sizeof b1);
                 for (size_t r = 0; r < TILE_R; r++) {
-                    const float a = r < mr ? A[(m0 + r) * K + k] : 0.0f;
+                    const float a = r < mr ? A[(m0 + r) * sam + k * sak] : 0.0f;
                     t[r][0] += a * b0;
                     t[r][1] += a * b1;
                 }
@@ -90,12 +92,24 @@ EG_VEC static void gemm_nn(size_t M, size_t N, size_t K, const float *restrict A
             if (!acc)
                 memset(c + n0, 0, (N - n0) * sizeof *c);
             for (size_t k = 0; k < K; k++) {
-                const float a = A[(m0 + r) * K + k];
+                const float a = A[(m0 + r) * sam + k * sak];
                 for (size_t n = n0; n < N; n++)
                     c[n] += a * B[k * N + n];
             }
         }
     }
+}
+
+static void gemm_nn(size_t M, size_t N, size_t K, const float *A, const float *B, float *C, int acc,
+                    int nt)
+{
+    gemm_sa(M, N, K, A, K, 1, B, C, acc, nt);
+}
+
+/* C[M][N] = A[K][M]^T * B[K][N]. */
+static void gemm_tn(size_t M, size_t N, size_t K, const float *A, const float *B, float *C, int nt)
+{
+    gemm_sa(M, N, K, A, 1, M, B, C, 0, nt);
 }
 
 /* The same with binary64 accumulation and output (the keys: the gate's
@@ -379,8 +393,8 @@ static size_t ws_bytes(const eg_layer_dims *dm, unsigned parts)
         n += fwd_bytes(dm);
     if (parts & WS_SCRATCH) /* a transposed projection, the transposed conv */
         n += ws_round((size_t)dm->De * d * 4) + ws_round(CH * dm->kernel * 4);
-    if (parts & WS_BWD) /* dY dC dV, dU dKT, dK, dsv, the per-channel sums, the conv */
-        n += 3 * ws_round(n1 * CH * 4) + 2 * ws_round(n1 * d * 4) + ws_round(hc * n1 * d * 4) +
+    if (parts & WS_BWD) /* dY dC dV, dU, dK, dsv, the per-channel sums, the conv */
+        n += 3 * ws_round(n1 * CH * 4) + ws_round(n1 * d * 4) + ws_round(hc * n1 * d * 4) +
              ws_round(n1 * hc * 8) + ws_round(CH * (dm->kernel + 3) * 8) +
              ws_round(CH * dm->kernel * 4);
     return n;
@@ -702,12 +716,12 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
     const size_t n1 = BT ? BT : 1;
     float *dY = take(&ws, n1 * CH * sizeof *dY), *dC = take(&ws, n1 * CH * sizeof *dC);
     float *dV = take(&ws, n1 * CH * sizeof *dV), *dU = take(&ws, n1 * d * sizeof *dU);
-    float *dK = take(&ws, hc * n1 * d * sizeof *dK), *dKT = take(&ws, n1 * d * sizeof *dKT);
+    float *dK = take(&ws, hc * n1 * d * sizeof *dK);
     double *dsv = take(&ws, n1 * hc * sizeof *dsv);
     float *convT = take(&ws, CH * KW * sizeof *convT);
     /* per-channel sums over tokens (below) */
     double *acc = take(&ws, CH * (KW + 3) * sizeof *acc);
-    if (!dY || !dC || !dV || !dU || !dK || !dKT || !dsv || !acc || !convT)
+    if (!dY || !dC || !dV || !dU || !dK || !dsv || !acc || !convT)
         return eg_fail(err, EG_EINVAL, "layer: workspace too small for B*T = %zu tokens", BT);
     const long long NT = (long long)BT;
     /* out = v + silu(y) */
@@ -827,12 +841,9 @@ static eg_status backward(const eg_layer_dims *dm, const eg_layer_weights *w, co
     gemm_nn(BT, De, d, dU, w->w_v, g->de, 0, nt);
     for (size_t i = 0; i < hc; i++)
         gemm_nn(BT, De, d, dK + i * BT * d, w->w_k + i * d * De, g->de, 1, nt);
-    transpose(BT, d, dU, dKT, nt);
-    gemm_nn(d, De, BT, dKT, e, g->dw_v, 0, nt);
-    for (size_t i = 0; i < hc; i++) {
-        transpose(BT, d, dK + i * BT * d, dKT, nt);
-        gemm_nn(d, De, BT, dKT, e, g->dw_k + i * d * De, 0, nt);
-    }
+    gemm_tn(d, De, BT, dU, e, g->dw_v, nt);
+    for (size_t i = 0; i < hc; i++)
+        gemm_tn(d, De, BT, dK + i * BT * d, e, g->dw_k + i * d * De, nt);
     /* the biases: per channel over tokens (each sum in token order) */
     if (g->db_k || g->db_v) {
         const size_t NB = (hc + 1) * d; /* channels: the keys' branches, then the values' */
