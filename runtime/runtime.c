@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -16,9 +17,9 @@
 
 /* Trained rows of one layer: their binary32 values, Adam's m and v and step
  * counts in slots (in the order rows were first trained), and a dense index
- * from row to slot. The index is 4 bytes per row of the layer, allocated
- * zeroed at the first trained row (calloc: pages no row touched stay
- * unbacked for large tables): one load finds a row, where a hash table of
+ * from row to slot. The index is 4 bytes per row of the layer, mapped
+ * zeroed at the first trained row (pages no row touched stay unbacked for
+ * large tables): one load finds a row, where a hash table of
  * trained rows took a probe sequence and grew with rehashes. Slots live in
  * chunks of 2^shift that never move: growing is one more chunk, not a copy
  * of every row trained so far. */
@@ -31,6 +32,29 @@ typedef struct {
     size_t n_chunks, cap_chunks;
 } overlay;
 
+/* Zeroed anonymous memory for the overlay, in huge pages where the kernel
+ * gives them (madvise): rows are trained at random places of the index and
+ * read at random slots, and 4 KiB pages made nearly every access a TLB miss
+ * and every new 4 KiB of slots a page fault. NULL when out of memory. */
+static void *big_alloc(size_t bytes)
+{
+    void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    if (bytes >= ((size_t)2 << 20))
+        madvise(p, bytes, MADV_HUGEPAGE); /* advice only: 4 KiB pages otherwise */
+#endif
+    return p;
+}
+
+static void big_free(void *p, size_t bytes)
+{
+    if (p)
+        munmap(p, bytes ? bytes : 1);
+}
+
 /* The value, m and v of slot s (3 * dim floats), and its step count. */
 static inline float *ov_vals(const overlay *o, size_t s, size_t dim)
 {
@@ -41,6 +65,11 @@ static inline uint32_t *ov_step(const overlay *o, size_t s, size_t dim)
 {
     return (uint32_t *)(o->chunk[s >> o->shift] + ((size_t)3 * dim << o->shift)) +
            (s & (((size_t)1 << o->shift) - 1));
+}
+
+static size_t ov_chunk_bytes(const overlay *o, size_t dim)
+{
+    return ((size_t)3 * dim * sizeof(float) + sizeof(uint32_t)) << o->shift;
 }
 
 /* The slot of a row (< o->rows), -1 when it was never trained. */
@@ -58,7 +87,7 @@ static long ov_insert(overlay *o, uint64_t row, const float *init, uint32_t dim,
         return f;
     if (o->n >= UINT32_MAX)
         return -1;
-    if (!o->slot_of && !(o->slot_of = calloc(o->rows ? o->rows : 1, sizeof *o->slot_of)))
+    if (!o->slot_of && !(o->slot_of = big_alloc(o->rows * sizeof *o->slot_of)))
         return -1;
     if (!o->shift) { /* chunks of about 8 MiB */
         const size_t per = (size_t)3 * dim * sizeof(float) + sizeof(uint32_t);
@@ -75,7 +104,7 @@ static long ov_insert(overlay *o, uint64_t row, const float *init, uint32_t dim,
             o->chunk = c;
             o->cap_chunks = nc;
         }
-        float *c = malloc(((size_t)3 * dim * sizeof(float) + sizeof(uint32_t)) << o->shift);
+        float *c = big_alloc(ov_chunk_bytes(o, dim));
         if (!c)
             return -1;
         o->chunk[o->n_chunks++] = c;
@@ -89,11 +118,11 @@ static long ov_insert(overlay *o, uint64_t row, const float *init, uint32_t dim,
     return (long)s;
 }
 
-static void ov_free(overlay *o)
+static void ov_free(overlay *o, uint32_t dim)
 {
-    free(o->slot_of);
+    big_free(o->slot_of, o->rows * sizeof *o->slot_of);
     for (size_t c = 0; c < o->n_chunks; c++)
-        free(o->chunk[c]);
+        big_free(o->chunk[c], ov_chunk_bytes(o, dim));
     free(o->chunk);
 }
 
@@ -177,7 +206,7 @@ void eg_runtime_close(eg_runtime *rt)
     if (!rt)
         return;
     for (uint32_t li = 0; rt->ov && li < rt->L; li++)
-        ov_free(&rt->ov[li]);
+        ov_free(&rt->ov[li], rt->dim);
     free(rt->ov);
     eg_store_close(rt->store);
     free(rt->path);
