@@ -104,21 +104,37 @@ eg_status eg_cuda_cache_mark_dirty(eg_cuda_table *t, const uint64_t *slots, size
  * eg_rt_checkpoint; waits for the device. */
 eg_status eg_cuda_cache_writeback(eg_cuda_table *t, eg_err *err);
 
-/* ---- the layer forward on device pointers ------------------------------------- */
+/* ---- the layer on device pointers ---------------------------------------------- */
 
-/* A workspace for the forward of up to dm->B * dm->T tokens of these
- * dimensions (the intermediates, a cuBLAS handle). */
+/* A workspace for the forward and backward of up to dm->B * dm->T tokens of
+ * these dimensions (hc, d, De and kernel fixed; the intermediates, a cuBLAS
+ * handle). */
 typedef struct eg_cuda_layer eg_cuda_layer;
 eg_status eg_cuda_layer_create(const eg_layer_dims *dm, eg_cuda_layer **out, eg_err *err);
 void eg_cuda_layer_free(eg_cuda_layer *l);
 
 /* eg_layer_forward with every pointer in device memory (the weights in w
  * too), queued on `stream`: d_e [B][T][De], d_h [B][T][hc][d] -> d_out
- * [B][T][hc][d]. The same kernels as the backend table's forward, which the
- * parity suite checks against the CPU. */
+ * [B][T][hc][d]. The backend table's forward runs it (on uploaded copies),
+ * so the parity suite checks it against the CPU. */
 eg_status eg_cuda_layer_forward(eg_cuda_layer *l, const eg_layer_dims *dm,
                                 const eg_layer_weights *w, const float *d_e, const float *d_h,
                                 float *d_out, void *stream, eg_err *err);
+
+/* eg_layer_backward with every pointer in device memory (the weights in w
+ * and every gradient in g too; db_k / db_v only with their biases), queued
+ * on `stream`: recomputes the forward from d_e and d_h in the workspace
+ * (as eg_layer_backward does on the CPU), then writes g->de [B][T][De],
+ * g->dh [B][T][hc][d] and the weights' gradients (written, not
+ * accumulated). The backward's own arrays are allocated at the first call
+ * (EG_ENOMEM when the device has no room). One call at a time per
+ * eg_cuda_layer (the workspace is shared with its forward). This is what
+ * the backend table's layer_backward runs, so the parity suite
+ * (cuda_parity_layer) checks it against the CPU. */
+eg_status eg_cuda_layer_backward(eg_cuda_layer *l, const eg_layer_dims *dm,
+                                 const eg_layer_weights *w, const float *d_e, const float *d_h,
+                                 const float *d_dout, const eg_layer_grads *g, void *stream,
+                                 eg_err *err);
 
 #ifdef __cplusplus
 }

@@ -122,6 +122,7 @@ def library():
         "eg_spec_layer_index": ([vp, u32], i32),
         "eg_runtime_store": ([vp], vp),
         "eg_store_config_json": ([vp], ctypes.c_char_p),
+        "eg_store_get_info": ([vp], vp),
         "eg_store_expect": ([vp, ctypes.c_char_p, vp, E], i32),
     }
     for name, (args, res) in sig.items():
@@ -192,6 +193,15 @@ class Runtime:
         import json
         raw = library().eg_store_config_json(library().eg_runtime_store(self._rt))
         return json.loads(raw.decode()) if raw else {}
+
+    @property
+    def store_dtype(self):
+        """The rows' stored encoding: "f32", "bf16", "f16" or "fp8" (eg_store_info.dtype)."""
+        class _InfoHead(ctypes.Structure):  # eg_store_info's first fields
+            _fields_ = [("format_version", ctypes.c_uint32), ("dtype", ctypes.c_int)]
+        L = library()
+        p = L.eg_store_get_info(L.eg_runtime_store(self._rt))
+        return ("f32", "bf16", "f16", "fp8")[ctypes.cast(p, ctypes.POINTER(_InfoHead)).contents.dtype]
 
     def layer_rows(self, li):
         return library().eg_spec_layer_rows(self._spec, li)

@@ -24,9 +24,11 @@ as the reference's nn.Linear / nn.RMSNorm / nn.Conv1d are. Layers of one
 store share one runtime (open_store), so a checkpoint from any of them writes
 every layer's rows.
 
-Hidden states must be float32 CPU tensors (the runtime computes in binary32;
-CUDA tensors are refused with the reason: see docs/TRAINING.md). For checks,
-layer_function() also takes float64 inputs (computed in float32).
+Hidden states must be float32 tensors (the runtime computes in binary32). On
+CPU tensors the layer runs the CPU runtime; on CUDA tensors libengram_cuda.so
+(engram.cuda: the rows gathered by the runtime on the host and copied over,
+or read from a device-resident or cached table, chosen by `tables`). For
+checks, layer_function() also takes float64 inputs (computed in float32).
 """
 import ctypes
 import math
@@ -219,10 +221,14 @@ class EngramLayer(nn.Module):
     refuse a store built for another tokenizer (its fingerprint, as `engram
     vocab` prints) or another config (a path or dict: its hashing fields and
     table sizes must equal the store's). threads: the runtime's OpenMP
-    threads (0: OpenMP's default)."""
+    threads (0: OpenMP's default). tables: where the rows come from when the
+    hidden states are CUDA tensors: "host" (the runtime gathers them on the
+    host; trains), "device" (the table copied to the GPU once) or "cached"
+    (a device cache of cache_rows hot rows) -- see engram.cuda."""
 
     def __init__(self, store, layer_id, hidden, hc_mult=1, kernel=None, bias=True,
-                 tokenizer_sha256=None, config=None, threads=0, eps_kq=0.0, eps_conv=1e-5):
+                 tokenizer_sha256=None, config=None, threads=0, eps_kq=0.0, eps_conv=1e-5,
+                 tables="host", cache_rows=None):
         super().__init__()
         self.rt = store if isinstance(store, Runtime) else open_store(
             store, tokenizer_sha256=tokenizer_sha256, threads=threads)
@@ -254,6 +260,10 @@ class EngramLayer(nn.Module):
         self.norm_c = nn.Parameter(torch.ones(hc, d))
         cb = 1 / math.sqrt(self.kernel)
         self.conv = nn.Parameter(torch.empty(hc * d, self.kernel).uniform_(-cb, cb))
+        if tables not in ("host", "device", "cached"):
+            raise ValueError(f"EngramLayer: tables must be 'host', 'device' or 'cached', got "
+                             f"{tables!r}")
+        self.tables, self.cache_rows, self._dev = tables, cache_rows, None
         self._pending = []  # (rows [n] uint64, row grads [n, dim] float32, owner) since zero_grad
         self._saved_pool = []  # buffers for forward intermediates kept for the backward
 
@@ -263,8 +273,9 @@ class EngramLayer(nn.Module):
                 f"dilation={self.dilation}")
 
     # ---- lookup ----
-    def lookup(self, input_ids, state=None):
-        """[B, T] raw ids -> (rows [B, T, H] uint64 numpy, e [B, T, De] float32 tensor)."""
+    def lookup(self, input_ids, state=None, gather=True):
+        """[B, T] raw ids -> (rows [B, T, H] uint64 numpy, e [B, T, De] float32 tensor, or
+        None without gather)."""
         if not isinstance(input_ids, torch.Tensor):
             input_ids = torch.as_tensor(np.asarray(input_ids))
         if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
@@ -278,6 +289,8 @@ class EngramLayer(nn.Module):
                                   "is not a token id")
         rows = self.rt.hash(self.li, a if a.dtype == np.uint32 else a.astype(np.uint32),
                             history=state.hist if state is not None else None)
+        if not gather:
+            return rows, None
         e = torch.from_numpy(self.rt.gather(self.li, rows))
         B, T = a.shape
         return rows, e.view(B, T, self.De)
@@ -289,9 +302,9 @@ class EngramLayer(nn.Module):
     def _check_h(self, h):
         if not isinstance(h, torch.Tensor):
             raise TypeError("EngramLayer: hidden states must be a torch tensor")
-        if h.is_cuda:
-            raise TypeError("EngramLayer: CUDA hidden states are not supported by this build of "
-                            "the module (Debian's torch is CPU-only; see docs/TRAINING.md, CUDA)")
+        if h.is_cuda and not all(p.device == h.device for p in self.parameters()):
+            raise ValueError(f"EngramLayer: hidden states on {h.device}, the layer's weights on "
+                             f"{self.w_k.device} (move the module with .to(device))")
         if h.dtype != torch.float32:
             raise TypeError(f"EngramLayer: hidden states must be float32, got {h.dtype} "
                             "(the runtime computes in binary32)")
@@ -313,7 +326,9 @@ class EngramLayer(nn.Module):
         if tuple(input_ids.shape) != tuple(h4.shape[:2]):
             raise ValueError(f"EngramLayer: input_ids {list(input_ids.shape)} and hidden states "
                              f"{list(h.shape)} disagree on [B, T]")
-        if state is not None:
+        if h4.is_cuda:
+            out = self._forward_cuda(input_ids, h4, state)
+        elif state is not None:
             out = self._decode(input_ids, h4, state)
         else:
             rows, e = self.lookup(input_ids)
@@ -329,6 +344,32 @@ class EngramLayer(nn.Module):
             out = _LayerFn.apply((self.kernel, self.dilation, self.eps_kq, self.eps_conv,
                                   self.threads, sink, pool), e, h4, *self._weights())
         return out.squeeze(2) if squeeze else out
+
+    def _forward_cuda(self, input_ids, h4, state):
+        from . import cuda
+        if state is not None:
+            raise EngramError(-6, "EngramLayer: decoding with a DecodeState runs on the CPU runtime "
+                                  "(its conv history is host memory); decode on CPU tensors")
+        training = torch.is_grad_enabled() and self.training
+        if training and self.tables != "host":
+            raise EngramError(-6, f"EngramLayer: tables={self.tables!r} serve only: the tables "
+                                  "train on the host, and a device copy would not see the "
+                                  "updates (train with tables='host')")
+        if self._dev is None:
+            self._dev = cuda.DeviceLayer(self, self.tables, self.cache_rows)
+        rows, _ = self.lookup(input_ids.cpu(), gather=False)
+        e = self._dev.rows_to_device(rows, h4.device)
+        B, T = rows.shape[:2]
+        dims = _Dims(B, T, self.hc, self.hidden, self.De, self.kernel, self.dilation, self.eps_kq,
+                     self.eps_conv)
+        sink = None
+        if training:
+            pend, dim = self._pending, self.dim
+
+            def sink(de, r=rows):  # de: a host copy of the rows' gradient
+                pend.append((r.reshape(-1), de.numpy().reshape(-1, dim), de))
+        ws = [w.contiguous() if w is not None else None for w in self._weights()]
+        return cuda.LayerFnCUDA.apply(self._dev, dims, sink, e, h4.contiguous(), *ws)
 
     def _decode(self, input_ids, h4, state):
         if torch.is_grad_enabled() and h4.requires_grad:

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "engram/eg_backend.h"
+#include "engram/eg_cuda.h"
 #include "engram/eg_contract.h"
 #include "eg_adam_rule.h"
 

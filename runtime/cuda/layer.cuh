@@ -159,6 +159,36 @@ void dfwd_free(dfwd *f)
     cudaFree(f->s);
 }
 
+/* The backward's own device arrays for up to BT tokens. */
+struct dbwd {
+    float *dY, *dV, *dC, *dU, *dK;
+    double *dsv;
+};
+
+void dbwd_free(dbwd *b)
+{
+    cudaFree(b->dY);
+    cudaFree(b->dV);
+    cudaFree(b->dC);
+    cudaFree(b->dU);
+    cudaFree(b->dK);
+    cudaFree(b->dsv);
+    memset(b, 0, sizeof *b);
+}
+
+cudaError_t dbwd_alloc(dbwd *b, const lay &L)
+{
+    const size_t BT = L.BT, hc = L.hc, d = L.d, CH = hc * d;
+    cudaError_t me = cudaSuccess;
+    b->dY = dev<float>(BT * CH, &me);
+    b->dV = dev<float>(BT * CH, &me);
+    b->dC = dev<float>(BT * CH, &me);
+    b->dU = dev<float>(BT * d, &me);
+    b->dK = dev<float>(hc * BT * d, &me);
+    b->dsv = dev<double>(BT * hc, &me);
+    return me;
+}
+
 unsigned blocks(size_t n) { return (unsigned)((n + 255) / 256); }
 
 lay lay_of(const eg_layer_dims *dm)
@@ -233,69 +263,13 @@ done:
     return st;
 }
 
-/* Upload and run the forward, keeping every intermediate on the device. */
-eg_status dforward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
-                   const float *h, cublasHandle_t hb, dfwd *f, eg_err *err)
-{
-    memset(f, 0, sizeof *f);
-    const lay L = lay_of(dm);
-    const size_t BT = L.BT, hc = L.hc, d = L.d, De = L.De;
-    const float *hw[8] = {w->w_k, w->b_k, w->w_v, w->b_v, w->norm_k, w->norm_q, w->norm_c, w->conv};
-    const size_t wn[8] = {hc * d * De, hc * d, d * De, d, hc * d, hc * d, hc * d, hc * d * L.KW};
-    eg_status st = EG_OK;
-    cudaError_t me = cudaSuccess;
-    f->E = dev<float>(BT * De, &me);
-    f->H = dev<float>(BT * hc * d, &me);
-    for (int i = 0; i < 8; i++)
-        f->W[i] = hw[i] ? dev<float>(wn[i], &me) : nullptr;
-    CU(me);
-    CU(dfwd_alloc_work(f, L));
-    CU(cudaMemcpy(f->E, e, BT * De * 4, cudaMemcpyHostToDevice));
-    CU(cudaMemcpy(f->H, h, BT * hc * d * 4, cudaMemcpyHostToDevice));
-    for (int i = 0; i < 8; i++)
-        if (hw[i])
-            CU(cudaMemcpy(f->W[i], hw[i], wn[i] * 4, cudaMemcpyHostToDevice));
-    st = dforward_run(L, f, hb, nullptr, err);
-done:
-    return st;
-}
-
-eg_status cu_forward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
-                     const float *h, float *out, eg_err *err)
-{
-    eg_status st = check_layer(dm, w, err);
-    if (st)
-        return st;
-    cublasHandle_t hb = nullptr;
-    dfwd f;
-    memset(&f, 0, sizeof f);
-    float *d_out = nullptr;
-    const size_t n = dm->B * dm->T * dm->hc * dm->d;
-    cudaError_t me = cudaSuccess;
-    CB(cublasCreate(&hb));
-    if ((st = dforward(dm, w, e, h, hb, &f, err)))
-        goto done;
-    d_out = dev<float>(n, &me);
-    CU(me);
-    if (n) {
-        out_kernel<<<blocks(n), 256>>>(f.V, f.Y, d_out, n);
-        CU(cudaGetLastError());
-        CU(cudaMemcpy(out, d_out, n * 4, cudaMemcpyDeviceToHost));
-    }
-done:
-    cudaFree(d_out);
-    dfwd_free(&f);
-    if (hb)
-        cublasDestroy(hb);
-    return st;
-}
-
 } // namespace
 
 /* ---- the forward on device pointers (eg_cuda.h) ---------------------------------- */
 
 struct eg_cuda_layer {
     dfwd f;      // intermediates; E, H, W point to the caller's memory during a call
+    dbwd b;      // the backward's arrays (eg_cuda_layer_backward; at its first call)
     size_t max_bt;
     eg_layer_dims dm;
     cublasHandle_t hb;
@@ -309,6 +283,7 @@ extern "C" __attribute__((visibility("default"))) void eg_cuda_layer_free(eg_cud
     for (int i = 0; i < 8; i++)
         l->f.W[i] = nullptr;
     dfwd_free(&l->f);
+    dbwd_free(&l->b);
     if (l->hb)
         cublasDestroy(l->hb);
     free(l);
@@ -515,85 +490,214 @@ __global__ void colsum_kernel(const float *X, size_t rows, size_t cols, float *o
     out[c] = (float)a;
 }
 
-eg_status cu_backward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
-                      const float *h, const float *dout, const eg_layer_grads *g, eg_err *err)
+/* The backward on the device from the forward's intermediates f (f->E and
+ * f->W[] are the inputs and weights): dout -> dE, dH and the weights'
+ * gradients gw[] (the layout of eg_layer_grads' dw_k .. dconv; gw[1] / gw[3]
+ * NULL without biases), every pointer in device memory, queued on `stream`
+ * (cuBLAS set to it by the caller). */
+eg_status dbackward_run(const lay &L, const dfwd *fp, dbwd *b, const float *dout, float *dE,
+                        float *dH, float *const gw[8], cublasHandle_t hb, cudaStream_t stream,
+                        eg_err *err)
+{
+    const dfwd &f = *fp;
+    const size_t BT = L.BT, hc = L.hc, d = L.d, De = L.De, CH = hc * d;
+    const size_t wn[8] = {hc * d * De, hc * d, d * De, d, hc * d, hc * d, hc * d, hc * d * L.KW};
+    eg_status st = EG_OK;
+    if (!BT) {
+        for (int i = 0; i < 8; i++)
+            if (gw[i])
+                CU(cudaMemsetAsync(gw[i], 0, wn[i] * 4, stream));
+        return EG_OK;
+    }
+    dy_kernel<<<blocks(BT * CH), 256, 0, stream>>>(f.Y, dout, b->dY, b->dV, BT * CH);
+    dconv_kernel<<<blocks(CH), 256, 0, stream>>>(L, b->dY, f.C, f.W[7], gw[7], b->dC);
+    dnormc_kernel<<<blocks(CH), 256, 0, stream>>>(L, b->dC, f.V, f.rc, gw[6]);
+    token_back_kernel<<<blocks(BT), 128, 0, stream>>>(L, f, b->dC, b->dV, b->dU, b->dK, dH, b->dsv);
+    dnormkq_kernel<<<blocks(CH), 256, 0, stream>>>(L, f, b->dsv, gw[4], gw[5]);
+    CU(cudaGetLastError());
+    CB(mm_nn_f(hb, BT, De, d, b->dU, f.W[2], dE, 0.0f));
+    for (size_t i = 0; i < hc; i++)
+        CB(mm_nn_f(hb, BT, De, d, b->dK + i * BT * d, f.W[0] + i * d * De, dE, 1.0f));
+    CB(mm_tn_f(hb, d, De, BT, b->dU, f.E, gw[2]));
+    for (size_t i = 0; i < hc; i++)
+        CB(mm_tn_f(hb, d, De, BT, b->dK + i * BT * d, f.E, gw[0] + i * d * De));
+    if (gw[3])
+        colsum_kernel<<<blocks(d), 256, 0, stream>>>(b->dU, BT, d, gw[3]);
+    for (size_t i = 0; i < hc && gw[1]; i++)
+        colsum_kernel<<<blocks(d), 256, 0, stream>>>(b->dK + i * BT * d, BT, d, gw[1] + i * d);
+    CU(cudaGetLastError());
+done:
+    return st;
+}
+
+eg_status check_grads(const eg_layer_weights *w, const eg_layer_grads *g, eg_err *err)
+{
+    if (!g || !g->de || !g->dh || !g->dw_k || !g->dw_v || !g->dnorm_k || !g->dnorm_q ||
+        !g->dnorm_c || !g->dconv || (w->b_k && !g->db_k) || (w->b_v && !g->db_v))
+        return eg_fail(err, EG_EINVAL, "layer backward: a required gradient is NULL");
+    return EG_OK;
+}
+
+} // namespace
+
+/* ---- the backward on device pointers (eg_cuda.h) --------------------------------- */
+
+extern "C" __attribute__((visibility("default"))) eg_status
+eg_cuda_layer_backward(eg_cuda_layer *l, const eg_layer_dims *dm, const eg_layer_weights *w,
+                       const float *d_e, const float *d_h, const float *d_dout,
+                       const eg_layer_grads *g, void *stream_, eg_err *err)
+{
+    if (!l || !d_e || !d_h || !d_dout)
+        return eg_fail(err, EG_EINVAL, "eg_cuda_layer_backward: NULL argument");
+    eg_status st = check_layer(dm, w, err);
+    if (st || (st = check_grads(w, g, err)))
+        return st;
+    if (dm->B * dm->T > l->max_bt || dm->hc != l->dm.hc || dm->d != l->dm.d ||
+        dm->De != l->dm.De || dm->kernel != l->dm.kernel)
+        return eg_fail(err, EG_EINVAL, "eg_cuda_layer_backward: dimensions beyond the workspace's");
+    cudaStream_t stream = (cudaStream_t)stream_;
+    const lay L = lay_of(dm);
+    float *gw[8] = {g->dw_k, w->b_k ? g->db_k : nullptr, g->dw_v, w->b_v ? g->db_v : nullptr,
+                    g->dnorm_k, g->dnorm_q, g->dnorm_c, g->dconv};
+    l->f.E = (float *)d_e;
+    l->f.H = (float *)d_h;
+    const float *dw[8] = {w->w_k, w->b_k, w->w_v, w->b_v, w->norm_k, w->norm_q, w->norm_c, w->conv};
+    for (int i = 0; i < 8; i++)
+        l->f.W[i] = (float *)dw[i];
+    if (!l->b.dY) { /* the backward's arrays, at the first backward */
+        cudaError_t me = dbwd_alloc(&l->b, lay_of(&l->dm));
+        if (me != cudaSuccess) {
+            dbwd_free(&l->b);
+            st = eg_fail(err, EG_ENOMEM, "cuda: the backward's workspace: %s", cudaGetErrorString(me));
+            goto done;
+        }
+    }
+    CB(cublasSetStream(l->hb, stream));
+    if ((st = dforward_run(L, &l->f, l->hb, stream, err)) ||
+        (st = dbackward_run(L, &l->f, &l->b, d_dout, g->de, g->dh, gw, l->hb, stream, err)))
+        goto done;
+done:
+    l->f.E = l->f.H = nullptr;
+    for (int i = 0; i < 8; i++)
+        l->f.W[i] = nullptr;
+    return st;
+}
+
+/* ---- the backend table's layer: host memory in and out, through the
+ * device-pointer entry points above (what the parity suite checks) ---------- */
+
+namespace {
+
+struct uploaded {
+    float *E, *H, *O, *W[8], *G[8], *dE, *dH;
+};
+
+void uploaded_free(uploaded *u)
+{
+    cudaFree(u->E);
+    cudaFree(u->H);
+    cudaFree(u->O);
+    cudaFree(u->dE);
+    cudaFree(u->dH);
+    for (int i = 0; i < 8; i++) {
+        cudaFree(u->W[i]);
+        cudaFree(u->G[i]);
+    }
+}
+
+/* e, h, the weights and (when `second` is not NULL) a [B][T][hc][d] second
+ * input copied to the device; room for the output, and for the gradients
+ * when `grads`. */
+eg_status upload(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                 const float *h, const float *second, int grads, uploaded *u, eg_err *err)
+{
+    memset(u, 0, sizeof *u);
+    const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d, De = dm->De, CH = hc * d;
+    const float *hw[8] = {w->w_k, w->b_k, w->w_v, w->b_v, w->norm_k, w->norm_q, w->norm_c, w->conv};
+    const size_t wn[8] = {hc * d * De, hc * d, d * De, d, hc * d, hc * d, hc * d, hc * d * dm->kernel};
+    eg_status st = EG_OK;
+    cudaError_t me = cudaSuccess;
+    u->E = dev<float>(BT * De, &me);
+    u->H = dev<float>(BT * CH, &me);
+    u->O = dev<float>(BT * CH, &me);
+    for (int i = 0; i < 8; i++) {
+        u->W[i] = hw[i] ? dev<float>(wn[i], &me) : nullptr;
+        u->G[i] = hw[i] && grads ? dev<float>(wn[i], &me) : nullptr;
+    }
+    if (grads) {
+        u->dE = dev<float>(BT * De, &me);
+        u->dH = dev<float>(BT * CH, &me);
+    }
+    CU(me);
+    CU(cudaMemcpy(u->E, e, BT * De * 4, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(u->H, h, BT * CH * 4, cudaMemcpyHostToDevice));
+    if (second)
+        CU(cudaMemcpy(u->O, second, BT * CH * 4, cudaMemcpyHostToDevice));
+    for (int i = 0; i < 8; i++)
+        if (hw[i])
+            CU(cudaMemcpy(u->W[i], hw[i], wn[i] * 4, cudaMemcpyHostToDevice));
+done:
+    return st;
+}
+
+eg_layer_weights dev_weights(const uploaded *u)
+{
+    eg_layer_weights dw = {u->W[0], u->W[1], u->W[2], u->W[3], u->W[4], u->W[5], u->W[6], u->W[7]};
+    return dw;
+}
+
+eg_status cu_forward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                     const float *h, float *out, eg_err *err)
 {
     eg_status st = check_layer(dm, w, err);
     if (st)
         return st;
-    if (!g || !g->de || !g->dh || !g->dw_k || !g->dw_v || !g->dnorm_k || !g->dnorm_q ||
-        !g->dnorm_c || !g->dconv || (w->b_k && !g->db_k) || (w->b_v && !g->db_v))
-        return eg_fail(err, EG_EINVAL, "layer backward: a required gradient is NULL");
-    const lay L = lay_of(dm);
-    const size_t BT = L.BT, hc = L.hc, d = L.d, De = L.De, CH = hc * d;
-    cublasHandle_t hb = nullptr;
-    dfwd f;
-    memset(&f, 0, sizeof f);
-    cudaError_t me = cudaSuccess;
-    float *dO = nullptr, *dY = nullptr, *dV = nullptr, *dC = nullptr, *dU = nullptr, *dK = nullptr,
-          *dH = nullptr, *dE = nullptr, *gw[8] = {nullptr};
-    double *dsv = nullptr;
-    const size_t wn[8] = {hc * d * De, hc * d, d * De, d, hc * d, hc * d, hc * d, hc * d * L.KW};
-    float *hg[8] = {g->dw_k, g->db_k, g->dw_v, g->db_v, g->dnorm_k, g->dnorm_q, g->dnorm_c, g->dconv};
-    CB(cublasCreate(&hb));
-    if ((st = dforward(dm, w, e, h, hb, &f, err)))
+    uploaded u;
+    eg_cuda_layer *l = nullptr;
+    const size_t n = dm->B * dm->T * dm->hc * dm->d;
+    if ((st = upload(dm, w, e, h, nullptr, 0, &u, err)) ||
+        (st = eg_cuda_layer_create(dm, &l, err)))
         goto done;
-    dO = dev<float>(BT * CH, &me);
-    dY = dev<float>(BT * CH, &me);
-    dV = dev<float>(BT * CH, &me);
-    dC = dev<float>(BT * CH, &me);
-    dU = dev<float>(BT * d, &me);
-    dK = dev<float>(hc * BT * d, &me);
-    dH = dev<float>(BT * CH, &me);
-    dE = dev<float>(BT * De, &me);
-    dsv = dev<double>(BT * hc, &me);
-    for (int i = 0; i < 8; i++)
-        gw[i] = hg[i] ? dev<float>(wn[i], &me) : nullptr;
-    CU(me);
-    CU(cudaMemcpy(dO, dout, BT * CH * 4, cudaMemcpyHostToDevice));
-    if (BT) {
-        dy_kernel<<<blocks(BT * CH), 256>>>(f.Y, dO, dY, dV, BT * CH);
-        dconv_kernel<<<blocks(CH), 256>>>(L, dY, f.C, f.W[7], gw[7], dC);
-        dnormc_kernel<<<blocks(CH), 256>>>(L, dC, f.V, f.rc, gw[6]);
-        token_back_kernel<<<blocks(BT), 128>>>(L, f, dC, dV, dU, dK, dH, dsv);
-        dnormkq_kernel<<<blocks(CH), 256>>>(L, f, dsv, gw[4], gw[5]);
-        CU(cudaGetLastError());
-        CB(mm_nn_f(hb, BT, De, d, dU, f.W[2], dE, 0.0f));
-        for (size_t i = 0; i < hc; i++)
-            CB(mm_nn_f(hb, BT, De, d, dK + i * BT * d, f.W[0] + i * d * De, dE, 1.0f));
-        CB(mm_tn_f(hb, d, De, BT, dU, f.E, gw[2]));
-        for (size_t i = 0; i < hc; i++)
-            CB(mm_tn_f(hb, d, De, BT, dK + i * BT * d, f.E, gw[0] + i * d * De));
-        if (gw[3])
-            colsum_kernel<<<blocks(d), 256>>>(dU, BT, d, gw[3]);
-        for (size_t i = 0; i < hc && gw[1]; i++)
-            colsum_kernel<<<blocks(d), 256>>>(dK + i * BT * d, BT, d, gw[1] + i * d);
-        CU(cudaGetLastError());
-    } else {
-        for (int i = 0; i < 8; i++)
-            if (gw[i])
-                CU(cudaMemset(gw[i], 0, wn[i] * 4));
+    {
+        const eg_layer_weights dw = dev_weights(&u);
+        if ((st = eg_cuda_layer_forward(l, dm, &dw, u.E, u.H, u.O, nullptr, err)))
+            goto done;
     }
-    CU(cudaMemcpy(g->de, dE, BT * De * 4, cudaMemcpyDeviceToHost));
-    CU(cudaMemcpy(g->dh, dH, BT * CH * 4, cudaMemcpyDeviceToHost));
-    for (int i = 0; i < 8; i++)
-        if (gw[i])
-            CU(cudaMemcpy(hg[i], gw[i], wn[i] * 4, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(out, u.O, n * 4, cudaMemcpyDeviceToHost));
 done:
-    cudaFree(dO);
-    cudaFree(dY);
-    cudaFree(dV);
-    cudaFree(dC);
-    cudaFree(dU);
-    cudaFree(dK);
-    cudaFree(dH);
-    cudaFree(dE);
-    cudaFree(dsv);
+    eg_cuda_layer_free(l);
+    uploaded_free(&u);
+    return st;
+}
+
+eg_status cu_backward(const eg_layer_dims *dm, const eg_layer_weights *w, const float *e,
+                      const float *h, const float *dout, const eg_layer_grads *g, eg_err *err)
+{
+    eg_status st = check_layer(dm, w, err);
+    if (st || (st = check_grads(w, g, err)))
+        return st;
+    const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d, De = dm->De, CH = hc * d;
+    const size_t wn[8] = {hc * d * De, hc * d, d * De, d, hc * d, hc * d, hc * d, hc * d * dm->kernel};
+    float *hg[8] = {g->dw_k, g->db_k, g->dw_v, g->db_v, g->dnorm_k, g->dnorm_q, g->dnorm_c, g->dconv};
+    uploaded u;
+    eg_cuda_layer *l = nullptr;
+    if ((st = upload(dm, w, e, h, dout, 1, &u, err)) ||
+        (st = eg_cuda_layer_create(dm, &l, err)))
+        goto done;
+    {
+        const eg_layer_weights dw = dev_weights(&u);
+        const eg_layer_grads dg = {u.dE, u.dH, u.G[0], u.G[1], u.G[2], u.G[3], u.G[4], u.G[5], u.G[6], u.G[7]};
+        if ((st = eg_cuda_layer_backward(l, dm, &dw, u.E, u.H, u.O, &dg, nullptr, err)))
+            goto done;
+    }
+    CU(cudaMemcpy(g->de, u.dE, BT * De * 4, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(g->dh, u.dH, BT * CH * 4, cudaMemcpyDeviceToHost));
     for (int i = 0; i < 8; i++)
-        cudaFree(gw[i]);
-    dfwd_free(&f);
-    if (hb)
-        cublasDestroy(hb);
+        if (hg[i] && u.G[i])
+            CU(cudaMemcpy(hg[i], u.G[i], wn[i] * 4, cudaMemcpyDeviceToHost));
+done:
+    eg_cuda_layer_free(l);
+    uploaded_free(&u);
     return st;
 }
 

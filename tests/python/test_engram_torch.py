@@ -350,6 +350,65 @@ def test_bad_input_gets_one_clear_error():
     close_stores()
 
 
+def test_cuda_arguments_and_availability():
+    """What runs without a GPU: the residency argument, the store's encoding
+    that tables='device' reads, and the CUDA library's report (a reason, not
+    an exception, where it cannot run)."""
+    store, _ = make_store("c.store")
+    bf, _ = make_store("cb.store", dtype="bf16")
+    expect(ValueError, lambda: EngramLayer(store, 1, 16, tables="gpu"), "'gpu'", "host")
+    assert engram.Runtime(store).store_dtype == "f32"
+    assert engram.Runtime(bf).store_dtype == "bf16"
+    from engram import cuda
+    ok, why = cuda.available()
+    assert ok or why, "no reason given"
+    if not ok:
+        print(f"    (CUDA: {why})")
+    close_stores()
+
+
+def test_cuda_module_equals_the_cpu_module():
+    """On a CUDA build of torch with a device: the module on CUDA tensors
+    (tables host, device and cached) gives the CPU module's outputs and
+    gradients within 1e-5, and its rows' gradients reach TableAdam as on the
+    CPU. Skipped (said so) where torch has no CUDA."""
+    if not torch.cuda.is_available():
+        print("    (skipped: this torch has no CUDA device; the C functions under the module's "
+              "CUDA path are checked by the cuda_parity suite where a device is lent)")
+        return
+    from engram import cuda
+    ok, why = cuda.available()
+    assert ok, why
+    store, _ = make_store("g.store")
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, V, (3, 40), generator=g)
+    for tables in ("host", "device", "cached"):
+        torch.manual_seed(1)
+        cpu = EngramLayer(store, 1, 16)
+        torch.manual_seed(1)
+        gpu = EngramLayer(store, 1, 16, tables=tables).cuda()
+        h = torch.randn(3, 40, 16, generator=g)
+        hc, hg = h.clone().requires_grad_(), h.cuda().requires_grad_()
+        if tables != "host":
+            cpu.eval()
+            gpu.eval()
+            with torch.no_grad():
+                oc, og = cpu(ids, hc), gpu(ids, hg)
+            assert (og.cpu() - oc).abs().max().item() < 1e-5 * (1 + oc.abs().max().item()), tables
+            continue
+        oc, og = cpu(ids, hc), gpu(ids, hg)
+        assert (og.detach().cpu() - oc.detach()).abs().max().item() < 1e-5 * (1 + oc.abs().max().item())
+        oc.square().sum().backward()
+        og.square().sum().backward()
+        assert (hg.grad.cpu() - hc.grad).abs().max().item() < 1e-4 * (1 + hc.grad.abs().max().item())
+        for a, b in zip(cpu.parameters(), gpu.parameters()):
+            assert (b.grad.cpu() - a.grad).abs().max().item() < 1e-4 * (1 + a.grad.abs().max().item())
+        assert cpu.pending_rows == gpu.pending_rows
+        expect(engram.EngramError, lambda: EngramLayer(store, 2, 16, tables="device").cuda()(
+            ids, h.cuda().requires_grad_()), "tables='device'", "host")
+        close_stores()
+
+
 CHILD = r'''
 import os, sys, numpy as np, torch
 sys.path.insert(0, sys.argv[3])
