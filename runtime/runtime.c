@@ -721,6 +721,69 @@ eg_status eg_rt_set_rows(eg_runtime *rt, uint32_t li, const uint64_t *rows, cons
     return EG_OK;
 }
 
+static eg_status rows_in_range(const eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
+                               const char *who, eg_err *err)
+{
+    if (li >= rt->L)
+        return eg_fail(err, EG_ERANGE, "%s: layer index %u >= %u", who, li, rt->L);
+    const uint64_t lr = eg_spec_layer_rows(rt->spec, li);
+    for (size_t i = 0; i < n; i++)
+        if (rows[i] >= lr)
+            return eg_fail(err, EG_ERANGE, "%s: row %llu at %zu >= layer %u's %llu rows", who,
+                           (unsigned long long)rows[i], i, li, (unsigned long long)lr);
+    return EG_OK;
+}
+
+eg_status eg_rt_get_rows_state(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
+                               float *val, float *m, float *v, uint32_t *steps, eg_err *err)
+{
+    if (!rt || (n && (!rows || !val || !m || !v || !steps)))
+        return eg_fail(err, EG_EINVAL, "eg_rt_get_rows_state: NULL argument");
+    eg_status st = rows_in_range(rt, li, rows, n, "eg_rt_get_rows_state", err);
+    if (st || (st = eg_rt_gather(rt, li, rows, n, EG_F32, val, n * rt->dim * sizeof *val, err)))
+        return st;
+    const overlay *o = &rt->ov[li];
+    const size_t dim = rt->dim;
+    for (size_t i = 0; i < n; i++) {
+        const long s = ov_find(o, rows[i]);
+        if (s >= 0) {
+            const float *w = ov_vals(o, (size_t)s, dim);
+            memcpy(m + i * dim, w + dim, dim * sizeof *m);
+            memcpy(v + i * dim, w + 2 * dim, dim * sizeof *v);
+            steps[i] = *ov_step(o, (size_t)s, dim);
+        } else {
+            memset(m + i * dim, 0, dim * sizeof *m);
+            memset(v + i * dim, 0, dim * sizeof *v);
+            steps[i] = 0;
+        }
+    }
+    return EG_OK;
+}
+
+eg_status eg_rt_set_rows_state(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
+                               const float *val, const float *m, const float *v,
+                               const uint32_t *steps, eg_err *err)
+{
+    if (!rt || (n && (!rows || !val || !m || !v || !steps)))
+        return eg_fail(err, EG_EINVAL, "eg_rt_set_rows_state: NULL argument");
+    eg_status st = rows_in_range(rt, li, rows, n, "eg_rt_set_rows_state", err);
+    if (st)
+        return st;
+    overlay *o = &rt->ov[li];
+    const size_t dim = rt->dim;
+    for (size_t i = 0; i < n; i++) {
+        const long s = ov_insert(o, rows[i], val + i * dim, (uint32_t)dim, steps[i]);
+        if (s < 0)
+            return eg_fail(err, EG_ENOMEM, "out of memory");
+        float *w = ov_vals(o, (size_t)s, dim);
+        memcpy(w, val + i * dim, dim * sizeof *w);
+        memcpy(w + dim, m + i * dim, dim * sizeof *w);
+        memcpy(w + 2 * dim, v + i * dim, dim * sizeof *w);
+        *ov_step(o, (size_t)s, dim) = steps[i];
+    }
+    return EG_OK;
+}
+
 /* ---- checkpoints ----------------------------------------------------------------- */
 
 static eg_status ckpt_rows(void *ctx, uint32_t li, uint64_t row0, uint64_t n, void *dst,

@@ -998,3 +998,84 @@ TEST(rt_set_rows_reach_gather_and_checkpoint)
     eg_runtime_close(rt);
     eg_spec_free(sp);
 }
+
+TEST(rt_rows_state_moves_training_between_runtimes)
+{
+    /* runtime A trains; the state of the rows it touched, read with
+     * eg_rt_get_rows_state and set into a fresh runtime B of the same store,
+     * makes B continue bit for bit: the next steps give both the same rows,
+     * m, v and step counts (what a device-trained table relies on) */
+    eg_spec *sp = spec_n(3, 300);
+    REQUIRE(sp);
+    const char *path = tpr("state.store");
+    REQUIRE(make_store(path, sp, EG_BF16, NULL, 0, NULL));
+    eg_runtime *a = NULL, *b = NULL;
+    eg_err err;
+    REQUIRE(!eg_runtime_open(path, NULL, &a, &err));
+    REQUIRE(!eg_runtime_open(path, NULL, &b, &err));
+    const uint32_t dim = eg_runtime_dim(a);
+    const uint64_t lr = eg_spec_layer_rows(sp, 1);
+    enum { N = 64 };
+    uint64_t rows[N], uq[N];
+    float g[N * 16], us[N * 16];
+    uint64_t rs = 11;
+    eg_adam hp = {.lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .lr_mult = 5};
+    for (int step = 0; step < 5; step++) {
+        for (int i = 0; i < N; i++) {
+            rows[i] = t_rand(&rs) % 97; /* repeats within and across steps */
+            for (uint32_t k = 0; k < dim; k++)
+                g[i * dim + k] = (float)((double)(t_rand(&rs) >> 11) * 0x1p-53 - 0.5);
+        }
+        size_t nu = 0;
+        REQUIRE(!eg_rt_reduce_rows(a, rows, g, N, uq, us, &nu, &err));
+        REQUIRE(!eg_rt_adam_step(a, 1, uq, us, nu, &hp, &err));
+        if (step == 2) { /* hand A's state of rows 0..96 (trained or not) to B */
+            uint64_t all[97];
+            for (int i = 0; i < 97; i++)
+                all[i] = (uint64_t)i;
+            float *val = malloc(97 * dim * 4), *m = malloc(97 * dim * 4), *v = malloc(97 * dim * 4);
+            uint32_t st[97];
+            REQUIRE(!eg_rt_get_rows_state(a, 1, all, 97, val, m, v, st, &err));
+            REQUIRE(!eg_rt_set_rows_state(b, 1, all, 97, val, m, v, st, &err));
+            free(val);
+            free(m);
+            free(v);
+        } else if (step > 2) {
+            REQUIRE(!eg_rt_reduce_rows(b, rows, g, N, uq, us, &nu, &err));
+            REQUIRE(!eg_rt_adam_step(b, 1, uq, us, nu, &hp, &err));
+        }
+    }
+    uint64_t all[97];
+    for (int i = 0; i < 97; i++)
+        all[i] = (uint64_t)i;
+    float *va = malloc(97 * dim * 4 * 3), *vb = malloc(97 * dim * 4 * 3);
+    uint32_t sa[97], sb[97];
+    REQUIRE(!eg_rt_get_rows_state(a, 1, all, 97, va, va + 97 * dim, va + 2 * 97 * dim, sa, &err));
+    REQUIRE(!eg_rt_get_rows_state(b, 1, all, 97, vb, vb + 97 * dim, vb + 2 * 97 * dim, sb, &err));
+    CHECK(!memcmp(va, vb, 97 * dim * 4 * 3));
+    CHECK(!memcmp(sa, sb, sizeof sa));
+    int trained = 0;
+    for (int i = 0; i < 97; i++)
+        trained += sa[i] > 0;
+    CHECK(trained > 50 && trained < 97); /* some rows never trained: state zero, step 0 */
+    for (int i = 0; i < 97; i++)
+        if (!sa[i])
+            for (uint32_t k = 0; k < dim; k++)
+                CHECK(va[97 * dim + i * dim + k] == 0 && va[2 * 97 * dim + i * dim + k] == 0);
+    /* a row out of range: an error naming it, nothing changed */
+    uint64_t bad[2] = {5, lr};
+    float one[32] = {0};
+    uint32_t s2[2] = {1, 1};
+    CHECK_EQ(eg_rt_set_rows_state(b, 1, bad, 2, one, one, one, s2, &err), EG_ERANGE);
+    CHECK(strstr(err.msg, "row") != NULL);
+    CHECK_EQ(eg_rt_get_rows_state(b, 1, bad, 2, one, one, one, s2, &err), EG_ERANGE);
+    uint32_t s5;
+    float x[16], mm[16], vv[16];
+    REQUIRE(!eg_rt_get_rows_state(b, 1, bad, 1, x, mm, vv, &s5, &err));
+    CHECK_EQ(s5, sb[5]);
+    free(va);
+    free(vb);
+    eg_runtime_close(a);
+    eg_runtime_close(b);
+    eg_spec_free(sp);
+}

@@ -195,6 +195,21 @@ eg_status eg_rt_adam_step(eg_runtime *rt, uint32_t li, const uint64_t *uniq, con
 eg_status eg_rt_set_rows(eg_runtime *rt, uint32_t li, const uint64_t *rows, const float *vals,
                          size_t n, eg_err *err);
 
+/* A row's whole training state, for optimizers that run elsewhere (the CUDA
+ * backend's device-trained tables): eg_rt_get_rows_state writes, for each
+ * of n rows (< the layer's rows; any order, repeats allowed), its current
+ * binary32 value to val [n][dim], Adam's m and v to m and v [n][dim] and its
+ * step count to steps [n] (zeros and 0 for a row never trained: what its
+ * first Adam step starts from). eg_rt_set_rows_state makes those the rows'
+ * state (a later repeat wins); the next checkpoint writes them, and an Adam
+ * step continues from them bit for bit. EG_ERANGE for a row out of range
+ * (nothing changed), EG_ENOMEM. */
+eg_status eg_rt_get_rows_state(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
+                               float *val, float *m, float *v, uint32_t *steps, eg_err *err);
+eg_status eg_rt_set_rows_state(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
+                               const float *val, const float *m, const float *v,
+                               const uint32_t *steps, eg_err *err);
+
 /* Write a new generation of the store (every row's current value in the
  * store's dtype, plus the binary32 values and Adam state of the trained
  * rows) to `path` (NULL: the store's own path), atomically: the old file
