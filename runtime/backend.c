@@ -95,8 +95,29 @@ static eg_status cpu_lookup(eg_runtime *rt, uint32_t li, int residency, const ui
                                    err);
 }
 
-static const eg_backend cpu_backend = {"cpu",       cpu_hash,     cpu_gather, cpu_unique,
-                                       cpu_forward, cpu_backward, cpu_adam,   cpu_lookup};
+static eg_status cpu_train_rows(eg_runtime *rt, uint32_t li, const uint64_t *rows,
+                                const float *grads, size_t n, size_t n_steps, const eg_adam *hp,
+                                eg_err *err)
+{
+    const size_t dim = eg_runtime_dim(rt);
+    uint64_t *uq = malloc((n ? n : 1) * sizeof *uq);
+    float *us = malloc((n ? n : 1) * dim * sizeof *us);
+    eg_status st = EG_OK;
+    if (!uq || !us)
+        st = eg_fail(err, EG_ENOMEM, "out of memory");
+    for (size_t s = 0; s < n_steps && !st; s++) {
+        size_t nu = 0;
+        if (!(st = eg_rt_reduce_rows(rt, rows + s * n, grads + s * n * dim, n, uq, us, &nu, err)))
+            st = eg_rt_adam_step(rt, li, uq, us, nu, hp, err);
+    }
+    free(uq);
+    free(us);
+    return st;
+}
+
+static const eg_backend cpu_backend = {"cpu",        cpu_hash,     cpu_gather, cpu_unique,
+                                       cpu_forward,  cpu_backward, cpu_adam,   cpu_lookup,
+                                       cpu_train_rows};
 
 eg_status eg_backend_get(const char *name, const eg_backend **out, eg_err *err)
 {

@@ -468,3 +468,74 @@ TEST(rowcache_pins_and_bad_arguments)
     eg_rowcache_free(c);
     eg_rowcache_free(NULL);
 }
+
+TEST(cuda_parity_train_rows)
+{
+    /* a table trained on the device (state uploaded from the runtime, which
+     * has trained rows already; three steps of repeated rows; synced back)
+     * against the CPU runtime's reduce + Adam on a twin: every row's value,
+     * m, v and step count bit for bit */
+    const eg_backend *cpu;
+    REQUIRE(!eg_backend_get("cpu", &cpu, NULL));
+    eg_spec *sp = spec_for(3, 4, 3000, 500);
+    REQUIRE(sp);
+    const char *path = t_tmp_path("train.store");
+    uint32_t proj[700];
+    for (int i = 0; i < 700; i++)
+        proj[i] = (uint32_t)(i * 7 % 500);
+    eg_store_params p = {.spec = sp, .dtype = EG_BF16, .seed = 3, .init_std = 0.1,
+                         .projection = proj, .n_projection = 700};
+    eg_err err;
+    REQUIRE(!eg_store_build(path, &p, NULL, &err));
+    eg_runtime *a = NULL, *b = NULL;
+    REQUIRE(!eg_runtime_open(path, NULL, &a, &err));
+    REQUIRE(!eg_runtime_open(path, NULL, &b, &err));
+    const size_t dim = eg_runtime_dim(a), lr = eg_spec_layer_rows(sp, 1), n = 500, S = 3;
+    uint64_t *rows = malloc(S * n * 8);
+    float *g = malloc(S * n * dim * 4);
+    uint64_t rs = 9;
+    for (size_t i = 0; i < S * n; i++) {
+        rows[i] = t_rand(&rs) % 300 + (i % 5 == 0 ? lr - 300 : 0); /* repeats; both ends */
+        for (size_t k = 0; k < dim; k++)
+            g[i * dim + k] = (float)((double)(t_rand(&rs) >> 11) * 0x1p-53 - 0.5);
+    }
+    eg_adam hp = {.lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .lr_mult = 5};
+    /* both runtimes have trained the first step's rows on the CPU already */
+    REQUIRE(!cpu->train_rows(a, 1, rows, g, n, 1, &hp, &err));
+    REQUIRE(!cpu->train_rows(b, 1, rows, g, n, 1, &hp, &err));
+    REQUIRE(!cpu->train_rows(a, 1, rows, g, n, S, &hp, &err));
+    const eg_backend *cu = cuda_or_skip();
+    if (cu) {
+        CHECK_MSG(!cu->train_rows(b, 1, rows, g, n, S, &hp, &err), "%s", err.msg);
+        uint64_t *all = malloc(lr * 8);
+        for (size_t r = 0; r < lr; r++)
+            all[r] = r;
+        float *sa = malloc(lr * dim * 12), *sb = malloc(lr * dim * 12);
+        uint32_t *ta = malloc(lr * 4), *tb = malloc(lr * 4);
+        REQUIRE(!eg_rt_get_rows_state(a, 1, all, lr, sa, sa + lr * dim, sa + 2 * lr * dim, ta, &err));
+        REQUIRE(!eg_rt_get_rows_state(b, 1, all, lr, sb, sb + lr * dim, sb + 2 * lr * dim, tb, &err));
+        CHECK_MSG(!memcmp(sa, sb, lr * dim * 12), "the device-trained rows differ from the CPU's");
+        CHECK_MSG(!memcmp(ta, tb, lr * 4), "step counts differ");
+        CHECK_EQ(eg_rt_trained_rows(a), eg_rt_trained_rows(b));
+        /* a row out of range: an error, nothing trained */
+        uint64_t bad[2] = {1, lr};
+        float g2[32] = {1};
+        CHECK_EQ(cu->train_rows(b, 1, bad, g2, 2, 1, &hp, &err), EG_ERANGE);
+        free(all);
+        free(sa);
+        free(sb);
+        free(ta);
+        free(tb);
+    }
+    free(rows);
+    free(g);
+    eg_runtime_close(a);
+    eg_runtime_close(b);
+    eg_spec_free(sp);
+    if (!cu) {
+        eg_err e_;
+        const eg_backend *x_;
+        eg_backend_get("cuda", &x_, &e_);
+        SKIP(e_.msg);
+    }
+}

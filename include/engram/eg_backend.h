@@ -47,6 +47,13 @@ typedef struct eg_backend {
      * [n*H][row_bytes] */
     eg_status (*lookup)(eg_runtime *rt, uint32_t li, int residency, const uint32_t *ids,
                         size_t n_seq, size_t seq_len, uint64_t *rows, void *out, eg_err *err);
+    /* n_steps sparse Adam steps of layer li's table in a runtime, step s on
+     * rows [s][n] (repeats allowed) with gradients [s][n][dim]: the CPU
+     * reduces and steps the runtime (eg_rt_reduce_rows, eg_rt_adam_step);
+     * CUDA trains a device copy (eg_cuda_table_open_train, eg_cuda_adam_rows)
+     * and hands the trained rows back to the runtime (eg_cuda_table_sync) */
+    eg_status (*train_rows)(eg_runtime *rt, uint32_t li, const uint64_t *rows, const float *grads,
+                            size_t n, size_t n_steps, const eg_adam *hp, eg_err *err);
 } eg_backend;
 
 /* "cpu" (always), or "cuda": loads libengram_cuda.so (from $ENGRAM_CUDA_LIB,

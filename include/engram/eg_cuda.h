@@ -18,6 +18,8 @@
  *   EG_CUDA_CACHED  rows stay in host memory with the runtime; a device cache
  *                   of hot rows (set associative, LRU) is filled ahead of
  *                   each batch (eg_cuda_table_open_cached, below).
+ *   EG_CUDA_TRAIN   every row in binary32 with its Adam state in device
+ *                   memory, trained there (eg_cuda_table_open_train, below).
  * Streams are cudaStream_t passed as void * (NULL: the default stream).
  * The table borrows the store of `rt`: close the table before the runtime.
  * Rows trained in the runtime since open are not seen (open after a
@@ -39,7 +41,8 @@ typedef enum {
     EG_CUDA_DEVICE = 0,
     EG_CUDA_HOST = 1,
     EG_CUDA_AUTO = 2,
-    EG_CUDA_CACHED = 3 /* eg_cuda_table_open_cached */
+    EG_CUDA_CACHED = 3, /* eg_cuda_table_open_cached */
+    EG_CUDA_TRAIN = 4   /* eg_cuda_table_open_train */
 } eg_cuda_residency;
 
 typedef struct eg_cuda_table eg_cuda_table;
@@ -103,6 +106,30 @@ eg_status eg_cuda_cache_mark_dirty(eg_cuda_table *t, const uint64_t *slots, size
 /* Copy every dirty cached row into the runtime (eg_rt_set_rows), e.g. before
  * eg_rt_checkpoint; waits for the device. */
 eg_status eg_cuda_cache_writeback(eg_cuda_table *t, eg_err *err);
+
+/* ---- training a table on the device ------------------------------------------- */
+
+/* Every row of layer li in binary32 (the runtime's current values: stored,
+ * set or trained) with its Adam state (m, v, step count; eg_rt_get_rows_state)
+ * in device memory: rows * (12 * dim + 5) bytes. eg_cuda_hash works on it,
+ * and eg_cuda_gather returns binary32 rows (dim * 4 bytes each). */
+eg_status eg_cuda_table_open_train(eg_runtime *rt, uint32_t li, eg_cuda_table **out,
+                                   eg_err *err);
+
+/* One sparse Adam step on a training table: d_rows [n] (device; repeats
+ * allowed) with their gradients d_grads [n][dim] (device); the gradients of
+ * equal rows summed in position order, then each distinct row updated once,
+ * with the CPU runtime's arithmetic (eg_rt_reduce_rows + eg_rt_adam_step give
+ * the same bits). Waits for the stream (it checks the rows first: EG_ERANGE
+ * for a row out of range, nothing trained). EG_EINVAL for a table not opened
+ * for training. */
+eg_status eg_cuda_adam_rows(eg_cuda_table *t, const uint64_t *d_rows, const float *d_grads,
+                            size_t n, const eg_adam *hp, void *stream, eg_err *err);
+
+/* The rows trained on the device since the last sync, into the runtime
+ * (eg_rt_set_rows_state: value, m, v, step count), e.g. before
+ * eg_rt_checkpoint; waits for the device. Nothing to do for other tables. */
+eg_status eg_cuda_table_sync(eg_cuda_table *t, eg_err *err);
 
 /* ---- the layer on device pointers ---------------------------------------------- */
 

@@ -10,13 +10,15 @@ reach the GPU one of three ways, EngramLayer(..., tables=...):
             to the device, 2 * B*T*H*dim*4 bytes a step with the gradient's
             way back; the tables train with TableAdam on the host, as on the
             CPU. The default, and the only residency that trains.
-  "device"  the layer's table copied once into device memory
-            (eg_cuda_table_open, EG_CUDA_DEVICE); rows gathered there.
+  "device"  the layer's table in device memory: for serving, as stored
+            (eg_cuda_table_open, EG_CUDA_DEVICE); once the layer trains, every
+            row in binary32 with its Adam state (eg_cuda_table_open_train),
+            trained on the device by TableAdam (eg_cuda_adam_rows: the CPU
+            runtime's arithmetic) and written back into the runtime before a
+            checkpoint (eg_cuda_table_sync).
   "cached"  hot rows in a device cache of `cache_rows` rows filled from the
-            runtime ahead of each batch (eg_cuda_table_open_cached).
-
-"device" and "cached" serve (no grad): a row trained on the host after the
-table was placed would not be seen by them, so training with them is refused.
+            runtime ahead of each batch (eg_cuda_table_open_cached); serves
+            only (the cache holds no optimizer state), training is refused.
 
 Streams: every call is queued on torch's current stream of the tensors'
 device. Debian's torch is CPU-only and no GPU was lent to the sessions that
@@ -28,7 +30,7 @@ import os
 
 import torch
 
-from . import EngramError, _check, _Dims, _Err, _FP, _Grads, _Weights, library
+from . import EngramError, _Adam, _check, _Dims, _Err, _FP, _Grads, _Weights, library
 
 RESIDENCIES = ("host", "device", "cached")
 _lib = None
@@ -70,6 +72,9 @@ def cuda_library():
         "eg_cuda_table_open_cached": ([vp, u32, ctypes.c_uint64, u32, i32, sz, ctypes.POINTER(vp),
                                        E], i32),
         "eg_cuda_table_close": ([vp], None),
+        "eg_cuda_table_open_train": ([vp, u32, ctypes.POINTER(vp), E], i32),
+        "eg_cuda_adam_rows": ([vp, vp, vp, sz, ctypes.POINTER(_Adam), vp, E], i32),
+        "eg_cuda_table_sync": ([vp, E], i32),
         "eg_cuda_gather": ([vp, vp, sz, vp, vp, E], i32),
         "eg_cuda_cache_stage": ([vp, vp, sz, vp, vp, vp, E], i32),
         "eg_cuda_gather_slots": ([vp, vp, sz, vp, vp, E], i32),
@@ -110,6 +115,7 @@ class DeviceLayer:
             raise ValueError(f"EngramLayer: tables must be one of {RESIDENCIES}, got {tables!r}")
         self.layer, self.tables, self.cache_rows = layer, tables, cache_rows
         self._ws, self._ws_bt, self._table, self._table_bt = None, 0, None, 0
+        self.trains = False  # "device": the table is a training table
 
     def close(self):
         L = _lib
@@ -142,15 +148,24 @@ class DeviceLayer:
             self._ws, self._ws_bt = p, bt
         return self._ws
 
-    def rows_to_device(self, rows, device):
-        """rows [B, T, H] uint64 (host) -> e [B, T, De] float32 on `device`."""
+    def rows_to_device(self, rows, device, training=False):
+        """rows [B, T, H] uint64 (host) -> (e [B, T, De] float32 on `device`, the rows on
+        the device or None)."""
         lay, L = self.layer, cuda_library()
         B, T, H = rows.shape
         n = rows.size
         if self.tables == "host":
             e = torch.from_numpy(lay.rt.gather(lay.li, rows)).view(B, T, lay.De)
-            return e.pin_memory().to(device, non_blocking=True)
+            return e.pin_memory().to(device, non_blocking=True), None
         err = _Err()
+        if training and not self.trains:  # serving table -> training table
+            if self._table:
+                L.eg_cuda_table_close(self._table)
+            p = ctypes.c_void_p()
+            self._table = None
+            _check(L.eg_cuda_table_open_train(lay.rt._rt, lay.li, ctypes.byref(p),
+                                              ctypes.byref(err)), err)
+            self._table, self.trains = p, True
         if self._table is None or (self.tables == "cached" and n > self._table_bt):
             if self._table:
                 L.eg_cuda_table_close(self._table)
@@ -173,9 +188,9 @@ class DeviceLayer:
                                          None, ctypes.byref(err)), err)
             _check(L.eg_cuda_gather_slots(self._table, slots.data_ptr(), n, out.data_ptr(), stream,
                                           ctypes.byref(err)), err)
-            return out.view(B, T, lay.De)
+            return out.view(B, T, lay.De), None
         d_rows = torch.from_numpy(rows.reshape(-1).view("int64")).to(device)
-        dtype = lay.rt.store_dtype
+        dtype = "f32" if self.trains else lay.rt.store_dtype
         if dtype not in ("f32", "bf16"):
             raise EngramError(-6, f"EngramLayer: tables='device' reads f32 or bf16 stores, this one "
                                   f"is {dtype} (use tables='cached', which decodes to f32)")
@@ -184,7 +199,20 @@ class DeviceLayer:
         _check(L.eg_cuda_gather(self._table, d_rows.data_ptr(), n, out.data_ptr(), stream,
                                 ctypes.byref(err)), err)
         e = out.view(torch.float32) if es == 4 else out.view(torch.bfloat16).float()
-        return e.view(B, T, lay.De)
+        return e.view(B, T, lay.De), d_rows
+
+    def adam(self, d_rows, d_grads, hp):
+        """One sparse Adam step of the training table on device rows and gradients."""
+        err = _Err()
+        _check(cuda_library().eg_cuda_adam_rows(self._table, d_rows.data_ptr(), d_grads.data_ptr(),
+                                                d_rows.numel(), ctypes.byref(hp),
+                                                _stream(d_grads), ctypes.byref(err)), err)
+
+    def sync(self):
+        """The device-trained rows into the runtime (before a checkpoint)."""
+        if self.trains and self._table:
+            err = _Err()
+            _check(cuda_library().eg_cuda_table_sync(self._table, ctypes.byref(err)), err)
 
 
 class LayerFnCUDA(torch.autograd.Function):
@@ -220,5 +248,5 @@ class LayerFnCUDA(torch.autograd.Function):
                                         dout.data_ptr(), ctypes.byref(_Grads(*[_dp(x) for x in g])),
                                         _stream(h), ctypes.byref(err)), err)
         if ctx.sink is not None:
-            ctx.sink(g[0].cpu())  # the rows' gradient, to the tables' optimizer on the host
+            ctx.sink(g[0])  # the rows' gradient, to the tables' optimizer
         return (None, None, None, None, g[1]) + tuple(g[2:])

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import (EngramError, Runtime, _Dims, _Err, _Grads, _Weights, _check, _FP, _ptr,
+from . import (EngramError, Runtime, _Adam, _Dims, _Err, _Grads, _Weights, _check, _FP,
                library)
 
 __all__ = ["EngramLayer", "TableAdam", "DecodeState", "open_store", "layer_function",
@@ -46,6 +46,7 @@ __all__ = ["EngramLayer", "TableAdam", "DecodeState", "open_store", "layer_funct
 
 _WN = ["w_k", "b_k", "w_v", "b_v", "norm_k", "norm_q", "norm_c", "conv"]
 _stores = {}
+_device_layers = {}  # id(runtime) -> engram.cuda.DeviceLayer of its layers (synced at checkpoints)
 
 
 def open_store(path, tokenizer_sha256=None, threads=0):
@@ -67,6 +68,8 @@ def open_store(path, tokenizer_sha256=None, threads=0):
 def close_stores():
     """Close every shared runtime (their layers cannot be used afterwards)."""
     for rt in _stores.values():
+        for dev in _device_layers.pop(id(rt), []):
+            dev.close()  # GPU tables read the runtime: they go first
         rt.close()
     _stores.clear()
 
@@ -351,14 +354,15 @@ class EngramLayer(nn.Module):
             raise EngramError(-6, "EngramLayer: decoding with a DecodeState runs on the CPU runtime "
                                   "(its conv history is host memory); decode on CPU tensors")
         training = torch.is_grad_enabled() and self.training
-        if training and self.tables != "host":
-            raise EngramError(-6, f"EngramLayer: tables={self.tables!r} serve only: the tables "
-                                  "train on the host, and a device copy would not see the "
-                                  "updates (train with tables='host')")
+        if training and self.tables == "cached":
+            raise EngramError(-6, "EngramLayer: tables='cached' serves only (the device cache "
+                                  "holds no optimizer state): train with tables='host' or "
+                                  "'device'")
         if self._dev is None:
             self._dev = cuda.DeviceLayer(self, self.tables, self.cache_rows)
+            _device_layers.setdefault(id(self.rt), []).append(self._dev)
         rows, _ = self.lookup(input_ids.cpu(), gather=False)
-        e = self._dev.rows_to_device(rows, h4.device)
+        e, d_rows = self._dev.rows_to_device(rows, h4.device, training)
         B, T = rows.shape[:2]
         dims = _Dims(B, T, self.hc, self.hidden, self.De, self.kernel, self.dilation, self.eps_kq,
                      self.eps_conv)
@@ -366,8 +370,12 @@ class EngramLayer(nn.Module):
         if training:
             pend, dim = self._pending, self.dim
 
-            def sink(de, r=rows):  # de: a host copy of the rows' gradient
-                pend.append((r.reshape(-1), de.numpy().reshape(-1, dim), de))
+            def sink(de, r=rows, dr=d_rows):
+                if dr is not None:  # a device-trained table: rows and gradient stay there
+                    pend.append((dr, de.reshape(-1, dim), "device"))
+                else:  # to the runtime's optimizer on the host
+                    de = de.cpu()
+                    pend.append((r.reshape(-1), de.numpy().reshape(-1, dim), de))
         ws = [w.contiguous() if w is not None else None for w in self._weights()]
         return cuda.LayerFnCUDA.apply(self._dev, dims, sink, e, h4.contiguous(), *ws)
 
@@ -397,13 +405,20 @@ class EngramLayer(nn.Module):
     # ---- the tables' training ----
     @property
     def pending_rows(self):
-        return sum(p[0].size for p in self._pending)
+        return sum(p[0].size if isinstance(p[0], np.ndarray) else p[0].numel()
+                   for p in self._pending)
 
     def table_step(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, lr_mult=5.0):
         """One sparse Adam step on the rows the pending gradients touched (reduced
         per unique row); clears them. Returns the number of unique rows."""
         if not self._pending:
             return 0
+        if isinstance(self._pending[0][2], str):  # "device"
+            rows = torch.cat([p[0] for p in self._pending])
+            grads = torch.cat([p[1] for p in self._pending])
+            self._pending.clear()
+            self._dev.adam(rows, grads, _Adam(lr, beta1, beta2, eps, lr_mult))
+            return int(torch.unique(rows).numel())
         if len(self._pending) == 1:
             rows, grads = self._pending[0][0], self._pending[0][1]
         else:
@@ -419,6 +434,8 @@ class EngramLayer(nn.Module):
         """Write the store's next generation (every layer's rows and their Adam
         state) to `path` (None: the store's own file), atomically; the runtime
         then reads it. Save the dense part with torch.save(model.state_dict())."""
+        for dev in _device_layers.get(id(self.rt), []):
+            dev.sync()  # rows trained on a GPU, into the runtime first
         self.rt.checkpoint(path)
         if path is not None:
             self.rt.path = path

@@ -282,11 +282,12 @@ done:
 
 #include "layer.cuh"
 #include "table.cuh"
+#include "train.cuh"
 #include "cache.cuh"
 
 namespace {
-const eg_backend cuda_backend = {"cuda",      cu_hash,     cu_gather, cu_unique,
-                                 cu_forward,  cu_backward, cu_adam,   cu_lookup};
+const eg_backend cuda_backend = {"cuda",     cu_hash,     cu_gather, cu_unique,    cu_forward,
+                                 cu_backward, cu_adam,     cu_lookup, cu_train_rows};
 }
 
 extern "C" __attribute__((visibility("default"))) const eg_backend *eg_cuda_backend(char *why,

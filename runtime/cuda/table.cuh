@@ -5,6 +5,7 @@
 #include "engram/eg_cuda.h"
 
 struct eg_cuda_cache; // cache.cuh
+struct eg_cuda_train; // train.cuh
 
 struct eg_cuda_table {
     eg_runtime *rt;
@@ -21,10 +22,12 @@ struct eg_cuda_table {
     uint64_t *d_primes, *d_offs;
     int64_t pad;
     int *d_bad;
+    eg_cuda_train *tr;            // TRAIN: binary32 rows and their Adam state (train.cuh)
 };
 
 namespace {
 void cache_free(eg_cuda_cache *c); // cache.cuh
+void train_free(eg_cuda_train *tr); // train.cuh
 
 __global__ void hash64_kernel(const uint32_t *ids, size_t n_seq, size_t T, uint32_t N, uint32_t K,
                               uint32_t H, const int64_t *mult, const uint64_t *primes,
@@ -88,6 +91,7 @@ extern "C" __attribute__((visibility("default"))) void eg_cuda_table_close(eg_cu
     if (t->h_registered)
         cudaHostUnregister((void *)t->h_registered);
     cache_free(t->cc);
+    train_free(t->tr);
     free(t);
 }
 
@@ -97,17 +101,12 @@ eg_cuda_table_residency(const eg_cuda_table *t)
     return t ? t->where : EG_CUDA_DEVICE;
 }
 
-extern "C" __attribute__((visibility("default"))) eg_status
-eg_cuda_table_open(eg_runtime *rt, uint32_t li, eg_cuda_residency where, size_t reserve,
-                   eg_cuda_table **out, eg_err *err)
+/* A table's shape and hashing constants on the device (no rows yet; the
+ * block-pointer table allocated, not filled); *out owns it. */
+static eg_status table_new(eg_runtime *rt, uint32_t li, eg_cuda_table **out, eg_err *err)
 {
-    if (!rt || !out)
-        return eg_fail(err, EG_EINVAL, "eg_cuda_table_open: NULL argument");
-    *out = nullptr;
     eg_store *s = (eg_store *)eg_runtime_store(rt);
     const eg_spec *sp = eg_runtime_spec(rt);
-    if (li >= eg_spec_n_layers(sp))
-        return eg_fail(err, EG_ERANGE, "eg_cuda_table_open: layer index %u out of range", li);
     eg_cuda_table *t = (eg_cuda_table *)calloc(1, sizeof *t);
     if (!t)
         return eg_fail(err, EG_ENOMEM, "out of memory");
@@ -124,6 +123,40 @@ eg_cuda_table_open(eg_runtime *rt, uint32_t li, eg_cuda_residency where, size_t 
     t->pad = eg_spec_pad(sp);
     eg_status st = EG_OK;
     cudaError_t me = cudaSuccess;
+    t->d_mult = dev<int64_t>(t->N, &me);
+    t->d_primes = dev<uint64_t>(t->H, &me);
+    t->d_offs = dev<uint64_t>(t->H, &me);
+    t->d_bad = dev<int>(1, &me);
+    t->d_blk = (const unsigned char **)dev<void *>(t->nblocks, &me);
+    CU(me);
+    CU(cudaMemcpy(t->d_mult, eg_spec_multipliers(sp, li), t->N * 8, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(t->d_primes, eg_spec_primes(sp, li), t->H * 8, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(t->d_offs, eg_spec_offsets(sp, li), t->H * 8, cudaMemcpyHostToDevice));
+done:
+    if (st) {
+        eg_cuda_table_close(t);
+        return st;
+    }
+    *out = t;
+    return EG_OK;
+}
+
+extern "C" __attribute__((visibility("default"))) eg_status
+eg_cuda_table_open(eg_runtime *rt, uint32_t li, eg_cuda_residency where, size_t reserve,
+                   eg_cuda_table **out, eg_err *err)
+{
+    if (!rt || !out)
+        return eg_fail(err, EG_EINVAL, "eg_cuda_table_open: NULL argument");
+    *out = nullptr;
+    eg_store *s = (eg_store *)eg_runtime_store(rt);
+    const eg_spec *sp = eg_runtime_spec(rt);
+    if (li >= eg_spec_n_layers(sp))
+        return eg_fail(err, EG_ERANGE, "eg_cuda_table_open: layer index %u out of range", li);
+    eg_cuda_table *t = nullptr;
+    eg_status st = table_new(rt, li, &t, err);
+    if (st)
+        return st;
+    cudaError_t me = cudaSuccess;
     const unsigned char **hb = (const unsigned char **)calloc(t->nblocks ? t->nblocks : 1, sizeof *hb);
     unsigned char *stage = nullptr;
     const size_t bytes = (size_t)t->rows * t->rb;
@@ -137,15 +170,6 @@ eg_cuda_table_open(eg_runtime *rt, uint32_t li, eg_cuda_residency where, size_t 
         where = bytes + reserve <= fr ? EG_CUDA_DEVICE : EG_CUDA_HOST;
     }
     t->where = where;
-    t->d_mult = dev<int64_t>(t->N, &me);
-    t->d_primes = dev<uint64_t>(t->H, &me);
-    t->d_offs = dev<uint64_t>(t->H, &me);
-    t->d_bad = dev<int>(1, &me);
-    t->d_blk = (const unsigned char **)dev<void *>(t->nblocks, &me);
-    CU(me);
-    CU(cudaMemcpy(t->d_mult, eg_spec_multipliers(sp, li), t->N * 8, cudaMemcpyHostToDevice));
-    CU(cudaMemcpy(t->d_primes, eg_spec_primes(sp, li), t->H * 8, cudaMemcpyHostToDevice));
-    CU(cudaMemcpy(t->d_offs, eg_spec_offsets(sp, li), t->H * 8, cudaMemcpyHostToDevice));
     if (where == EG_CUDA_HOST) {
         /* every block must be in the map (a dense store), crc checked once */
         for (uint64_t b = 0; b < t->nblocks; b++) {
