@@ -278,6 +278,20 @@ TEST(cuda_parity_layer)
     }
 }
 
+/* A bf16 store of spec_for(3, 4, 3000, 500) at `name` in the test folder, its
+ * 700 raw ids projected by id * mult % 500; NULL when it cannot be built. */
+static const char *bf16_store(const char *name, eg_spec *sp, uint32_t mult, uint64_t seed)
+{
+    const char *path = t_tmp_path(name);
+    uint32_t proj[700];
+    for (int i = 0; i < 700; i++)
+        proj[i] = (uint32_t)(i * mult % 500);
+    eg_store_params p = {.spec = sp, .dtype = EG_BF16, .seed = seed, .init_std = 0.1,
+                         .projection = proj, .n_projection = 700};
+    eg_err err;
+    return eg_store_build(path, &p, NULL, &err) ? NULL : path;
+}
+
 TEST(cuda_parity_lookup_device_host_and_cached)
 {
     /* the same store read by the CPU and by the GPU with its table in
@@ -286,14 +300,9 @@ TEST(cuda_parity_lookup_device_host_and_cached)
     REQUIRE(!eg_backend_get("cpu", &cpu, NULL));
     eg_spec *sp = spec_for(3, 4, 3000, 500);
     REQUIRE(sp);
-    const char *path = t_tmp_path("backend.store");
-    uint32_t proj[700];
-    for (int i = 0; i < 700; i++)
-        proj[i] = (uint32_t)(i * 3 % 500);
-    eg_store_params p = {.spec = sp, .dtype = EG_BF16, .seed = 2, .init_std = 0.1,
-                         .projection = proj, .n_projection = 700};
+    const char *path = bf16_store("backend.store", sp, 3, 2);
+    REQUIRE(path);
     eg_err err;
-    REQUIRE(!eg_store_build(path, &p, NULL, &err));
     eg_runtime *rt = NULL;
     REQUIRE(!eg_runtime_open(path, NULL, &rt, &err));
     const size_t S = 2, T = 100, H = eg_spec_n_heads(sp), rb = eg_store_get_info(eg_runtime_store(rt))->row_bytes;
@@ -479,14 +488,9 @@ TEST(cuda_parity_train_rows)
     REQUIRE(!eg_backend_get("cpu", &cpu, NULL));
     eg_spec *sp = spec_for(3, 4, 3000, 500);
     REQUIRE(sp);
-    const char *path = t_tmp_path("train.store");
-    uint32_t proj[700];
-    for (int i = 0; i < 700; i++)
-        proj[i] = (uint32_t)(i * 7 % 500);
-    eg_store_params p = {.spec = sp, .dtype = EG_BF16, .seed = 3, .init_std = 0.1,
-                         .projection = proj, .n_projection = 700};
+    const char *path = bf16_store("train.store", sp, 7, 3);
+    REQUIRE(path);
     eg_err err;
-    REQUIRE(!eg_store_build(path, &p, NULL, &err));
     eg_runtime *a = NULL, *b = NULL;
     REQUIRE(!eg_runtime_open(path, NULL, &a, &err));
     REQUIRE(!eg_runtime_open(path, NULL, &b, &err));

@@ -67,23 +67,28 @@ class _History(ctypes.Structure):
 _lib = None
 
 
+def _load(cands):
+    """The first of the candidate paths (None skipped) that loads: (CDLL, None),
+    or (None, the last loader error)."""
+    last = None
+    for c in cands:
+        if not c:
+            continue
+        try:
+            return ctypes.CDLL(c), None
+        except OSError as e:
+            last = e
+    return None, last
+
+
 def library():
     """The loaded libengram (ctypes.CDLL)."""
     global _lib
     if _lib is not None:
         return _lib
     here = os.path.dirname(os.path.abspath(__file__))
-    cands = [os.environ.get("ENGRAM_LIB"),
-             os.path.join(here, "..", "..", "build", "libengram.so"), "libengram.so"]
-    last = None
-    for c in cands:
-        if not c:
-            continue
-        try:
-            _lib = ctypes.CDLL(c)
-            break
-        except OSError as e:
-            last = e
+    _lib, last = _load([os.environ.get("ENGRAM_LIB"),
+                        os.path.join(here, "..", "..", "build", "libengram.so"), "libengram.so"])
     if _lib is None:
         raise OSError(f"libengram.so not found (set ENGRAM_LIB): {last}")
     L = _lib

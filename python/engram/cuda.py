@@ -30,7 +30,7 @@ import os
 
 import torch
 
-from . import EngramError, _Adam, _check, _Dims, _Err, _FP, _Grads, _Weights, library
+from . import EngramError, _Adam, _check, _Dims, _Err, _FP, _Grads, _load, _Weights, library
 
 RESIDENCIES = ("host", "device", "cached")
 _lib = None
@@ -46,17 +46,9 @@ def cuda_library():
              os.path.join(os.path.dirname(os.environ.get("ENGRAM_LIB", "")), "libengram_cuda.so")
              if os.environ.get("ENGRAM_LIB") else None,
              os.path.join(here, "..", "..", "build", "libengram_cuda.so"), "libengram_cuda.so"]
-    library()  # libengram first: the CUDA library resolves its symbols there
-    last = None
-    for c in cands:
-        if not c:
-            continue
-        try:
-            L = ctypes.CDLL(c, mode=ctypes.RTLD_GLOBAL)
-            break
-        except OSError as e:
-            last = e
-    else:
+    library()  # libengram first (the CUDA library needs it: the same file, found beside it)
+    L, last = _load(cands)
+    if L is None:
         raise EngramError(-6, f"engram.cuda: libengram_cuda.so not found (build with nvcc, or set "
                               f"ENGRAM_CUDA_LIB): {last}")
     vp, sz, u32, i32 = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint32, ctypes.c_int

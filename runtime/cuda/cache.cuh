@@ -157,28 +157,23 @@ eg_cuda_table_open_cached(eg_runtime *rt, uint32_t li, uint64_t cache_rows, uint
     const eg_spec *sp = eg_runtime_spec(rt);
     if (li >= eg_spec_n_layers(sp))
         return eg_fail(err, EG_ERANGE, "eg_cuda_table_open_cached: layer index %u out of range", li);
-    eg_cuda_table *t = (eg_cuda_table *)calloc(1, sizeof *t);
+    eg_cuda_table *t = nullptr;
+    eg_status st = table_new(rt, li, &t, err); /* shape and hashing constants */
+    if (st)
+        return st;
     eg_cuda_cache *c = (eg_cuda_cache *)calloc(1, sizeof *c);
-    if (!t || !c) {
-        free(t);
-        free(c);
+    if (!c) {
+        eg_cuda_table_close(t);
         return eg_fail(err, EG_ENOMEM, "out of memory");
     }
     t->cc = c;
-    t->rt = rt;
-    t->li = li;
     t->where = EG_CUDA_CACHED;
-    t->N = eg_spec_max_ngram(sp);
-    t->K = eg_spec_heads_per_ngram(sp);
-    t->H = eg_spec_n_heads(sp);
-    t->rows = eg_spec_layer_rows(sp, li);
-    t->pad = eg_spec_pad(sp);
     const uint32_t dim = eg_runtime_dim(rt);
     c->dt = dtype;
     c->crb = (size_t)dim * (dtype == EG_F32 ? 4 : 2);
     t->rb = c->crb;
     c->max_batch = max_batch;
-    eg_status st = eg_rowcache_create(cache_rows, ways, &c->dir, err);
+    st = eg_rowcache_create(cache_rows, ways, &c->dir, err);
     cudaError_t me = cudaSuccess;
     if (st)
         goto done;
@@ -188,10 +183,6 @@ eg_cuda_table_open_cached(eg_runtime *rt, uint32_t li, uint64_t cache_rows, uint
         goto done;
     }
     c->slots = eg_rowcache_slots(c->dir);
-    t->d_mult = dev<int64_t>(t->N, &me);
-    t->d_primes = dev<uint64_t>(t->H, &me);
-    t->d_offs = dev<uint64_t>(t->H, &me);
-    t->d_bad = dev<int>(1, &me);
     c->d_cache = dev<unsigned char>(c->slots * c->crb, &me);
     c->d_stage = dev<unsigned char>(2 * max_batch * c->crb, &me);
     c->d_wb = dev<unsigned char>(max_batch * c->crb, &me);
@@ -219,9 +210,6 @@ eg_cuda_table_open_cached(eg_runtime *rt, uint32_t li, uint64_t cache_rows, uint
         st = eg_fail(err, EG_ENOMEM, "out of memory");
         goto done;
     }
-    CU(cudaMemcpy(t->d_mult, eg_spec_multipliers(sp, li), t->N * 8, cudaMemcpyHostToDevice));
-    CU(cudaMemcpy(t->d_primes, eg_spec_primes(sp, li), t->H * 8, cudaMemcpyHostToDevice));
-    CU(cudaMemcpy(t->d_offs, eg_spec_offsets(sp, li), t->H * 8, cudaMemcpyHostToDevice));
 done:
     if (st) {
         eg_cuda_table_close(t);
