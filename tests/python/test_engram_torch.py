@@ -21,8 +21,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "examples"))
 sys.path.insert(0, HERE)
 import engram  # noqa: E402
-from engram.torch import (EngramLayer, TableAdam, close_stores, layer_function,  # noqa: E402
-                          open_store)
+from engram.torch import EngramLayer, TableAdam, close_stores, layer_function  # noqa: E402
 from test_layer_torch import reference  # noqa: E402
 
 torch.set_default_dtype(torch.float32)  # test_layer_torch sets float64 on import
