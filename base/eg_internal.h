@@ -139,6 +139,12 @@ int eg_seqout_write(eg_seqout *q, const void *data, size_t len);
 int eg_seqout_flush(eg_seqout *q);
 void eg_seqout_free(eg_seqout *q);
 
+/* The layer's projections (runtime/layer.c) run at the widest vector width
+ * the CPU has; eg_layer_gemm_width_limit(w) caps it at w bits (512, 256 or
+ * 128; 0: no cap) for the whole process, so tests can compare the widths.
+ * Returns the width now used. Not for concurrent use with layer calls. */
+int eg_layer_gemm_width_limit(int bits);
+
 /* For loops written to vectorize: GCC clones the function for AVX-512 and
  * AVX2 beside the baseline and lets the vectorizer use its dynamic cost
  * model. No fast-math: results are the exact roundings the code spells. */

@@ -26,19 +26,6 @@ static int nthreads(int n)
 #endif
 }
 
-/* The projections' products, register tiled: a tile of 4 rows by 32 columns
- * of C stays in vector registers over the whole k loop. Every element is
- * still its own sum over k in index order, one rounded multiply and one
- * rounded add a step (ISO C: no contraction into FMA), so the results are
- * those of the plain triple loop, bit for bit, for any tiling and thread
- * count. GCC/Clang vector extensions; EG_VEC clones them for AVX-512 and
- * AVX2. */
-typedef float v16f __attribute__((vector_size(64), aligned(4)));
-typedef double v8d __attribute__((vector_size(64), aligned(8)));
-typedef float v8f __attribute__((vector_size(32), aligned(4)));
-#define TILE_R 8
-#define TILE_C 32
-
 /* This thread's share [c0, c1) of n items in a parallel region (all of them
  * outside one). */
 static void own_range(size_t n, size_t *c0, size_t *c1)
@@ -52,52 +39,124 @@ static void own_range(size_t n, size_t *c0, size_t *c1)
     *c1 = n * (id + 1) / nth;
 }
 
+/* The projections' products (layer_gemm.h), at the widest vector width the
+ * CPU has: 512 bits (x86-64-v4), 256 (x86-64-v3), else 128 (SSE2 on x86-64,
+ * NEON elsewhere). Each width has its own register tile, so that its
+ * accumulators stay in registers (64-byte vectors on a 256-bit target spill
+ * to the stack on every step: the layer ran 15 times slower there); every
+ * width gives the same bits. GCC only: clang contracts a * b + c into FMA
+ * when a target has it, which would change them, so clang builds take the
+ * 128-bit kernels. */
+typedef float v16f __attribute__((vector_size(64), aligned(4)));
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+typedef float v4f __attribute__((vector_size(16), aligned(4)));
+typedef float v2f __attribute__((vector_size(8), aligned(4)));
+typedef double v8d __attribute__((vector_size(64), aligned(8)));
+typedef double v4d __attribute__((vector_size(32), aligned(8)));
+typedef double v2d __attribute__((vector_size(16), aligned(8)));
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(EG_NO_CLONES)
+#define GEMM_WIDE 1
+#define GEMM_SUFFIX 512
+#define GEMM_ATTR __attribute__((target("arch=x86-64-v4"), optimize("vect-cost-model=dynamic")))
+#define VF v16f
+#define VH v8f
+#define VD v8d
+#define LANES 16
+#define TR 16 /* 32 accumulators: measured faster than 8 (forward -6%) */
+#include "layer_gemm.h"
+#undef GEMM_SUFFIX
+#undef GEMM_ATTR
+#undef VF
+#undef VH
+#undef VD
+#undef LANES
+#undef TR
+#define GEMM_SUFFIX 256
+#define GEMM_ATTR __attribute__((target("arch=x86-64-v3"), optimize("vect-cost-model=dynamic")))
+#define VF v8f
+#define VH v4f
+#define VD v4d
+#define LANES 8
+#define TR 8
+#include "layer_gemm.h"
+#undef GEMM_SUFFIX
+#undef GEMM_ATTR
+#undef VF
+#undef VH
+#undef VD
+#undef LANES
+#undef TR
+#endif
+#define GEMM_SUFFIX 128
+#define GEMM_ATTR
+#define VF v4f
+#define VH v2f
+#define VD v2d
+#define LANES 4
+#define TR 8
+#include "layer_gemm.h"
+#undef GEMM_SUFFIX
+#undef GEMM_ATTR
+#undef VF
+#undef VH
+#undef VD
+#undef LANES
+#undef TR
+
+static int gemm_cap; /* eg_layer_gemm_width_limit; 0: none */
+
+/* 512, 256 or 128: the kernels this CPU runs. */
+static int gemm_width(void)
+{
+#ifdef GEMM_WIDE
+    const int w = __builtin_cpu_supports("x86-64-v4")   ? 512
+                  : __builtin_cpu_supports("x86-64-v3") ? 256
+                                                        : 128;
+#else
+    const int w = 128;
+#endif
+    return gemm_cap && gemm_cap < w ? gemm_cap : w;
+}
+
+int eg_layer_gemm_width_limit(int bits)
+{
+    gemm_cap = bits == 512 || bits == 256 || bits == 128 ? bits : 0;
+    return gemm_width();
+}
+
 /* C[M][N] (=, or += when acc) A[M][K] * B[K][N], row-major; A's element
  * (m, k) is A[m * sam + k * sak]: (K, 1) for A as stored, (1, M) for the
  * transpose of a stored [K][M] (no transposed copy). */
-EG_VEC static void gemm_sa(size_t M, size_t N, size_t K, const float *restrict A, size_t sam,
-                           size_t sak, const float *restrict B, float *restrict C, int acc, int nt)
+static void gemm_sa(size_t M, size_t N, size_t K, const float *A, size_t sam, size_t sak,
+                    const float *B, float *C, int acc, int nt)
 {
-    const long long MB = (long long)((M + TILE_R - 1) / TILE_R);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (M * N * K > 32768)
+#ifdef GEMM_WIDE
+    const int w = gemm_width();
+    if (w == 512)
+        gemm_sa_512(M, N, K, A, sam, sak, B, C, acc, nt);
+    else if (w == 256)
+        gemm_sa_256(M, N, K, A, sam, sak, B, C, acc, nt);
+    else
 #endif
-    for (long long mb = 0; mb < MB; mb++) {
-        const size_t m0 = (size_t)mb * TILE_R, mr = M - m0 < TILE_R ? M - m0 : TILE_R;
-        size_t n0 = 0;
-        for (; n0 + TILE_C <= N; n0 += TILE_C) {
-            v16f t[TILE_R][2];
-            for (size_t r = 0; r < TILE_R; r++)
-                for (int j = 0; j < 2; j++) {
-                    if (acc && r < mr)
-                        memcpy(&t[r][j], C + (m0 + r) * N + n0 + 16 * (size_t)j, sizeof t[r][j]);
-                    else
-                        t[r][j] = (v16f){0};
-                }
-            for (size_t k = 0; k < K; k++) {
-                v16f b0, b1;
-                memcpy(&b0, B + k * N + n0, sizeof b0);
-                memcpy(&b1, B + k * N + n0 + 16, sizeof b1);
-                for (size_t r = 0; r < TILE_R; r++) {
-                    const float a = r < mr ? A[(m0 + r) * sam + k * sak] : 0.0f;
-                    t[r][0] += a * b0;
-                    t[r][1] += a * b1;
-                }
-            }
-            for (size_t r = 0; r < mr; r++)
-                memcpy(C + (m0 + r) * N + n0, t[r], sizeof t[r]);
-        }
-        for (size_t r = 0; r < mr && n0 < N; r++) { /* the last columns */
-            float *c = C + (m0 + r) * N;
-            if (!acc)
-                memset(c + n0, 0, (N - n0) * sizeof *c);
-            for (size_t k = 0; k < K; k++) {
-                const float a = A[(m0 + r) * sam + k * sak];
-                for (size_t n = n0; n < N; n++)
-                    c[n] += a * B[k * N + n];
-            }
-        }
-    }
+        gemm_sa_128(M, N, K, A, sam, sak, B, C, acc, nt);
+}
+
+/* The same with binary64 accumulation and output (the keys: the gate's
+ * signed square root has an unbounded derivative near 0, so its input is
+ * computed without binary32 rounding). */
+static void gemm_nn_d(size_t M, size_t N, size_t K, const float *A, const float *B, double *C,
+                      int nt)
+{
+#ifdef GEMM_WIDE
+    const int w = gemm_width();
+    if (w == 512)
+        gemm_d_512(M, N, K, A, B, C, nt);
+    else if (w == 256)
+        gemm_d_256(M, N, K, A, B, C, nt);
+    else
+#endif
+        gemm_d_128(M, N, K, A, B, C, nt);
 }
 
 static void gemm_nn(size_t M, size_t N, size_t K, const float *A, const float *B, float *C, int acc,
@@ -110,49 +169,6 @@ static void gemm_nn(size_t M, size_t N, size_t K, const float *A, const float *B
 static void gemm_tn(size_t M, size_t N, size_t K, const float *A, const float *B, float *C, int nt)
 {
     gemm_sa(M, N, K, A, 1, M, B, C, 0, nt);
-}
-
-/* The same with binary64 accumulation and output (the keys: the gate's
- * signed square root has an unbounded derivative near 0, so its input is
- * computed without binary32 rounding). */
-EG_VEC static void gemm_nn_d(size_t M, size_t N, size_t K, const float *restrict A,
-                      const float *restrict B, double *restrict C, int nt)
-{
-    const long long MB = (long long)((M + TILE_R - 1) / TILE_R);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (M * N * K > 32768)
-#endif
-    for (long long mb = 0; mb < MB; mb++) {
-        const size_t m0 = (size_t)mb * TILE_R, mr = M - m0 < TILE_R ? M - m0 : TILE_R;
-        size_t n0 = 0;
-        for (; n0 + 16 <= N; n0 += 16) {
-            v8d t[TILE_R][2];
-            for (size_t r = 0; r < TILE_R; r++)
-                t[r][0] = t[r][1] = (v8d){0};
-            for (size_t k = 0; k < K; k++) {
-                v8f f0, f1;
-                memcpy(&f0, B + k * N + n0, sizeof f0);
-                memcpy(&f1, B + k * N + n0 + 8, sizeof f1);
-                const v8d b0 = __builtin_convertvector(f0, v8d), b1 = __builtin_convertvector(f1, v8d);
-                for (size_t r = 0; r < TILE_R; r++) {
-                    const double a = r < mr ? (double)A[(m0 + r) * K + k] : 0.0;
-                    t[r][0] += a * b0;
-                    t[r][1] += a * b1;
-                }
-            }
-            for (size_t r = 0; r < mr; r++)
-                memcpy(C + (m0 + r) * N + n0, t[r], sizeof t[r]);
-        }
-        for (size_t r = 0; r < mr && n0 < N; r++) {
-            double *c = C + (m0 + r) * N;
-            memset(c + n0, 0, (N - n0) * sizeof *c);
-            for (size_t k = 0; k < K; k++) {
-                const double a = (double)A[(m0 + r) * K + k];
-                for (size_t n = n0; n < N; n++)
-                    c[n] += a * (double)B[k * N + n];
-            }
-        }
-    }
 }
 
 /* For a few rows (decoding): C[M][N] = A[M][K] * W[N][K]^T as dot products,

@@ -21,6 +21,7 @@
 
 #include "engram/engram.h"
 #include "engram/eg_runtime.h"
+#include "eg_internal.h"
 #include "test.h"
 
 static const char *tpr(const char *name)
@@ -367,6 +368,53 @@ TEST(layer_saved_forward_backward_equals_the_recomputing_one)
         free(o2);
         case_free(&c);
     }
+}
+
+TEST(layer_every_vector_width_gives_the_same_bits)
+{
+    /* the projections' kernels at 512, 256 and 128 bits (as far as this CPU
+     * goes) and their tails (odd rows, odd columns, 2 threads): the forward,
+     * the saved backward and the recomputing one bit for bit the same */
+    const uint32_t shapes[][5] = {{3, 21, 2, 16, 24}, {2, 37, 1, 40, 72}, {1, 7, 3, 8, 20}};
+    for (int sh = 0; sh < 3; sh++) {
+        layer_case c;
+        case_init(&c, shapes[sh][0], shapes[sh][1], shapes[sh][2], shapes[sh][3], shapes[sh][4],
+                  90 + (uint64_t)sh);
+        eg_layer_weights w = case_weights(&c);
+        float *ref = NULL;
+        size_t nref = c.no + c.ne + c.nh;
+        for (int i = 0; i < 8; i++)
+            nref += c.n[i];
+        const int widths[3] = {512, 256, 128};
+        int ran = 0;
+        for (int wi = 0; wi < 3; wi++) {
+            if (eg_layer_gemm_width_limit(widths[wi]) != widths[wi])
+                continue; /* beyond this CPU */
+            ran++;
+            float *all = malloc(nref * 4), *p = all;
+            float *o = p, *de = (p += c.no), *dh = (p += c.ne), *g[8];
+            p += c.nh;
+            for (int i = 0; i < 8; i++) {
+                g[i] = p;
+                p += c.n[i];
+            }
+            eg_layer_grads gr = {de, dh, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
+            eg_err err;
+            REQUIRE(!eg_layer_forward(&c.dm, &w, c.e, c.h, o, 2, &err));
+            REQUIRE(!eg_layer_backward(&c.dm, &w, c.e, c.h, c.r, &gr, 2, &err));
+            if (!ref) {
+                ref = all;
+                continue;
+            }
+            CHECK_MSG(!memcmp(ref, all, nref * 4), "shape %d: %d bits differ from %d", sh,
+                      widths[wi], widths[0]);
+            free(all);
+        }
+        CHECK(ran >= 1);
+        free(ref);
+        case_free(&c);
+    }
+    eg_layer_gemm_width_limit(0);
 }
 
 /* ---- decoding: piece by piece equals the whole sequence ---------------------------- */
