@@ -65,13 +65,6 @@ typedef double v2d __attribute__((vector_size(16), aligned(8)));
 #define LANES 16
 #define TR 16 /* 32 accumulators: measured faster than 8 (forward -6%) */
 #include "layer_gemm.h"
-#undef GEMM_SUFFIX
-#undef GEMM_ATTR
-#undef VF
-#undef VH
-#undef VD
-#undef LANES
-#undef TR
 #define GEMM_SUFFIX 256
 #define GEMM_ATTR __attribute__((target("arch=x86-64-v3"), optimize("vect-cost-model=dynamic")))
 #define VF v8f
@@ -80,13 +73,6 @@ typedef double v2d __attribute__((vector_size(16), aligned(8)));
 #define LANES 8
 #define TR 8
 #include "layer_gemm.h"
-#undef GEMM_SUFFIX
-#undef GEMM_ATTR
-#undef VF
-#undef VH
-#undef VD
-#undef LANES
-#undef TR
 #endif
 #define GEMM_SUFFIX 128
 #define GEMM_ATTR
@@ -96,13 +82,6 @@ typedef double v2d __attribute__((vector_size(16), aligned(8)));
 #define LANES 4
 #define TR 8
 #include "layer_gemm.h"
-#undef GEMM_SUFFIX
-#undef GEMM_ATTR
-#undef VF
-#undef VH
-#undef VD
-#undef LANES
-#undef TR
 
 static int gemm_cap; /* eg_layer_gemm_width_limit; 0: none */
 

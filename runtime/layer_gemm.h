@@ -1,7 +1,7 @@
 /* layer_gemm.h - the projections' products at one vector width, included by
  * layer.c once per width (the template of the width-dependent parts).
  *
- * Before including, define:
+ * Before including, define (the file undefines them at its end):
  *   GEMM_SUFFIX  name suffix of the two kernels (gemm_sa_<s>, gemm_d_<s>)
  *   GEMM_ATTR    their function attributes (a target, or nothing)
  *   VF, VH, VD   vector types: LANES floats; LANES/2 floats; LANES/2 doubles
@@ -113,3 +113,10 @@ GEMM_ATTR static void GEMM_CAT(gemm_d, GEMM_SUFFIX)(size_t M, size_t N, size_t K
 
 #undef GEMM_CAT
 #undef GEMM_CAT2
+#undef GEMM_SUFFIX
+#undef GEMM_ATTR
+#undef VF
+#undef VH
+#undef VD
+#undef LANES
+#undef TR

@@ -118,6 +118,22 @@ static long ov_insert(overlay *o, uint64_t row, const float *init, uint32_t dim,
     return (long)s;
 }
 
+/* Make row's whole state value, m, v (dim each) and step count (inserting the
+ * row if it is new); -1 when out of memory. */
+static long ov_set_state(overlay *o, uint64_t row, const float *val, const float *m,
+                         const float *v, uint32_t step, uint32_t dim)
+{
+    const long s = ov_insert(o, row, val, dim, step);
+    if (s < 0)
+        return -1;
+    float *w = ov_vals(o, (size_t)s, dim);
+    memcpy(w, val, dim * sizeof *w);
+    memcpy(w + dim, m, dim * sizeof *w);
+    memcpy(w + 2 * (size_t)dim, v, dim * sizeof *w);
+    *ov_step(o, (size_t)s, dim) = step;
+    return s;
+}
+
 static void ov_free(overlay *o, uint32_t dim)
 {
     big_free(o->slot_of, o->rows * sizeof *o->slot_of);
@@ -138,12 +154,10 @@ struct eg_runtime {
 static eg_status load_opt(void *ctx, uint32_t li, uint64_t row, uint32_t step, const float *vals)
 {
     eg_runtime *rt = ctx;
-    long s = ov_insert(&rt->ov[li], row, vals, rt->dim, step);
-    if (s < 0)
-        return EG_ENOMEM;
-    memcpy(ov_vals(&rt->ov[li], (size_t)s, rt->dim), vals, 3 * (size_t)rt->dim * sizeof *vals);
-    *ov_step(&rt->ov[li], (size_t)s, rt->dim) = step;
-    return EG_OK;
+    const size_t dim = rt->dim;
+    return ov_set_state(&rt->ov[li], row, vals, vals + dim, vals + 2 * dim, step, rt->dim) < 0
+               ? EG_ENOMEM
+               : EG_OK;
 }
 
 static eg_status rt_attach(eg_runtime *rt, const char *path, const eg_runtime_opts *o, eg_err *err)
@@ -698,29 +712,6 @@ eg_status eg_rt_adam_step(eg_runtime *rt, uint32_t li, const uint64_t *uniq, con
     return EG_OK;
 }
 
-eg_status eg_rt_set_rows(eg_runtime *rt, uint32_t li, const uint64_t *rows, const float *vals,
-                         size_t n, eg_err *err)
-{
-    if (!rt || (n && (!rows || !vals)))
-        return eg_fail(err, EG_EINVAL, "eg_rt_set_rows: NULL argument");
-    if (li >= rt->L)
-        return eg_fail(err, EG_ERANGE, "eg_rt_set_rows: layer index %u >= %u", li, rt->L);
-    const size_t dim = rt->dim;
-    const uint64_t lr_rows = eg_spec_layer_rows(rt->spec, li);
-    for (size_t i = 0; i < n; i++)
-        if (rows[i] >= lr_rows)
-            return eg_fail(err, EG_ERANGE, "eg_rt_set_rows: row %llu at %zu >= layer %u's %llu rows",
-                           (unsigned long long)rows[i], i, li, (unsigned long long)lr_rows);
-    overlay *o = &rt->ov[li];
-    for (size_t i = 0; i < n; i++) {
-        const long sl = ov_insert(o, rows[i], vals + i * dim, (uint32_t)dim, 0); /* or found */
-        if (sl < 0)
-            return eg_fail(err, EG_ENOMEM, "out of memory");
-        memcpy(ov_vals(o, (size_t)sl, dim), vals + i * dim, dim * sizeof(float));
-    }
-    return EG_OK;
-}
-
 static eg_status rows_in_range(const eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
                                const char *who, eg_err *err)
 {
@@ -731,6 +722,25 @@ static eg_status rows_in_range(const eg_runtime *rt, uint32_t li, const uint64_t
         if (rows[i] >= lr)
             return eg_fail(err, EG_ERANGE, "%s: row %llu at %zu >= layer %u's %llu rows", who,
                            (unsigned long long)rows[i], i, li, (unsigned long long)lr);
+    return EG_OK;
+}
+
+eg_status eg_rt_set_rows(eg_runtime *rt, uint32_t li, const uint64_t *rows, const float *vals,
+                         size_t n, eg_err *err)
+{
+    if (!rt || (n && (!rows || !vals)))
+        return eg_fail(err, EG_EINVAL, "eg_rt_set_rows: NULL argument");
+    eg_status st = rows_in_range(rt, li, rows, n, "eg_rt_set_rows", err);
+    if (st)
+        return st;
+    const size_t dim = rt->dim;
+    overlay *o = &rt->ov[li];
+    for (size_t i = 0; i < n; i++) {
+        const long sl = ov_insert(o, rows[i], vals + i * dim, (uint32_t)dim, 0); /* or found */
+        if (sl < 0)
+            return eg_fail(err, EG_ENOMEM, "out of memory");
+        memcpy(ov_vals(o, (size_t)sl, dim), vals + i * dim, dim * sizeof(float));
+    }
     return EG_OK;
 }
 
@@ -771,16 +781,10 @@ eg_status eg_rt_set_rows_state(eg_runtime *rt, uint32_t li, const uint64_t *rows
         return st;
     overlay *o = &rt->ov[li];
     const size_t dim = rt->dim;
-    for (size_t i = 0; i < n; i++) {
-        const long s = ov_insert(o, rows[i], val + i * dim, (uint32_t)dim, steps[i]);
-        if (s < 0)
+    for (size_t i = 0; i < n; i++)
+        if (ov_set_state(o, rows[i], val + i * dim, m + i * dim, v + i * dim, steps[i],
+                         (uint32_t)dim) < 0)
             return eg_fail(err, EG_ENOMEM, "out of memory");
-        float *w = ov_vals(o, (size_t)s, dim);
-        memcpy(w, val + i * dim, dim * sizeof *w);
-        memcpy(w + dim, m + i * dim, dim * sizeof *w);
-        memcpy(w + 2 * dim, v + i * dim, dim * sizeof *w);
-        *ov_step(o, (size_t)s, dim) = steps[i];
-    }
     return EG_OK;
 }
 

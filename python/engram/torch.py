@@ -226,8 +226,9 @@ class EngramLayer(nn.Module):
     table sizes must equal the store's). threads: the runtime's OpenMP
     threads (0: OpenMP's default). tables: where the rows come from when the
     hidden states are CUDA tensors: "host" (the runtime gathers them on the
-    host; trains), "device" (the table copied to the GPU once) or "cached"
-    (a device cache of cache_rows hot rows) -- see engram.cuda."""
+    host; trains there), "device" (the table on the GPU; trains there, synced
+    into the runtime at checkpoints) or "cached" (a device cache of
+    cache_rows hot rows; serves only) -- see engram.cuda."""
 
     def __init__(self, store, layer_id, hidden, hc_mult=1, kernel=None, bias=True,
                  tokenizer_sha256=None, config=None, threads=0, eps_kq=0.0, eps_conv=1e-5,
@@ -337,16 +338,26 @@ class EngramLayer(nn.Module):
             rows, e = self.lookup(input_ids)
             sink = pool = None
             if torch.is_grad_enabled() and self.training:
-                pool = self._saved_pool
-                pend, dim = self._pending, self.dim
-
-                def sink(de, r=rows):
-                    # the gathered rows' gradient goes to the sparse optimizer, not to
-                    # autograd (de is the backward's own fresh tensor: kept, not copied)
-                    pend.append((r.reshape(-1), de.numpy().reshape(-1, dim), de))
+                pool, sink = self._saved_pool, self._row_grad_sink(rows)
             out = _LayerFn.apply((self.kernel, self.dilation, self.eps_kq, self.eps_conv,
                                   self.threads, sink, pool), e, h4, *self._weights())
         return out.squeeze(2) if squeeze else out
+
+    def _row_grad_sink(self, rows, d_rows=None):
+        """Where the backward hands the gathered rows' gradient (not to autograd):
+        the layer's pending row gradients, for TableAdam. On the host (the
+        backward's own fresh tensor, kept, not copied; a CUDA one copied over),
+        or, for a device-trained table (d_rows given), rows and gradient stay
+        on the device."""
+        pend, dim = self._pending, self.dim
+
+        def sink(de):
+            if d_rows is not None:
+                pend.append((d_rows, de.reshape(-1, dim), "device"))
+            else:
+                de = de.cpu()  # the tensor itself when it is already on the host
+                pend.append((rows.reshape(-1), de.numpy().reshape(-1, dim), de))
+        return sink
 
     def _forward_cuda(self, input_ids, h4, state):
         from . import cuda
@@ -366,16 +377,7 @@ class EngramLayer(nn.Module):
         B, T = rows.shape[:2]
         dims = _Dims(B, T, self.hc, self.hidden, self.De, self.kernel, self.dilation, self.eps_kq,
                      self.eps_conv)
-        sink = None
-        if training:
-            pend, dim = self._pending, self.dim
-
-            def sink(de, r=rows, dr=d_rows):
-                if dr is not None:  # a device-trained table: rows and gradient stay there
-                    pend.append((dr, de.reshape(-1, dim), "device"))
-                else:  # to the runtime's optimizer on the host
-                    de = de.cpu()
-                    pend.append((r.reshape(-1), de.numpy().reshape(-1, dim), de))
+        sink = self._row_grad_sink(rows, d_rows) if training else None
         ws = [w.contiguous() if w is not None else None for w in self._weights()]
         return cuda.LayerFnCUDA.apply(self._dev, dims, sink, e, h4.contiguous(), *ws)
 

@@ -206,6 +206,14 @@ lay lay_of(const eg_layer_dims *dm)
     return L;
 }
 
+/* The element counts of the 8 weights (and their gradients) in
+ * eg_layer_weights' order: w_k b_k w_v b_v norm_k norm_q norm_c conv. */
+void weight_sizes(size_t hc, size_t d, size_t De, size_t KW, size_t wn[8])
+{
+    const size_t n[8] = {hc * d * De, hc * d, d * De, d, hc * d, hc * d, hc * d, hc * d * KW};
+    memcpy(wn, n, sizeof n);
+}
+
 eg_status check_layer(const eg_layer_dims *dm, const eg_layer_weights *w, eg_err *err)
 {
     if (!dm || !w || !w->w_k || !w->w_v || !w->norm_k || !w->norm_q || !w->norm_c || !w->conv)
@@ -275,13 +283,24 @@ struct eg_cuda_layer {
     cublasHandle_t hb;
 };
 
+/* The caller's inputs and weights (device memory) into the workspace for one
+ * call; all NULL: unbound (dfwd_free must not free them). */
+static void bind(eg_cuda_layer *l, const float *d_e, const float *d_h, const eg_layer_weights *w)
+{
+    l->f.E = (float *)d_e;
+    l->f.H = (float *)d_h;
+    const float *dw[8] = {w ? w->w_k : nullptr, w ? w->b_k : nullptr, w ? w->w_v : nullptr,
+                          w ? w->b_v : nullptr, w ? w->norm_k : nullptr, w ? w->norm_q : nullptr,
+                          w ? w->norm_c : nullptr, w ? w->conv : nullptr};
+    for (int i = 0; i < 8; i++)
+        l->f.W[i] = (float *)dw[i];
+}
+
 extern "C" __attribute__((visibility("default"))) void eg_cuda_layer_free(eg_cuda_layer *l)
 {
     if (!l)
         return;
-    l->f.E = l->f.H = nullptr;
-    for (int i = 0; i < 8; i++)
-        l->f.W[i] = nullptr;
+    bind(l, nullptr, nullptr, nullptr);
     dfwd_free(&l->f);
     dbwd_free(&l->b);
     if (l->hb)
@@ -329,11 +348,7 @@ eg_cuda_layer_forward(eg_cuda_layer *l, const eg_layer_dims *dm, const eg_layer_
     cudaStream_t stream = (cudaStream_t)stream_;
     const lay L = lay_of(dm);
     const size_t n = L.BT * L.hc * L.d;
-    l->f.E = (float *)d_e;
-    l->f.H = (float *)d_h;
-    const float *dw[8] = {w->w_k, w->b_k, w->w_v, w->b_v, w->norm_k, w->norm_q, w->norm_c, w->conv};
-    for (int i = 0; i < 8; i++)
-        l->f.W[i] = (float *)dw[i];
+    bind(l, d_e, d_h, w);
     CB(cublasSetStream(l->hb, stream));
     if ((st = dforward_run(L, &l->f, l->hb, stream, err)))
         goto done;
@@ -342,9 +357,7 @@ eg_cuda_layer_forward(eg_cuda_layer *l, const eg_layer_dims *dm, const eg_layer_
         CU(cudaGetLastError());
     }
 done:
-    l->f.E = l->f.H = nullptr;
-    for (int i = 0; i < 8; i++)
-        l->f.W[i] = nullptr;
+    bind(l, nullptr, nullptr, nullptr);
     return st;
 }
 
@@ -501,7 +514,8 @@ eg_status dbackward_run(const lay &L, const dfwd *fp, dbwd *b, const float *dout
 {
     const dfwd &f = *fp;
     const size_t BT = L.BT, hc = L.hc, d = L.d, De = L.De, CH = hc * d;
-    const size_t wn[8] = {hc * d * De, hc * d, d * De, d, hc * d, hc * d, hc * d, hc * d * L.KW};
+    size_t wn[8];
+    weight_sizes(hc, d, De, L.KW, wn);
     eg_status st = EG_OK;
     if (!BT) {
         for (int i = 0; i < 8; i++)
@@ -559,11 +573,7 @@ eg_cuda_layer_backward(eg_cuda_layer *l, const eg_layer_dims *dm, const eg_layer
     const lay L = lay_of(dm);
     float *gw[8] = {g->dw_k, w->b_k ? g->db_k : nullptr, g->dw_v, w->b_v ? g->db_v : nullptr,
                     g->dnorm_k, g->dnorm_q, g->dnorm_c, g->dconv};
-    l->f.E = (float *)d_e;
-    l->f.H = (float *)d_h;
-    const float *dw[8] = {w->w_k, w->b_k, w->w_v, w->b_v, w->norm_k, w->norm_q, w->norm_c, w->conv};
-    for (int i = 0; i < 8; i++)
-        l->f.W[i] = (float *)dw[i];
+    bind(l, d_e, d_h, w);
     if (!l->b.dY) { /* the backward's arrays, at the first backward */
         cudaError_t me = dbwd_alloc(&l->b, lay_of(&l->dm));
         if (me != cudaSuccess) {
@@ -577,9 +587,7 @@ eg_cuda_layer_backward(eg_cuda_layer *l, const eg_layer_dims *dm, const eg_layer
         (st = dbackward_run(L, &l->f, &l->b, d_dout, g->de, g->dh, gw, l->hb, stream, err)))
         goto done;
 done:
-    l->f.E = l->f.H = nullptr;
-    for (int i = 0; i < 8; i++)
-        l->f.W[i] = nullptr;
+    bind(l, nullptr, nullptr, nullptr);
     return st;
 }
 
@@ -590,6 +598,7 @@ namespace {
 
 struct uploaded {
     float *E, *H, *O, *W[8], *G[8], *dE, *dH;
+    size_t wn[8]; /* the weights' sizes (weight_sizes) */
 };
 
 void uploaded_free(uploaded *u)
@@ -614,7 +623,8 @@ eg_status upload(const eg_layer_dims *dm, const eg_layer_weights *w, const float
     memset(u, 0, sizeof *u);
     const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d, De = dm->De, CH = hc * d;
     const float *hw[8] = {w->w_k, w->b_k, w->w_v, w->b_v, w->norm_k, w->norm_q, w->norm_c, w->conv};
-    const size_t wn[8] = {hc * d * De, hc * d, d * De, d, hc * d, hc * d, hc * d, hc * d * dm->kernel};
+    size_t *wn = u->wn;
+    weight_sizes(hc, d, De, dm->kernel, wn);
     eg_status st = EG_OK;
     cudaError_t me = cudaSuccess;
     u->E = dev<float>(BT * De, &me);
@@ -676,8 +686,7 @@ eg_status cu_backward(const eg_layer_dims *dm, const eg_layer_weights *w, const 
     eg_status st = check_layer(dm, w, err);
     if (st || (st = check_grads(w, g, err)))
         return st;
-    const size_t BT = dm->B * dm->T, hc = dm->hc, d = dm->d, De = dm->De, CH = hc * d;
-    const size_t wn[8] = {hc * d * De, hc * d, d * De, d, hc * d, hc * d, hc * d, hc * d * dm->kernel};
+    const size_t BT = dm->B * dm->T, De = dm->De, CH = (size_t)dm->hc * dm->d;
     float *hg[8] = {g->dw_k, g->db_k, g->dw_v, g->db_v, g->dnorm_k, g->dnorm_q, g->dnorm_c, g->dconv};
     uploaded u;
     eg_cuda_layer *l = nullptr;
@@ -694,7 +703,7 @@ eg_status cu_backward(const eg_layer_dims *dm, const eg_layer_weights *w, const 
     CU(cudaMemcpy(g->dh, u.dH, BT * CH * 4, cudaMemcpyDeviceToHost));
     for (int i = 0; i < 8; i++)
         if (hg[i] && u.G[i])
-            CU(cudaMemcpy(hg[i], u.G[i], wn[i] * 4, cudaMemcpyDeviceToHost));
+            CU(cudaMemcpy(hg[i], u.G[i], u.wn[i] * 4, cudaMemcpyDeviceToHost));
 done:
     eg_cuda_layer_free(l);
     uploaded_free(&u);
