@@ -4,6 +4,7 @@
 #   make asan       the test suite under AddressSanitizer + UBSan (build-asan/)
 #   make tsan       the threaded parts under ThreadSanitizer (build-tsan/, clang + libomp)
 #   make bench      benchmarks, numbers against a peer in the same script
+#   make bench-tier the row tier on a store larger than RAM (36 GiB of disk)
 #   make fuzz       libFuzzer targets (clang), short runs
 #   make format     clang-format the sources
 #   make clean
@@ -125,13 +126,13 @@ LDLIBS_ALL := $(LMDB_LIBS) $(JSON_LIBS) $(ZLIB_LIBS) $(ZSTD_LIBS) $(ONIG_LIBS) $
               $(LDLIBS) $(EXTRA_LDLIBS)
 
 # ---- sources ----------------------------------------------------------------
-LIB_SRC := $(wildcard base/*.c) $(wildcard tokenizer/*.c) $(wildcard tables/*.c) \
+LIB_SRC := $(wildcard base/*.c) $(wildcard store/*.c) $(wildcard tokenizer/*.c) $(wildcard tables/*.c) \
            $(wildcard runtime/*.c) $(wildcard prep/*.c)
 LIB_CXX := $(wildcard tokenizer/*.cc)
 CLI_SRC := $(wildcard cli/*.c)
 TEST_SRC := $(wildcard tests/*.c) $(wildcard tests/fuzz/*.c)
 BENCH_SRC := $(wildcard bench/*.c)
-HDRS := $(wildcard include/engram/*.h base/*.h cli/*.h tests/*.h tests/fuzz/*.h runtime/*.h tables/*.h \
+HDRS := $(wildcard include/engram/*.h base/*.h store/*.h cli/*.h tests/*.h tests/fuzz/*.h runtime/*.h tables/*.h \
           tokenizer/*.h)
 
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(LIB_CXX:%.cc=$(BUILD)/obj/%.o)
@@ -229,7 +230,7 @@ tsan:
 	  EXTRA_CFLAGS="-fsanitize=thread -fno-omit-frame-pointer -DEG_NO_CLONES" \
 	  EXTRA_LDLIBS="-fsanitize=thread" all build-tsan/engram-tests
 	$(Q)OMP_TOOL_LIBRARIES=$(ARCHER) TSAN_OPTIONS="halt_on_error=1 ignore_noninstrumented_modules=1 suppressions=tests/tsan.supp" ENGRAM_BIN=build-tsan/engram \
-	  ENGRAM_PY_TESTS=0 build-tsan/engram-tests count outfile prep rt_hash rt_gather rt_training layer_ store_build cli_count
+	  ENGRAM_PY_TESTS=0 build-tsan/engram-tests count outfile prep rt_hash rt_gather rt_training layer_ store_build cli_count tier_ rt_tier store_verify
 
 $(BUILD)/bench_%: $(BUILD)/obj/bench/bench_%.o $(LIB_A)
 	$(if $(Q),@echo "  LD    $@")
@@ -244,6 +245,14 @@ bench: all $(BENCH_BIN)
 	$(Q)test -s build/sample/kjv.model || scripts/demo.sh >/dev/null
 	$(Q)mkdir -p build/bench && ENGRAM_LIB=$(LIB_SO) $(PYTHON) scripts/bench_train.py --json build/bench/train.json
 	$(Q)mkdir -p build/bench && $(BUILD)/bench_runtime build/bench/demo-bf16.store
+
+# The row tier on a store larger than RAM (scripts/bench_tier.py; about 36 GiB
+# of disk and 20 minutes): build vs the disk's write rate, fio's random reads,
+# gather rows/s (tier, map, resident), decoding tokens/s with and without prefetch.
+.PHONY: bench-tier
+bench-tier: all
+	$(Q)test -s build/sample/kjv.bin || scripts/demo.sh >/dev/null
+	$(Q)mkdir -p build/bench && $(PYTHON) scripts/bench_tier.py --json build/bench/tier.json
 
 # On a machine with a GPU: bandwidths, hash, gather, resident vs host-resident.
 $(BUILD)/bench_gpu: bench/gpu/bench_gpu.cu $(CUDA_LIB) $(LIB_SO)
@@ -271,7 +280,7 @@ demo: all
 
 format:
 	clang-format -i $(wildcard include/engram/*.h base/*.[ch] tokenizer/*.[ch] tables/*.[ch] \
-	  runtime/*.[ch] prep/*.[ch] cli/*.[ch] tests/*.[ch] tests/fuzz/*.[ch] bench/*.c)
+	  runtime/*.[ch] store/*.[ch] prep/*.[ch] cli/*.[ch] tests/*.[ch] tests/fuzz/*.[ch] bench/*.c)
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz

@@ -5,6 +5,11 @@
     examples/generate.py build/train/model --prompt "In the beginning" --tokens 40
     examples/generate.py build/train/model --bench                  # lookup cost per token
 
+Tables larger than RAM: --cache-bytes N serves them from disk through the row
+tier (a hot-row cache of N bytes); each step's rows are prefetched at the start
+of the model's forward (the ids are known), --no-prefetch reads them when the
+layer asks.
+
 Each step feeds only the new token: attention reads its KV cache, and every
 Engram layer hashes the token with the runtime's decode history (the last N-1
 ids of each sequence, eg_rt_hash with a history: no re-hash of the prefix) and
@@ -30,14 +35,17 @@ sys.path.insert(0, HERE)
 from lm import LM, keep_freed_memory  # noqa: E402
 
 
-def load(path, threads=0):
+def load(path, threads=0, cache_bytes=None, prefetch=True):
     """A model saved by train_lm.py --save: PATH.json (shape), PATH.pt (dense weights),
-    PATH.store (the tables' checkpoint)."""
+    PATH.store (the tables' checkpoint). cache_bytes: serve the tables through the
+    row tier with a hot-row cache of that many bytes (None: the memory map);
+    prefetch: start each step's row reads with the forward (eg_rt_prefetch)."""
     with open(path + ".json") as f:
         meta = json.load(f)
     store = path + ".store" if meta["engram_layers"] else None
     model = LM(meta["vocab"], meta["d"], meta["n_layer"], meta["n_head"], meta["ffn"],
-               meta["max_len"], engram=store, engram_layers=meta["engram_layers"], threads=threads)
+               meta["max_len"], engram=store, engram_layers=meta["engram_layers"], threads=threads,
+               cache_bytes=cache_bytes, prefetch=prefetch)
     model.load_state_dict(torch.load(path + ".pt"))
     return model.eval(), meta
 
@@ -144,10 +152,14 @@ def main():
     ap.add_argument("--check", action="store_true", help="compare with the full forward")
     ap.add_argument("--bench", action="store_true", help="lookup cost per token at batch 1, 8, 64")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache-bytes", type=int, default=None,
+                    help="serve the tables from disk through the row tier with this hot-row cache")
+    ap.add_argument("--no-prefetch", action="store_true",
+                    help="read each step's rows when the layer needs them, not ahead")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model, meta = load(args.model, args.threads)
+    model, meta = load(args.model, args.threads, args.cache_bytes, not args.no_prefetch)
     if args.bench:
         rows = bench(model)
         if args.json:

@@ -35,7 +35,7 @@ def keep_freed_memory():
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-from engram.torch import EngramLayer  # noqa: E402
+from engram.torch import EngramLayer, prefetch_on_forward  # noqa: E402
 
 
 class Block(nn.Module):
@@ -76,7 +76,7 @@ class LM(nn.Module):
     EngramLayer before every block whose index is one of the store's layer_ids."""
 
     def __init__(self, vocab, d=128, n_layer=4, n_head=4, ffn=512, max_len=128, engram=None,
-                 engram_layers=(), threads=0):
+                 engram_layers=(), threads=0, cache_bytes=None, prefetch=True):
         super().__init__()
         self.vocab, self.max_len = vocab, max_len
         self.tok = nn.Embedding(vocab, d)
@@ -86,7 +86,10 @@ class LM(nn.Module):
         self.engram = nn.ModuleDict()
         for i in engram_layers:
             self.engram[str(i)] = EngramLayer(engram, layer_id=i, hidden=d, hc_mult=1,
-                                              threads=threads)
+                                              threads=threads, cache_bytes=cache_bytes)
+        # the rows of every Engram layer depend only on the ids: their reads start
+        # with the forward (eg_rt_prefetch) and overlap the blocks before each layer
+        self.prefetch = prefetch_on_forward(self) if self.engram and prefetch else None
         nn.init.normal_(self.tok.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
 

@@ -149,6 +149,9 @@ struct eg_runtime {
     uint32_t L, N, K, H, dim;
     int nt;
     overlay *ov; /* per layer */
+    int rows_mode;     /* EG_RT_ROWS_* */
+    eg_tier_opts topt; /* the tier's options (reopened with each generation) */
+    eg_tier *tier;     /* NULL: rows from the map */
 };
 
 static eg_status load_opt(void *ctx, uint32_t li, uint64_t row, uint32_t step, const float *vals)
@@ -172,6 +175,12 @@ static eg_status rt_attach(eg_runtime *rt, const char *path, const eg_runtime_op
     }
     rt->store = s;
     rt->spec = eg_store_spec(s);
+    if (o && o->rows == EG_RT_ROWS_TIER && (st = eg_tier_open(s, &o->tier, &rt->tier, err))) {
+        rt->store = NULL;
+        rt->spec = NULL;
+        eg_store_close(s);
+        return st;
+    }
     return EG_OK;
 }
 
@@ -185,6 +194,17 @@ eg_status eg_runtime_open(const char *store, const eg_runtime_opts *opts, eg_run
     if (!rt || !(rt->path = strdup(store))) {
         free(rt);
         return eg_fail(err, EG_ENOMEM, "out of memory");
+    }
+    if (opts && opts->rows != EG_RT_ROWS_MAP && opts->rows != EG_RT_ROWS_TIER) {
+        free(rt->path);
+        free(rt);
+        return eg_fail(err, EG_EINVAL, "eg_runtime_open: rows %d is neither EG_RT_ROWS_MAP nor "
+                                       "EG_RT_ROWS_TIER",
+                       opts->rows);
+    }
+    if (opts) {
+        rt->rows_mode = opts->rows;
+        rt->topt = opts->tier;
     }
     eg_status st = rt_attach(rt, store, opts, err);
     if (st) {
@@ -222,6 +242,7 @@ void eg_runtime_close(eg_runtime *rt)
     for (uint32_t li = 0; rt->ov && li < rt->L; li++)
         ov_free(&rt->ov[li], rt->dim);
     free(rt->ov);
+    eg_tier_close(rt->tier);
     eg_store_close(rt->store);
     free(rt->path);
     free(rt);
@@ -415,6 +436,133 @@ static eg_status row_value(eg_runtime *rt, uint32_t li, uint64_t row, float *out
     return eg_store_read_rows(rt->store, li, row, 1, out, rt->dim, err);
 }
 
+/* Rows of layer li in the stored encoding, from the tier or the map. */
+static eg_status read_encoded_rows(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
+                                   void *dst, size_t cap, eg_err *err)
+{
+    if (rt->tier)
+        return eg_tier_gather(rt->tier, li, rows, n, dst, cap, err);
+    return eg_store_gather_encoded(rt->store, li, rows, n, dst, cap, threads(rt), err);
+}
+
+/* eg_rt_gather with the row tier: the untrained positions' stored rows in one
+ * tier gather (sorted, deduplicated reads), then each position copied or
+ * decoded exactly as the map's paths do it. */
+static eg_status gather_tier(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
+                             eg_dtype out_dtype, void *out, eg_err *err)
+{
+    const size_t dim = rt->dim, es = out_dtype == EG_F32 ? 4 : 2;
+    const eg_store_info *in = eg_store_get_info(rt->store);
+    const size_t rb = in->row_bytes;
+    const uint64_t lr = eg_spec_layer_rows(rt->spec, li);
+    const overlay *o = &rt->ov[li];
+    uint64_t *mr = malloc((n ? n : 1) * sizeof *mr);
+    size_t *mp = malloc((n ? n : 1) * sizeof *mp), m = 0;
+    if (!mr || !mp) {
+        free(mr);
+        free(mp);
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (rows[i] >= lr) {
+            free(mr);
+            free(mp);
+            return eg_fail(err, EG_ERANGE, "eg_rt_gather: row %llu at %zu >= layer %u's %llu rows",
+                           (unsigned long long)rows[i], i, li, (unsigned long long)lr);
+        }
+        const long s = o->n ? ov_find(o, rows[i]) : -1;
+        if (s >= 0) {
+            eg_row_encode(out_dtype, (uint32_t)dim, ov_vals(o, (size_t)s, dim),
+                          (unsigned char *)out + i * dim * es);
+            continue;
+        }
+        mr[m] = rows[i];
+        mp[m++] = i;
+    }
+    unsigned char *enc = malloc((m ? m : 1) * rb);
+    eg_status st = enc ? eg_tier_gather(rt->tier, li, mr, m, enc, m * rb, err)
+                       : eg_fail(err, EG_ENOMEM, "out of memory");
+    int oom = 0;
+    if (!st) {
+        const long long M = (long long)m;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads(rt)) if (m > 1024) reduction(| : oom)
+#endif
+        {
+            float *v = in->dtype != out_dtype && out_dtype != EG_F32 ? malloc(dim * sizeof *v) : NULL;
+            if (in->dtype != out_dtype && out_dtype != EG_F32 && !v)
+                oom = 1;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (long long k = 0; k < M; k++) {
+                unsigned char *orow = (unsigned char *)out + mp[k] * dim * es;
+                const unsigned char *e = enc + (size_t)k * rb;
+                if (in->dtype == out_dtype)
+                    memcpy(orow, e, dim * es);
+                else if (out_dtype == EG_F32)
+                    eg_row_decode(in->dtype, (uint32_t)dim, e, (float *)(void *)orow);
+                else if (v) {
+                    eg_row_decode(in->dtype, (uint32_t)dim, e, v);
+                    eg_row_encode(EG_BF16, (uint32_t)dim, v, orow);
+                }
+            }
+            free(v);
+        }
+    }
+    free(enc);
+    free(mr);
+    free(mp);
+    if (!st && oom)
+        st = eg_fail(err, EG_ENOMEM, "out of memory");
+    return st;
+}
+
+eg_status eg_rt_prefetch(eg_runtime *rt, const uint32_t *ids, size_t B, size_t T,
+                         const uint8_t *barrier, const eg_rt_history *hist, eg_err *err)
+{
+    if (!rt || (!ids && B && T))
+        return eg_fail(err, EG_EINVAL, "eg_rt_prefetch: NULL argument");
+    eg_tier_stats ts;
+    eg_tier_get_stats(rt->tier, &ts);
+    if (!rt->tier || !ts.cache_slots || !B || !T)
+        return EG_OK;
+    const size_t H = rt->H;
+    if (B > SIZE_MAX / T / H / rt->L)
+        return eg_fail(err, EG_ERANGE, "eg_rt_prefetch: B*T*H overflows");
+    const size_t nt = B * T * H;
+    uint64_t *rows = malloc(nt * sizeof *rows), *keys = malloc(nt * rt->L * sizeof *keys);
+    eg_rt_history *hc = hist ? malloc(B * sizeof *hc) : NULL;
+    eg_status st = EG_OK;
+    if (!rows || !keys || (hist && !hc)) {
+        st = eg_fail(err, EG_ENOMEM, "out of memory");
+        goto out;
+    }
+    size_t k = 0;
+    for (uint32_t li = 0; li < rt->L && !st; li++) {
+        if (hc)
+            memcpy(hc, hist, B * sizeof *hc);
+        if ((st = eg_rt_hash(rt, li, ids, B, T, barrier, hc, rows, nt, err)))
+            break;
+        const overlay *o = &rt->ov[li];
+        for (size_t i = 0; i < nt; i++)
+            if (!o->n || ov_find(o, rows[i]) < 0) /* trained rows are in memory */
+                keys[k++] = EG_TIER_KEY(li, rows[i]);
+    }
+    if (!st)
+        st = eg_tier_prefetch(rt->tier, keys, k, err);
+out:
+    free(rows);
+    free(keys);
+    free(hc);
+    return st;
+}
+
+void eg_rt_tier_stats(const eg_runtime *rt, eg_tier_stats *st)
+{
+    eg_tier_get_stats(rt ? rt->tier : NULL, st);
+}
+
 #define GATHER_BLOCK 32
 
 eg_status eg_rt_gather(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
@@ -432,6 +580,8 @@ eg_status eg_rt_gather(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t
                        n * dim * es, cap);
     const uint64_t lr = eg_spec_layer_rows(rt->spec, li);
     const eg_store_info *in = eg_store_get_info(rt->store);
+    if (rt->tier)
+        return gather_tier(rt, li, rows, n, out_dtype, out, err);
     if (in->dtype == out_dtype && !rt->ov[li].n) {
         return eg_store_gather_encoded(rt->store, li, rows, n, out, cap, rt->nt, err);
     }
@@ -664,8 +814,7 @@ eg_status eg_rt_adam_step(eg_runtime *rt, uint32_t li, const uint64_t *uniq, con
     for (size_t j = 0; j < nm; j++)
         mrows[j] = uniq[miss[j]];
     eg_err first = {0};
-    int bad = eg_store_gather_encoded(rt->store, li, mrows, nm, enc, nm * in->row_bytes,
-                                      threads(rt), &first) != EG_OK;
+    int bad = read_encoded_rows(rt, li, mrows, nm, enc, nm * in->row_bytes, &first) != EG_OK;
     if (!bad && enc != (unsigned char *)v0) {
         const long long NM = (long long)nm;
 #ifdef _OPENMP
@@ -889,6 +1038,13 @@ eg_status eg_rt_checkpoint(eg_runtime *rt, const char *path, eg_err *err)
     eg_store *ns = NULL;
     if ((st = eg_store_open(dst, 0, &ns, err)))
         goto done;
+    eg_tier *nt = NULL;
+    if (rt->rows_mode == EG_RT_ROWS_TIER && (st = eg_tier_open(ns, &rt->topt, &nt, err))) {
+        eg_store_close(ns);
+        goto done;
+    }
+    eg_tier_close(rt->tier);
+    rt->tier = nt;
     eg_store_close(rt->store);
     rt->store = ns;
     rt->spec = eg_store_spec(ns);

@@ -14,7 +14,7 @@ SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
 FLAGS="-O1 -g -D_GNU_SOURCE -DEG_NO_CLONES -Wno-pass-failed -Iinclude -Ibase -Itests $(pkg-config --cflags icu-uc)"
 LIBS="-llmdb $(pkg-config --libs jansson icu-uc icu-i18n libzstd zlib oniguruma libcrypto 2>/dev/null || echo -ljansson -licuuc -licudata -licui18n -lzstd -lz -lonig -lcrypto) -lsentencepiece -fopenmp -lm"
 objs=()
-for src in base/*.c tokenizer/*.c runtime/*.c prep/*.c tables/*.c; do
+for src in base/*.c store/*.c tokenizer/*.c runtime/*.c prep/*.c tables/*.c; do
   o="$OUT/obj/$(echo "$src" | tr / _).o"
   [ "$o" -nt "$src" ] || $CLANG -std=c11 -fopenmp $SAN $FLAGS -c "$src" -o "$o"
   objs+=("$o")

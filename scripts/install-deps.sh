@@ -9,6 +9,7 @@ PKGS=(
   libicu-dev                   # Unicode normalization for the projection
   libsentencepiece-dev         # SentencePiece .model files
   liblmdb-dev                  # the table store
+  fio                          # the disk's own random-read rate beside the row tier's (make bench)
   zlib1g-dev libzstd-dev       # compressed corpora, block checksums
   libonig-dev                  # HF pre-tokenizer regexes
   libssl-dev                   # SHA-256 fingerprints (libcrypto)

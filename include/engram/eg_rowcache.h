@@ -85,6 +85,14 @@ eg_status eg_rowcache_mark_dirty(eg_rowcache *c, const uint64_t *slots, size_t n
  * until it returns less than cap. */
 size_t eg_rowcache_take_dirty(eg_rowcache *c, uint64_t *rows, uint64_t *slots, size_t cap);
 
+/* The slot holding `row`, or EG_ROWCACHE_DIRECT when no slot does; changes
+ * nothing (no use is recorded). */
+uint64_t eg_rowcache_lookup(const eg_rowcache *c, uint64_t row);
+
+/* Empty a slot (its row is forgotten, not written back; e.g. its load
+ * failed). Out of range: ignored. */
+void eg_rowcache_drop(eg_rowcache *c, uint64_t slot);
+
 /* The row held by a slot (EG_ROWCACHE_DIRECT when empty or out of range). */
 uint64_t eg_rowcache_slot_row(const eg_rowcache *c, uint64_t slot);
 

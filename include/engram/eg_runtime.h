@@ -22,6 +22,7 @@
 #include "eg_dtype.h"
 #include "eg_spec.h"
 #include "eg_store.h"
+#include "eg_tier.h"
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -32,7 +33,16 @@ typedef struct eg_runtime_opts {
     const char *expect_tokenizer_sha256; /* refuse a store of another tokenizer (NULL: any) */
     const eg_spec *expect_spec;          /* refuse a store of another config (NULL: any) */
     int n_threads;                       /* 0: OpenMP's default */
+    /* Where rows are read from: EG_RT_ROWS_MAP (0), LMDB's memory map (rows
+     * fault in page by page; the whole store should fit in memory), or
+     * EG_RT_ROWS_TIER, the row tier (eg_tier.h): parallel direct reads into
+     * a hot-row cache of tier.cache_bytes, with eg_rt_prefetch. */
+    int rows;
+    eg_tier_opts tier;
 } eg_runtime_opts;
+
+#define EG_RT_ROWS_MAP 0
+#define EG_RT_ROWS_TIER 1
 
 /* Open `store` read-only for lookups and training steps (updated rows live
  * in memory until eg_rt_checkpoint). opts may be NULL. EG_EMISMATCH when
@@ -80,6 +90,20 @@ eg_status eg_rt_hash(eg_runtime *rt, uint32_t li, const uint32_t *ids, size_t B,
  * capacity in bytes. EG_ERANGE for a row outside the layer. */
 eg_status eg_rt_gather(eg_runtime *rt, uint32_t li, const uint64_t *rows, size_t n,
                        eg_dtype out_dtype, void *out, size_t cap, eg_err *err);
+
+/* Start the reads of one step's rows, for every layer, and return at once:
+ * the B x T raw ids are hashed as eg_rt_hash would hash them (hist and
+ * barrier as there; hist is only read, not advanced) and the rows not cached
+ * and not trained are read by the row tier's threads while the caller
+ * computes. The step's eg_rt_gather calls then wait only for rows whose
+ * reads have not completed. Prefetching changes no value a gather returns.
+ * With rows in the map (EG_RT_ROWS_MAP) or a tier without a cache, there is
+ * nothing to hold the rows and it does nothing. */
+eg_status eg_rt_prefetch(eg_runtime *rt, const uint32_t *ids, size_t B, size_t T,
+                         const uint8_t *barrier, const eg_rt_history *hist, eg_err *err);
+
+/* The row tier's counters (zeros when rows come from the map). */
+void eg_rt_tier_stats(const eg_runtime *rt, eg_tier_stats *st);
 
 /* ---- the layer (CONTRACT section 5) ------------------------------------------- */
 

@@ -60,6 +60,23 @@ class _Adam(ctypes.Structure):
                 ("eps", ctypes.c_float), ("lr_mult", ctypes.c_float)]
 
 
+class _TierOpts(ctypes.Structure):  # eg_tier_opts
+    _fields_ = [("cache_bytes", ctypes.c_uint64), ("n_readers", ctypes.c_int),
+                ("buffered", ctypes.c_int), ("read_fn", ctypes.c_void_p),
+                ("read_ctx", ctypes.c_void_p)]
+
+
+class _RuntimeOpts(ctypes.Structure):  # eg_runtime_opts
+    _fields_ = [("tok", ctypes.c_char_p), ("spec", ctypes.c_void_p), ("nt", ctypes.c_int),
+                ("rows", ctypes.c_int), ("tier", _TierOpts)]
+
+
+class _TierStats(ctypes.Structure):  # eg_tier_stats
+    _fields_ = [(n, ctypes.c_uint64) for n in ("lookups", "hits", "waited", "rows_read", "reads",
+                                              "bytes_read", "cache_slots", "cache_bytes")] + \
+               [("direct", ctypes.c_int)]
+
+
 class _History(ctypes.Structure):
     _fields_ = [("ids", ctypes.c_uint32 * 16)]
 
@@ -109,6 +126,8 @@ def library():
         "eg_rt_reduce_rows": ([vp, vp, vp, sz, vp, vp, ctypes.POINTER(sz), E], i32),
         "eg_rt_adam_step": ([vp, u32, vp, vp, sz, ctypes.POINTER(_Adam), E], i32),
         "eg_rt_checkpoint": ([vp, ctypes.c_char_p, E], i32),
+        "eg_rt_prefetch": ([vp, vp, sz, sz, vp, vp, E], i32),
+        "eg_rt_tier_stats": ([vp, ctypes.POINTER(_TierStats)], None),
         "eg_rt_trained_rows": ([vp], sz),
         "eg_layer_forward": ([ctypes.POINTER(_Dims), ctypes.POINTER(_Weights), vp, vp, vp, i32, E], i32),
         "eg_layer_backward": ([ctypes.POINTER(_Dims), ctypes.POINTER(_Weights), vp, vp, vp,
@@ -170,15 +189,18 @@ def _fptr(a):
 class Runtime:
     """A store opened for lookups and training (eg_runtime_open)."""
 
-    def __init__(self, path, tokenizer_sha256=None, threads=0):
+    def __init__(self, path, tokenizer_sha256=None, threads=0, cache_bytes=None, readers=0,
+                 buffered=False):
+        """cache_bytes: None reads rows through the store's memory map (the
+        store should fit in RAM); a number (0 included) reads them with the
+        row tier (eg_tier.h) into a hot-row cache of that many bytes, with
+        `readers` reader threads (0: 16), O_DIRECT unless `buffered`."""
         L = library()
         self._rt = ctypes.c_void_p()
         err = _Err()
-
-        class _Opts(ctypes.Structure):
-            _fields_ = [("tok", ctypes.c_char_p), ("spec", ctypes.c_void_p), ("nt", ctypes.c_int)]
-
-        self._opts = _Opts(tokenizer_sha256.encode() if tokenizer_sha256 else None, None, threads)
+        tier = _TierOpts(int(cache_bytes or 0), int(readers), int(bool(buffered)), None, None)
+        self._opts = _RuntimeOpts(tokenizer_sha256.encode() if tokenizer_sha256 else None, None,
+                                  threads, 0 if cache_bytes is None else 1, tier)
         _check(L.eg_runtime_open(os.fsencode(path), ctypes.byref(self._opts),
                                  ctypes.byref(self._rt), ctypes.byref(err)), err)
         self._spec = L.eg_runtime_spec(self._rt)
@@ -246,6 +268,25 @@ class Runtime:
         _check(library().eg_rt_hash(self._rt, li, _ptr(a), B, T, _ptr(bar) if bar is not None else None,
                                     history, _ptr(out), out.size, ctypes.byref(err)), err)
         return _like(ids, out.astype(np.int64) if _is_torch(ids) else out)
+
+    def prefetch(self, ids, history=None, barrier=None):
+        """Start reading the rows of every layer for [B, T] raw ids and return at
+        once (eg_rt_prefetch; `history` is read, not advanced). Nothing to do when
+        rows come from the map."""
+        a = _np(ids, np.uint32)
+        if a.ndim == 1:
+            a = a[None, :]
+        B, T = a.shape
+        bar = _np(barrier, np.uint8) if barrier is not None else None
+        err = _Err()
+        _check(library().eg_rt_prefetch(self._rt, _ptr(a), B, T, _ptr(bar) if bar is not None else None,
+                                        history, ctypes.byref(err)), err)
+
+    def tier_stats(self):
+        """The row tier's counters as a dict (zeros when rows come from the map)."""
+        st = _TierStats()
+        library().eg_rt_tier_stats(self._rt, ctypes.byref(st))
+        return {n: getattr(st, n) for n, _ in _TierStats._fields_}
 
     def gather(self, li, rows, dtype="f32"):
         """rows (any shape) -> [..., dim] float32 (or bfloat16 bits as uint16 with dtype='bf16')."""

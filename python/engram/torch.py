@@ -42,27 +42,85 @@ from . import (EngramError, Runtime, _Adam, _Dims, _Err, _Grads, _Weights, _chec
                library)
 
 __all__ = ["EngramLayer", "TableAdam", "DecodeState", "open_store", "layer_function",
-           "close_stores"]
+           "close_stores", "prefetch", "prefetch_on_forward"]
 
 _WN = ["w_k", "b_k", "w_v", "b_v", "norm_k", "norm_q", "norm_c", "conv"]
 _stores = {}
 _device_layers = {}  # id(runtime) -> engram.cuda.DeviceLayer of its layers (synced at checkpoints)
 
 
-def open_store(path, tokenizer_sha256=None, threads=0):
+def open_store(path, tokenizer_sha256=None, threads=0, cache_bytes=None):
     """The Runtime of `path`, shared by every layer of this process that reads it.
 
     Two runtimes of one file would each checkpoint only their own trained
-    rows over the other's; sharing one makes a checkpoint carry all layers."""
+    rows over the other's; sharing one makes a checkpoint carry all layers.
+    cache_bytes: None reads rows through the store's memory map; a number
+    serves a store larger than RAM from disk through the row tier with a
+    hot-row cache of that many bytes (the first opener's choice holds)."""
     key = os.path.realpath(path)
     rt = _stores.get(key)
     if rt is None or not rt._rt:
-        rt = Runtime(path, tokenizer_sha256=tokenizer_sha256, threads=threads)
+        rt = Runtime(path, tokenizer_sha256=tokenizer_sha256, threads=threads,
+                     cache_bytes=cache_bytes)
         rt.path = path
         _stores[key] = rt
     elif tokenizer_sha256:
         rt.expect(tokenizer_sha256)  # the open checked the first caller's fingerprint
     return rt
+
+
+def _engram_layers(model):
+    if isinstance(model, EngramLayer):
+        return [model]
+    if isinstance(model, nn.Module):
+        return [m for m in model.modules() if isinstance(m, EngramLayer)]
+    return [m for m in model if isinstance(m, EngramLayer)]
+
+
+def prefetch(model, input_ids, states=None):
+    """Start reading the rows that every EngramLayer of `model` (a module, or a
+    list of layers) will gather for input_ids [B, T], and return at once: one
+    eg_rt_prefetch per store, all its layers at once (the rows depend only on
+    the ids). states: the decode states of a decoding step (a DecodeState, or
+    a dict or list of them; their histories continue the sequences); None for
+    whole sequences. A no-op for stores read through the map."""
+    layers = _engram_layers(model)
+    if not layers:
+        return
+    if isinstance(states, DecodeState):
+        states = [states]
+    elif isinstance(states, dict):
+        states = list(states.values())
+    hist = {}
+    for st in states or []:
+        if isinstance(st, DecodeState):
+            hist.setdefault(id(st.layer.rt), st.hist)
+    ids = input_ids.detach().cpu().numpy() if isinstance(input_ids, torch.Tensor) else \
+        np.asarray(input_ids)
+    if ids.ndim != 2 or (ids.size and (ids.min() < 0 or ids.max() > 0xFFFFFFFF)):
+        return  # the layers' own lookups report bad ids, with their positions
+    ids = ids.astype(np.uint32)
+    done = set()
+    for layer in layers:
+        rt = layer.rt
+        if id(rt) in done or not rt._rt:
+            continue
+        done.add(id(rt))
+        if states and id(rt) not in hist:
+            continue  # decoding without this store's history: the gather reads
+        rt.prefetch(ids, history=hist.get(id(rt)))
+
+
+def prefetch_on_forward(model, ids_arg=0, states_arg=1):
+    """Issue prefetch() at the start of every forward of `model`: the ids are
+    its positional argument `ids_arg`, the decode states (a dict or list of
+    DecodeState, or None) argument `states_arg` when given. Returns the hook's
+    handle (handle.remove() undoes it)."""
+    def hook(module, args):
+        if len(args) > ids_arg:
+            st = args[states_arg] if states_arg is not None and len(args) > states_arg else None
+            prefetch(module, args[ids_arg], st if isinstance(st, (dict, list, DecodeState)) else None)
+    return model.register_forward_pre_hook(hook)
 
 
 def close_stores():
@@ -228,14 +286,18 @@ class EngramLayer(nn.Module):
     hidden states are CUDA tensors: "host" (the runtime gathers them on the
     host; trains there), "device" (the table on the GPU; trains there, synced
     into the runtime at checkpoints) or "cached" (a device cache of
-    cache_rows hot rows; serves only) -- see engram.cuda."""
+    cache_rows hot rows; serves only) -- see engram.cuda. cache_bytes: None
+    reads the store's rows through its memory map; a number serves a store
+    larger than RAM through the row tier (eg_tier.h) with a hot-row cache of
+    that many bytes; prefetch() / prefetch_on_forward() start a step's reads
+    ahead of the layers."""
 
     def __init__(self, store, layer_id, hidden, hc_mult=1, kernel=None, bias=True,
                  tokenizer_sha256=None, config=None, threads=0, eps_kq=0.0, eps_conv=1e-5,
-                 tables="host", cache_rows=None):
+                 tables="host", cache_rows=None, cache_bytes=None):
         super().__init__()
         self.rt = store if isinstance(store, Runtime) else open_store(
-            store, tokenizer_sha256=tokenizer_sha256, threads=threads)
+            store, tokenizer_sha256=tokenizer_sha256, threads=threads, cache_bytes=cache_bytes)
         L = library()
         store_cfg = self.rt.config()
         if config is not None:

@@ -301,6 +301,51 @@ def test_lm_decode_logits_equal_the_full_forward():
     close_stores()
 
 
+def test_tier_serves_the_maps_rows_and_decodes_with_prefetch():
+    """A store served by the row tier (cache_bytes, prefetch at the model's
+    forward) gives the map's rows, the same training step, and the same
+    decoded logits, bit for bit; the prefetch reads ahead (the gathers wait
+    for, or hit, rows it started)."""
+    from lm import LM
+    store, _ = make_store("tier.store", layer_ids=(1, 3), dtype="fp8_e4m3", dim_total=64)
+    a, b = engram.Runtime(store), engram.Runtime(store, cache_bytes=1 << 16, readers=3)
+    ids = np.random.default_rng(4).integers(0, V, size=(3, 50)).astype(np.uint32)
+    b.prefetch(ids)
+    for li in range(2):
+        rows = a.hash(li, ids)
+        assert np.array_equal(a.gather(li, rows), b.gather(li, rows))
+        assert np.array_equal(a.gather(li, rows, "bf16"), b.gather(li, rows, "bf16"))
+    st = b.tier_stats()
+    assert st["lookups"] == 2 * 2 * ids.size * b.n_heads and st["rows_read"] > 0, st
+    assert st["hits"] + st["waited"] > 0, st
+    assert a.tier_stats()["lookups"] == 0
+    a.close()
+    b.close()
+    torch.manual_seed(1)
+    m_map = LM(V, d=32, n_layer=4, n_head=4, ffn=64, max_len=64, engram=store,
+               engram_layers=(1, 3)).eval()
+    torch.manual_seed(1)
+    rt = engram.Runtime(store, cache_bytes=1 << 15)  # a second runtime of the file, on the tier
+    m_tier = LM(V, d=32, n_layer=4, n_head=4, ffn=64, max_len=64, engram=rt,
+                engram_layers=(1, 3)).eval()
+    B, T = 4, 24
+    x = torch.randint(0, V, (B, T))
+    outs = []
+    for model in (m_map, m_tier):
+        with torch.no_grad():
+            states = {k: layer.decode_state(B) for k, layer in model.engram.items()}
+            caches = [dict() for _ in model.blocks]
+            steps = [model(x[:, :6], states, caches, 0)]
+            for t in range(6, T):
+                steps.append(model(x[:, t:t + 1], states, caches, t))
+        outs.append(torch.cat(steps, 1))
+    assert torch.equal(outs[0], outs[1]), (outs[0] - outs[1]).abs().max().item()
+    st = rt.tier_stats()
+    assert st["lookups"] > 0 and st["rows_read"] > 0 and st["waited"] + st["hits"] > 0, st
+    rt.close()
+    close_stores()
+
+
 # ---- bad input ----------------------------------------------------------------------
 
 def expect(exc, fn, *words):

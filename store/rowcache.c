@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../base/eg_internal.h"
+#include "eg_internal.h"
 #include "engram/eg_rowcache.h"
 
 #define EMPTY UINT64_MAX
@@ -172,4 +172,24 @@ size_t eg_rowcache_take_dirty(eg_rowcache *c, uint64_t *rows, uint64_t *slots, s
             c->dirty[s] = 0;
         }
     return k;
+}
+
+uint64_t eg_rowcache_lookup(const eg_rowcache *c, uint64_t row)
+{
+    if (!c || row == EMPTY)
+        return EG_ROWCACHE_DIRECT;
+    const uint64_t s0 = set_of(c, row) * c->ways;
+    for (uint32_t w = 0; w < c->ways; w++)
+        if (c->tag[s0 + w] == row)
+            return s0 + w;
+    return EG_ROWCACHE_DIRECT;
+}
+
+void eg_rowcache_drop(eg_rowcache *c, uint64_t slot)
+{
+    if (c && slot < c->n_slots) {
+        c->tag[slot] = EMPTY;
+        c->dirty[slot] = 0;
+        c->used[slot] = 0;
+    }
 }
