@@ -148,6 +148,58 @@ EG_VEC static void encode_bf16(uint32_t dim, const float *restrict src, uint16_t
     }
 }
 
+/* e4m3 of f without branches, bit for bit eg_f32_to_e4m3 (every case computed,
+ * one selected; the subnormal step rounds with 2^23 added, which is
+ * nearbyintf's round-to-nearest-even for values below 2^23). */
+static inline uint32_t e4m3_select(float f)
+{
+    uint32_t u, ab, sb;
+    memcpy(&u, &f, 4);
+    const uint32_t a = u & 0x7fffffffu, sign = (u >> 24) & 0x80;
+    const uint32_t r = a + 0x7ffffu + ((a >> 20) & 1);
+    uint32_t code = ((r >> 23) - 120) << 3 | ((r >> 20) & 7);
+    code = code > 0x7e ? 0x7e : code;
+    float af;
+    ab = a;
+    memcpy(&af, &ab, 4);
+    const float m = af * 0x1p9f + 0x1p23f;
+    memcpy(&sb, &m, 4);
+    const uint32_t sub = sb - 0x4b000000u;
+    const uint32_t v = a > 0x7f800000u ? 0x7f : a >= 0x43e00000u ? 0x7e : a < 0x3c800000u ? sub : code;
+    return sign | v;
+}
+
+/* One row of fp8 e4m3 with a ue8m0 scale per group of 32: each value times
+ * 2^(127 - scale), a power of two that binary32 holds exactly (2^-127 as a
+ * subnormal), which rounds exactly as ldexpf does (both are the correctly
+ * rounded product), then e4m3_select; vectorized across the group. */
+EG_VEC static void encode_fp8(uint32_t dim, const float *restrict src, unsigned char *restrict d)
+{
+    for (uint32_t g = 0; g < dim / EG_FP8_GROUP; g++) {
+        const float *v = src + (size_t)g * EG_FP8_GROUP;
+        /* the largest |v| as the largest of the magnitudes' bits (the order of
+         * non-negative floats), above infinity's when a value is NaN: the
+         * scale of a NaN amax, whatever its payload */
+        uint32_t mb = 0;
+        for (int i = 0; i < EG_FP8_GROUP; i++) {
+            uint32_t u;
+            memcpy(&u, &v[i], 4);
+            u &= 0x7fffffffu;
+            mb = u > mb ? u : mb;
+        }
+        float amax;
+        memcpy(&amax, &mb, 4);
+        const uint8_t sc = eg_ue8m0_scale(amax);
+        d[dim + g] = sc;
+        const uint32_t pb = sc < 254 ? (uint32_t)(254 - sc) << 23 : 0x00400000u;
+        float p;
+        memcpy(&p, &pb, 4);
+        unsigned char *o = d + (size_t)g * EG_FP8_GROUP;
+        for (int i = 0; i < EG_FP8_GROUP; i++)
+            o[i] = (unsigned char)e4m3_select(v[i] * p);
+    }
+}
+
 void eg_row_encode(eg_dtype t, uint32_t dim, const float *src, void *dst)
 {
     unsigned char *d = dst;
@@ -169,18 +221,7 @@ void eg_row_encode(eg_dtype t, uint32_t dim, const float *src, void *dst)
             memcpy(d + 2 * i, &h, 2);
         }
         return;
-    case EG_FP8_E4M3:
-        for (uint32_t g = 0; g < dim / EG_FP8_GROUP; g++) {
-            const float *v = src + (size_t)g * EG_FP8_GROUP;
-            float amax = 0;
-            for (int i = 0; i < EG_FP8_GROUP; i++)
-                amax = fabsf(v[i]) > amax || v[i] != v[i] ? fabsf(v[i]) : amax;
-            const uint8_t sc = eg_ue8m0_scale(amax);
-            d[dim + g] = sc;
-            for (int i = 0; i < EG_FP8_GROUP; i++)
-                d[(size_t)g * EG_FP8_GROUP + i] = eg_f32_to_e4m3(ldexpf(v[i], 127 - (int)sc));
-        }
-        return;
+    case EG_FP8_E4M3: encode_fp8(dim, src, d); return;
     }
 }
 

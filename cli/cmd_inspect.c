@@ -20,7 +20,9 @@ static const char inspect_usage[] =
     "order and head: the rows the counted n-grams hit (occupancy), the bucket load\n"
     "distribution, the fraction of distinct n-grams and of token mass that share a\n"
     "bucket in that head and in all K heads of their order, and the worst buckets with\n"
-    "their n-grams decoded through the store's keys. --plot DIR draws occupancy.png,\n"
+    "their n-grams decoded through the store's keys; and for the row tier's hot-row\n"
+    "cache, the bytes holding the hottest rows that serve 50..100% of the corpus's\n"
+    "lookups (the value for cache_bytes). --plot DIR draws occupancy.png,\n"
     "load.png and zipf.png (and .svg) with gnuplot.\n"
     "\n"
     "      --counts COUNTS   n-gram counts over the same projection (V' must match)\n"
@@ -390,6 +392,33 @@ int cmd_inspect(int argc, char **argv)
         json_array_append_new(layers, jl);
     }
     json_object_set_new(root, "layers", layers);
+    if (cn) { /* the row tier's hot-row cache: bytes that serve a share of the lookups */
+        eg_cache_coverage cc = {.n_shares = 6, .share = {0.5, 0.8, 0.9, 0.95, 0.99, 1.0}};
+        if (eg_plan_cache_coverage(cn, sp, info->row_bytes, 26, &cc, &err)) {
+            rc = cli_error("%s: %s", counts, err.msg);
+            json_decref(root);
+            goto done;
+        }
+        json_t *jc = json_pack("{s:I, s:I, s:o}", "lookups", (json_int_t)cc.lookups, "rows_hit",
+                               (json_int_t)cc.rows_hit, "shares", json_array());
+        if (!json)
+            printf("\nrow cache (engram.Runtime(cache_bytes=...), eg_tier_opts.cache_bytes): the "
+                   "hottest rows serving a share of the counted corpus's %llu lookups (%llu rows "
+                   "hit)\n    share        rows    row bytes  cache_bytes\n",
+                   (unsigned long long)cc.lookups, (unsigned long long)cc.rows_hit);
+        for (size_t k = 0; k < cc.n_shares; k++) {
+            json_array_append_new(json_object_get(jc, "shares"),
+                                  json_pack("{s:f, s:I, s:I, s:I}", "share", cc.share[k], "rows",
+                                            (json_int_t)cc.rows[k], "bytes",
+                                            (json_int_t)cc.bytes[k], "cache_bytes",
+                                            (json_int_t)cc.cache_bytes[k]));
+            if (!json)
+                printf("    %4.0f%% %12llu %9.1f MiB %8.1f MiB\n", 100 * cc.share[k],
+                       (unsigned long long)cc.rows[k], (double)cc.bytes[k] / 1048576.0,
+                       (double)cc.cache_bytes[k] / 1048576.0);
+        }
+        json_object_set_new(root, "row_cache", jc);
+    }
     if (json) {
         json_dumpf(root, stdout, JSON_INDENT(2));
         fputc('\n', stdout);

@@ -266,6 +266,39 @@ TEST(dtype_e4m3_against_brute_force)
     CHECK_EQ(eg_f32_to_e4m3(NAN) & 0x7f, 0x7f);
 }
 
+/* The row encoder (vectorized, branch-free) against the scalar rule it
+ * replaced: each value ldexpf(v, 127 - scale), then eg_f32_to_e4m3; random
+ * bit patterns (NaN, infinities, subnormals, every exponent) and groups whose
+ * scale takes every value 0..254. */
+TEST(dtype_fp8_vector_encoder_equals_the_scalar_rule)
+{
+    float v[64];
+    unsigned char got[66], want[66];
+    uint64_t rs = 99;
+    long bad = 0;
+    for (int trial = 0; trial < 40000; trial++) {
+        for (int i = 0; i < 64; i++) {
+            uint32_t u = (uint32_t)t_rand(&rs);
+            if (trial & 1) /* values near one magnitude, so that scales vary over the range */
+                u = (u & 0x807fffffu) | ((uint32_t)(trial / 2 % 255) << 23);
+            memcpy(&v[i], &u, 4);
+        }
+        eg_row_encode(EG_FP8_E4M3, 64, v, got);
+        for (int g = 0; g < 2; g++) {
+            float amax = 0;
+            for (int i = 0; i < 32; i++)
+                amax = fabsf(v[g * 32 + i]) > amax || v[g * 32 + i] != v[g * 32 + i]
+                           ? fabsf(v[g * 32 + i]) : amax;
+            const uint8_t sc = eg_ue8m0_scale(amax);
+            want[64 + g] = sc;
+            for (int i = 0; i < 32; i++)
+                want[g * 32 + i] = eg_f32_to_e4m3(ldexpf(v[g * 32 + i], 127 - (int)sc));
+        }
+        bad += memcmp(got, want, 66) != 0;
+    }
+    CHECK_EQ(bad, 0);
+}
+
 TEST(dtype_fp8_rows_ue8m0_groups)
 {
     /* DeepSeek's recipe: 2^ceil(log2(max(amax, 1e-4) / 448)) */
@@ -813,6 +846,12 @@ TEST(cli_store_export_import_round_trip)
     CHECK(strstr(t_cli_stderr(), "trunc.safetensors") && !t_file_exists(bad));
 }
 
+static int cmp_u64_desc(const void *a, const void *b)
+{
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x > y ? -1 : x < y;
+}
+
 TEST(cli_inspect_occupancy_against_direct_hashing)
 {
     /* a corpus of raw compressed ids, its counts, a store, and the inspection
@@ -834,6 +873,7 @@ TEST(cli_inspect_occupancy_against_direct_hashing)
     eg_counts *c = NULL;
     eg_err err;
     REQUIRE(sp && !eg_counts_open(counts, &c, &err));
+    uint64_t *masses = NULL, nm = 0, total = 0; /* every hit row's lookups, for the row cache */
     for (uint32_t li = 0; li < 2; li++)
         for (uint32_t n = 2; n <= 3; n++) {
             json_t *o = json_array_get(json_object_get(json_array_get(json_object_get(j, "layers"), li),
@@ -842,6 +882,7 @@ TEST(cli_inspect_occupancy_against_direct_hashing)
             for (uint32_t h = 0; h < 2; h++) {
                 const uint64_t p = eg_spec_primes(sp, li)[(n - 2) * 2 + h];
                 uint32_t *load = calloc(p, sizeof *load);
+                uint64_t *bm = calloc(p, sizeof *bm);
                 uint64_t hitn = 0, maxl = 0;
                 for (uint64_t i = 0; i < eg_counts_distinct(c, n); i++) {
                     uint32_t g[8];
@@ -854,7 +895,15 @@ TEST(cli_inspect_occupancy_against_direct_hashing)
                     uint64_t b = eg_mod_ref(mix[n - 2], p);
                     hitn += load[b]++ == 0;
                     maxl = load[b] > maxl ? load[b] : maxl;
+                    bm[b] += cnt;
                 }
+                masses = realloc(masses, (nm + hitn) * sizeof *masses);
+                for (uint64_t b = 0; b < p; b++)
+                    if (bm[b]) {
+                        masses[nm++] = bm[b];
+                        total += bm[b];
+                    }
+                free(bm);
                 free(load);
                 json_t *hj = json_array_get(json_object_get(o, "heads"), h);
                 CHECK_EQ(json_integer_value(json_object_get(hj, "rows_hit")), hitn);
@@ -864,12 +913,32 @@ TEST(cli_inspect_occupancy_against_direct_hashing)
             json_t *wb = json_array_get(json_object_get(o, "worst_buckets"), 0);
             CHECK(!wb || json_integer_value(json_object_get(wb, "load")) >= 2);
         }
+    /* the row cache's sizes: the fewest hottest rows serving each share */
+    qsort(masses, nm, sizeof *masses, cmp_u64_desc);
+    json_t *rc = json_object_get(j, "row_cache");
+    REQUIRE(rc);
+    CHECK_EQ(json_integer_value(json_object_get(rc, "lookups")), total);
+    CHECK_EQ(json_integer_value(json_object_get(rc, "rows_hit")), nm);
+    json_t *shares = json_object_get(rc, "shares");
+    CHECK(json_array_size(shares) >= 4);
+    for (size_t k = 0; k < json_array_size(shares); k++) {
+        json_t *e = json_array_get(shares, k);
+        const double share = json_real_value(json_object_get(e, "share"));
+        uint64_t rows = 0, acc = 0;
+        while (rows < nm && (double)acc < share * (double)total)
+            acc += masses[rows++];
+        CHECK_EQ(json_integer_value(json_object_get(e, "rows")), rows);
+        CHECK_EQ(json_integer_value(json_object_get(e, "bytes")), rows * 128);
+        CHECK_EQ(json_integer_value(json_object_get(e, "cache_bytes")), rows * (128 + 26));
+    }
+    free(masses);
     json_decref(j);
     eg_counts_close(c);
     eg_spec_free(sp);
     /* the text report and the plots */
     CHECK_EQ(t_cli("inspect %s --counts %s", store, counts), 0);
-    CHECK(strstr(t_cli_stdout(), "occupancy") && strstr(t_cli_stdout(), "worst buckets"));
+    CHECK(strstr(t_cli_stdout(), "occupancy") && strstr(t_cli_stdout(), "worst buckets") &&
+          strstr(t_cli_stdout(), "row cache"));
     if (system("command -v gnuplot >/dev/null 2>&1") == 0) {
         CHECK_EQ(t_cli("inspect %s --counts %s --plot %s", store, counts, tp("plots")), 0);
         CHECK(t_file_exists(tp("plots/occupancy.png")) &&

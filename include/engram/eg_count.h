@@ -261,6 +261,25 @@ uint64_t eg_load_bucket_min(unsigned b);
 eg_status eg_plan_inspect_order(const eg_counts *c, const eg_spec *spec, uint32_t li, uint32_t n,
                                 size_t worst_k, uint8_t *hit, eg_plan_inspect *out, eg_err *err);
 
+/* Sizing a hot-row cache (the row tier's, eg_tier.h): every row's lookups in
+ * the counted corpus (the occurrences of the n-grams hashing to it, over all
+ * layers, orders and heads of the spec), and for each share[s] of all
+ * lookups the fewest rows that serve it: the most looked-up rows first,
+ * which is what a cache holding exactly the hottest rows would serve (an LRU
+ * cache of that size serves somewhat less). bytes[s] = rows * row_bytes;
+ * cache_bytes[s] adds slot_overhead bytes a row (26 for eg_tier: the value for
+ * eg_tier_opts.cache_bytes). The caller sets n_shares and share[]. */
+#define EG_COVERAGE_MAX 16
+typedef struct eg_cache_coverage {
+    size_t n_shares;
+    double share[EG_COVERAGE_MAX];
+    uint64_t rows[EG_COVERAGE_MAX], bytes[EG_COVERAGE_MAX], cache_bytes[EG_COVERAGE_MAX];
+    uint64_t lookups, rows_hit; /* all of them; rows with at least one */
+} eg_cache_coverage;
+
+eg_status eg_plan_cache_coverage(const eg_counts *c, const eg_spec *spec, size_t row_bytes,
+                                 size_t slot_overhead, eg_cache_coverage *out, eg_err *err);
+
 #ifdef __cplusplus
 }
 #endif
