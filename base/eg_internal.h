@@ -167,4 +167,17 @@ static inline int eg_add_ok(uint64_t a, uint64_t b, uint64_t *out)
     return !__builtin_add_overflow(a, b, out);
 }
 
+/* A row and the position that asked for it, ordered by row, then position
+ * (gathers sort them to read each distinct row once). */
+typedef struct {
+    uint64_t row;
+    size_t pos;
+} eg_rowpos;
+
+static inline int eg_cmp_rowpos(const void *a, const void *b)
+{
+    const eg_rowpos *x = a, *y = b;
+    return x->row != y->row ? (x->row < y->row ? -1 : 1) : (x->pos < y->pos ? -1 : x->pos > y->pos);
+}
+
 #endif

@@ -367,26 +367,17 @@ eg_status eg_rt_hash(eg_runtime *rt, uint32_t li, const uint32_t *ids, size_t B,
 
 /* ---- gathering ------------------------------------------------------------------ */
 
-typedef struct {
-    uint64_t row;
-    size_t pos;
-} rowpos;
-
-static int cmp_rowpos(const void *a, const void *b)
-{
-    const rowpos *x = a, *y = b;
-    return x->row != y->row ? (x->row < y->row ? -1 : 1) : (x->pos < y->pos ? -1 : x->pos > y->pos);
-}
+typedef eg_rowpos rowpos;
 
 /* Sort rp[n] by row, ties in their current order (LSD radix, 11-bit digits
- * over the bits the largest row spans): what qsort with cmp_rowpos gives for
+ * over the bits the largest row spans): what qsort with eg_cmp_rowpos gives for
  * entries in position order, at a fraction of its cost. 0, or -1 when out of
  * memory (rp unchanged). */
 #define RP_BITS 11
 static int sort_rowpos(rowpos *rp, size_t n)
 {
     if (n < 64) {
-        qsort(rp, n, sizeof *rp, cmp_rowpos);
+        qsort(rp, n, sizeof *rp, eg_cmp_rowpos);
         return 0;
     }
     uint64_t mx = 0;

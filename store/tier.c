@@ -585,19 +585,6 @@ eg_status eg_tier_prefetch(eg_tier *t, const uint64_t *keys, size_t n, eg_err *e
 
 /* ---- gather --------------------------------------------------------------------- */
 
-typedef struct {
-    uint64_t row;
-    size_t pos;
-} rowpos;
-
-static int cmp_rowpos(const void *a, const void *b)
-{
-    const rowpos *x = a, *y = b;
-    if (x->row != y->row)
-        return x->row < y->row ? -1 : 1;
-    return x->pos < y->pos ? -1 : x->pos > y->pos;
-}
-
 /* Read positions pos[k] (rows rows[pos[k]]) straight into dst, each distinct
  * row once. */
 static eg_status read_direct(eg_tier *t, uint32_t li, const uint64_t *rows, const size_t *pos,
@@ -605,7 +592,7 @@ static eg_status read_direct(eg_tier *t, uint32_t li, const uint64_t *rows, cons
 {
     if (!m)
         return EG_OK;
-    rowpos *rp = malloc(m * sizeof *rp);
+    eg_rowpos *rp = malloc(m * sizeof *rp);
     req *reqs = malloc(m * sizeof *reqs);
     eg_status st = EG_OK;
     if (!rp || !reqs) {
@@ -614,8 +601,8 @@ static eg_status read_direct(eg_tier *t, uint32_t li, const uint64_t *rows, cons
         return eg_fail(err, EG_ENOMEM, "out of memory");
     }
     for (size_t k = 0; k < m; k++)
-        rp[k] = (rowpos){rows[pos[k]], pos[k]};
-    qsort(rp, m, sizeof *rp, cmp_rowpos);
+        rp[k] = (eg_rowpos){rows[pos[k]], pos[k]};
+    qsort(rp, m, sizeof *rp, eg_cmp_rowpos);
     size_t nr = 0;
     for (size_t k = 0; k < m; k++) {
         if (k && rp[k].row == rp[k - 1].row)
