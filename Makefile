@@ -230,7 +230,7 @@ tsan:
 	  EXTRA_CFLAGS="-fsanitize=thread -fno-omit-frame-pointer -DEG_NO_CLONES" \
 	  EXTRA_LDLIBS="-fsanitize=thread" all build-tsan/engram-tests
 	$(Q)OMP_TOOL_LIBRARIES=$(ARCHER) TSAN_OPTIONS="halt_on_error=1 ignore_noninstrumented_modules=1 suppressions=tests/tsan.supp" ENGRAM_BIN=build-tsan/engram \
-	  ENGRAM_PY_TESTS=0 build-tsan/engram-tests count outfile prep rt_hash rt_gather rt_training layer_ store_build cli_count tier_ rt_tier store_verify
+	  ENGRAM_PY_TESTS=0 build-tsan/engram-tests count outfile prep rt_hash rt_gather rt_training layer_ store_build cli_count tier_rows tier_prefetch tier_read tier_file rt_tier store_verify
 
 $(BUILD)/bench_%: $(BUILD)/obj/bench/bench_%.o $(LIB_A)
 	$(if $(Q),@echo "  LD    $@")

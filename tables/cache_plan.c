@@ -114,7 +114,8 @@ eg_status eg_plan_cache_coverage(const eg_counts *c, const eg_spec *spec, size_t
     free(bmass);
     if (!st) {
         /* the most looked-up rows first: big masses sorted, then the array down */
-        qsort(h->big, h->n_big, sizeof *h->big, cmp_desc);
+        if (h->n_big)
+            qsort(h->big, h->n_big, sizeof *h->big, cmp_desc);
         for (size_t s = 0; s < out->n_shares; s++) {
             const double want = out->share[s] * (double)out->lookups;
             uint64_t rows = 0, acc = 0;

@@ -433,6 +433,8 @@ TEST(store_two_readers_share_one_copy_of_the_rows)
             _exit(0);
         }
     }
+    close(ready[1]); /* a child that dies: its read ends, not hangs */
+    close(go[0]);
     char c;
     for (int k = 0; k < 2; k++)
         CHECK(read(ready[0], &c, 1) == 1);
@@ -456,10 +458,8 @@ TEST(store_two_readers_share_one_copy_of_the_rows)
               "rss %ld and %ld kB of a %ld kB store", rss[0], rss[1], file_kb);
     CHECK_MSG(pss[0] + pss[1] <= file_kb + 64 && pss[0] + pss[1] >= file_kb * 3 / 4,
               "pss %ld + %ld kB of a %ld kB store: not one copy", pss[0], pss[1], file_kb);
-    close(go[0]);
     close(go[1]);
     close(ready[0]);
-    close(ready[1]);
     eg_spec_free(sp);
 }
 
@@ -525,5 +525,94 @@ TEST(store_verify_leaves_the_page_cache_alone)
     CHECK_EQ(eg_store_verify(path, &r, &err), EG_EFORMAT);
     CHECK_MSG(r.blocks_bad == 1 && strstr(r.first_problem, "crc32"), "%llu bad: %s",
               (unsigned long long)r.blocks_bad, r.first_problem);
+    eg_spec_free(sp);
+}
+
+static long vm_rss_kb(pid_t pid)
+{
+    char fn[64], line[256];
+    long v = -1;
+    snprintf(fn, sizeof fn, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(fn, "re");
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &v) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return v;
+}
+
+/* Serving processes on the tier without a private cache, reading through the
+ * page cache (buffered): the rows are held once, in the page cache of the one
+ * file, and no process keeps a copy of its own. */
+TEST(tier_buffered_readers_share_the_page_cache)
+{
+    eg_spec *sp = tier_spec(64);
+    REQUIRE(sp);
+    TMP(path, "shared-tier.store");
+    REQUIRE(build(path, sp, EG_F32, NULL));
+    int fd = open(path, O_RDONLY);
+    REQUIRE(fd >= 0);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+    int go[2], ready[2];
+    REQUIRE(!pipe(go) && !pipe(ready));
+    pid_t kid[2];
+    for (int k = 0; k < 2; k++) {
+        kid[k] = fork();
+        REQUIRE(kid[k] >= 0);
+        if (kid[k] == 0) {
+            eg_store *s = NULL;
+            eg_tier *t = NULL;
+            eg_err err;
+            eg_tier_opts o = {.cache_bytes = 0, .n_readers = 4, .buffered = 1};
+            if (eg_store_open(path, 0, &s, &err) || eg_tier_open(s, &o, &t, &err))
+                _exit(2);
+            const long rss0 = vm_rss_kb(getpid());
+            const eg_spec *ss = eg_store_spec(s);
+            const size_t rb = eg_store_get_info(s)->row_bytes;
+            uint64_t rows[512];
+            unsigned char *buf = malloc(rb * 512);
+            for (uint32_t li = 0; li < 2 && buf; li++)
+                for (uint64_t r = 0; r < eg_spec_layer_rows(ss, li); r += 512) {
+                    size_t n = 0;
+                    for (; n < 512 && r + n < eg_spec_layer_rows(ss, li); n++)
+                        rows[n] = r + n;
+                    if (eg_tier_gather(t, li, rows, n, buf, rb * 512, &err))
+                        _exit(3);
+                }
+            const long grew = vm_rss_kb(getpid()) - rss0; /* what reading every row cost it */
+            char c;
+            if (write(ready[1], &grew, sizeof grew) != sizeof grew || read(go[0], &c, 1) != 1)
+                _exit(4);
+            _exit(0);
+        }
+    }
+    close(ready[1]);
+    close(go[0]);
+    long grew[2] = {0, 0};
+    for (int k = 0; k < 2; k++)
+        CHECK(read(ready[0], &grew[k], sizeof grew[k]) == sizeof grew[k]);
+    struct stat sb;
+    REQUIRE(!stat(path, &sb));
+    const long file_kb = (long)(sb.st_size / 1024);
+    long total = 0;
+    const long cached = cached_pages(path, &total);
+    for (int k = 0; k < 2; k++)
+        if (write(go[1], "g", 1) != 1)
+            break;
+    for (int k = 0; k < 2; k++) {
+        int ws = 0;
+        waitpid(kid[k], &ws, 0);
+        CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    }
+    /* the rows are in the page cache (read once per page, whichever process
+     * read it), and neither process holds them */
+    CHECK_MSG(cached < 0 || cached > total * 3 / 4, "%ld of %ld pages cached", cached, total);
+    for (int k = 0; k < 2; k++)
+        CHECK_MSG(grew[k] < file_kb / 4, "reader %d grew by %ld kB reading a %ld kB store", k,
+                  grew[k], file_kb);
+    close(go[1]);
+    close(ready[0]);
     eg_spec_free(sp);
 }
