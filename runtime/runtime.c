@@ -251,6 +251,7 @@ void eg_runtime_close(eg_runtime *rt)
 const eg_spec *eg_runtime_spec(const eg_runtime *rt) { return rt ? rt->spec : NULL; }
 const eg_store *eg_runtime_store(const eg_runtime *rt) { return rt ? rt->store : NULL; }
 uint32_t eg_runtime_dim(const eg_runtime *rt) { return rt ? rt->dim : 0; }
+int eg_runtime_rows(const eg_runtime *rt) { return rt && rt->tier ? EG_RT_ROWS_TIER : EG_RT_ROWS_MAP; }
 
 size_t eg_rt_trained_rows(const eg_runtime *rt)
 {

@@ -331,6 +331,25 @@ TEST(cuda_parity_lookup_device_host_and_cached)
         /* the write-back gave the runtime the rows it had */
         REQUIRE(!cpu->lookup(rt, 1, 0, ids, S, T, rb2, ob, &err));
         CHECK(!memcmp(oa, ob, S * T * H * rb));
+        /* a runtime on the row tier: the cached residency stages its loads
+         * through the tier (prefetched), host residency is refused */
+        eg_runtime_opts to = {.rows = EG_RT_ROWS_TIER, .tier = {.cache_bytes = 1u << 16}};
+        eg_runtime *rt2 = NULL;
+        REQUIRE(!eg_runtime_open(path, &to, &rt2, &err));
+        CHECK(!eg_rt_prefetch(rt2, ids, S, T, NULL, NULL, &err));
+        for (int where = 0; where < 4; where += 3) {
+            CHECK_MSG(!cu->lookup(rt2, 1, where, ids, S, T, rb2, ob, &err), "tier, residency %d: %s",
+                      where, err.msg);
+            CHECK_MSG(!memcmp(ra, rb2, S * T * H * 8) && !memcmp(oa, ob, S * T * H * rb),
+                      "tier, residency %d differs from the CPU", where);
+            CHECK(guards_ok(ob, S * T * H * rb));
+        }
+        CHECK_EQ(cu->lookup(rt2, 1, 1, ids, S, T, rb2, ob, &err), EG_EUNSUPPORTED);
+        CHECK_MSG(strstr(err.msg, "EG_CUDA_CACHED"), "%s", err.msg);
+        eg_tier_stats ts;
+        eg_rt_tier_stats(rt2, &ts);
+        CHECK(ts.rows_read > 0);
+        eg_runtime_close(rt2);
     }
     free(ra);
     free(rb2);

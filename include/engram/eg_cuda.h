@@ -9,6 +9,8 @@
  *                   with the driver (cudaHostRegister, read-only, mapped) and
  *                   the GPU reads the rows it gathers directly over the bus;
  *                   a block-pointer table on the device finds each row;
+ *                   Refused (EG_EUNSUPPORTED) for a runtime on the row tier
+ *                   (EG_RT_ROWS_TIER: a store larger than RAM): use CACHED.
  *   EG_CUDA_AUTO    DEVICE when the table fits in the free device memory
  *                   minus `reserve` bytes, else HOST.
  * Indices depend only on the input ids, so the rows of batch i+1 can be
@@ -17,7 +19,10 @@
  *
  *   EG_CUDA_CACHED  rows stay in host memory with the runtime; a device cache
  *                   of hot rows (set associative, LRU) is filled ahead of
- *                   each batch (eg_cuda_table_open_cached, below).
+ *                   each batch (eg_cuda_table_open_cached, below). Its loads
+ *                   are eg_rt_gather calls: on a runtime on the row tier they
+ *                   read from disk through it, and eg_rt_prefetch of the
+ *                   batch starts those reads before the staging.
  *   EG_CUDA_TRAIN   every row in binary32 with its Adam state in device
  *                   memory, trained there (eg_cuda_table_open_train, below).
  * Streams are cudaStream_t passed as void * (NULL: the default stream).

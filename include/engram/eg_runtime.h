@@ -54,6 +54,7 @@ void eg_runtime_close(eg_runtime *rt);
 const eg_spec *eg_runtime_spec(const eg_runtime *rt);
 const eg_store *eg_runtime_store(const eg_runtime *rt);
 uint32_t eg_runtime_dim(const eg_runtime *rt); /* values per row */
+int eg_runtime_rows(const eg_runtime *rt);     /* EG_RT_ROWS_MAP or EG_RT_ROWS_TIER */
 
 /* ---- hashing -------------------------------------------------------------- */
 

@@ -170,6 +170,16 @@ eg_cuda_table_open(eg_runtime *rt, uint32_t li, eg_cuda_residency where, size_t 
         where = bytes + reserve <= fr ? EG_CUDA_DEVICE : EG_CUDA_HOST;
     }
     t->where = where;
+    if (where == EG_CUDA_HOST && eg_runtime_rows(rt) == EG_RT_ROWS_TIER) {
+        /* host residency maps the whole store for the device; a runtime on
+         * the row tier holds only its hot rows: the cached residency stages
+         * each batch's rows through the tier (and eg_rt_prefetch) instead */
+        st = eg_fail(err, EG_EUNSUPPORTED, "layer %u: the runtime reads rows from disk through the "
+                                           "row tier; host residency maps the whole store: use "
+                                           "EG_CUDA_CACHED (its loads read through the tier)",
+                     li);
+        goto done;
+    }
     if (where == EG_CUDA_HOST) {
         /* every block must be in the map (a dense store), crc checked once */
         for (uint64_t b = 0; b < t->nblocks; b++) {
