@@ -471,9 +471,12 @@ static eg_status plan_batch(eg_tier *t, const uint64_t *keys, size_t n, uint64_t
         st = eg_fail(err, EG_ENOMEM, "out of memory");
         goto out;
     }
-    /* slots of the batch before last may be evicted by this plan: their
-     * reads must be complete */
-    reap(t, t->batch);
+    /* every earlier read complete: slots of the batch before last may be
+     * evicted by this plan, and a row whose read is still in flight may yet
+     * fail (a gather that failed returns before its other reads end), which
+     * this plan must see to read it again. In the usual order (prefetch,
+     * then the step's gathers, which wait for their rows) nothing is left. */
+    reap(t, UINT64_MAX);
     eg_rowcache_plan_stats ps;
     if ((st = eg_rowcache_plan(t->dir, keys, n, slot_of, lr, ls, cap, wr, ws, cap, &ps, err)))
         goto out;

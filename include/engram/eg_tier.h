@@ -24,7 +24,9 @@
  * keys EG_TIER_KEY(li, row)), starts the reads of those not cached and
  * returns at once. A later eg_tier_gather of a layer the prefetch covered
  * waits only for the rows whose reads have not completed. A gather of rows no
- * prefetch covered plans and reads them itself (synchronously).
+ * prefetch covered plans and reads them itself (synchronously). A plan (a
+ * prefetch, or a gather that plans) first waits for the reads still in flight
+ * from earlier plans.
  *
  * What is checked: a row whose read comes back short (a file truncated under
  * the reader) and a read error (EIO) fail the gather with one line naming the
