@@ -53,6 +53,31 @@ const unsigned char *eg_store_map_start_of(const void *p)
     return found;
 }
 
+const unsigned char *eg_store_rows_map(const eg_store *s, int *any)
+{
+    const uint64_t total = s->base[s->n_layers];
+    for (uint64_t i = 0; i < total; i++)
+        if (s->blk[i]) {
+            *any = 1;
+            return eg_store_map_start_of(s->blk[i]);
+        }
+    *any = 0;
+    return NULL;
+}
+
+int eg_store_reopen(const eg_store *s, int flags)
+{
+    int lfd = -1;
+    if (mdb_env_get_fd(s->env, &lfd) || lfd < 0) {
+        errno = EBADF;
+        return -1;
+    }
+    char fdpath[64];
+    snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", lfd);
+    const int fd = open(fdpath, O_RDONLY | O_CLOEXEC | flags);
+    return fd >= 0 || flags ? fd : fcntl(lfd, F_DUPFD_CLOEXEC, 0); /* no /proc: a duplicate */
+}
+
 static int get(MDB_txn *t, MDB_dbi d, const char *key, MDB_val *v)
 {
     MDB_val k = {strlen(key), (void *)(uintptr_t)key};

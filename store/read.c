@@ -177,10 +177,8 @@ void eg_store_map(const eg_store *s, const void **base, size_t *len)
         return;
     /* the mapping that holds a stored block (mdb_env_info's me_mapaddr is
      * set only with MDB_FIXEDMAP) */
-    const uint64_t total = s->base[s->n_layers];
-    for (uint64_t i = 0; i < total && !*base; i++)
-        if (s->blk[i])
-            *base = eg_store_map_start_of(s->blk[i]);
+    int any;
+    *base = eg_store_rows_map(s, &any);
     if (*base)
         *len = s->info.file_bytes < ei.me_mapsize ? (size_t)s->info.file_bytes : ei.me_mapsize;
 }

@@ -38,6 +38,14 @@ struct eg_store {
 eg_status eg_store_lmdb_fail(eg_err *err, int rc, const char *path, const char *what);
 /* The start of the file mapping (offset 0) that holds p; NULL where unknown. */
 const unsigned char *eg_store_map_start_of(const void *p);
+/* The start of the map that holds the stored blocks (a block's file offset
+ * is its address minus this), from the first stored block; NULL when none is
+ * stored (*any = 0) or the mapping cannot be told (*any = 1). */
+const unsigned char *eg_store_rows_map(const eg_store *s, int *any);
+/* The file LMDB opened (the path may name a newer generation by now) opened
+ * again with `flags` (O_RDONLY | O_CLOEXEC added; without flags, a duplicate of
+ * LMDB's descriptor where /proc is missing): -1 with errno set. */
+int eg_store_reopen(const eg_store *s, int flags);
 /* Open with a verify report (lenient: block problems recorded, not fatal). */
 eg_status eg_store_open_report(const char *path, unsigned flags, eg_store_verify_report *report,
                                eg_store **out, eg_err *err);

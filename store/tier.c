@@ -280,21 +280,12 @@ eg_status eg_tier_open(eg_store *s, const eg_tier_opts *o, eg_tier **out, eg_err
     eg_tier_opts d = {0};
     if (!o)
         o = &d;
-    const uint64_t total = s->base[s->n_layers];
-    const unsigned char *mb = NULL;
-    for (uint64_t i = 0; i < total && !mb; i++)
-        if (s->blk[i])
-            mb = eg_store_map_start_of(s->blk[i]);
-    int any = 0;
-    for (uint64_t i = 0; i < total && !any; i++)
-        any = s->blk[i] != NULL;
+    int any;
+    const unsigned char *mb = eg_store_rows_map(s, &any);
     if (any && !mb)
         return eg_fail(err, EG_EUNSUPPORTED, "%s: the rows' places in the file cannot be told "
                                              "(no /proc/self/maps)",
                        s->path);
-    int lfd = -1;
-    if (mdb_env_get_fd(s->env, &lfd) || lfd < 0)
-        return eg_fail(err, EG_EUNSUPPORTED, "%s: LMDB gives no file descriptor", s->path);
     eg_tier *t = calloc(1, sizeof *t);
     if (!t)
         return eg_fail(err, EG_ENOMEM, "out of memory");
@@ -310,15 +301,11 @@ eg_status eg_tier_open(eg_store *s, const eg_tier_opts *o, eg_tier **out, eg_err
     pthread_cond_init(&t->work, NULL);
     pthread_cond_init(&t->doneq, NULL);
     /* the same file LMDB opened (the path may name a newer generation now) */
-    char fdpath[64];
-    snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", lfd);
     if (!o->buffered)
-        t->fd = open(fdpath, O_RDONLY | O_DIRECT | O_CLOEXEC);
+        t->fd = eg_store_reopen(s, O_DIRECT);
     t->direct = t->fd >= 0;
     if (t->fd < 0)
-        t->fd = open(fdpath, O_RDONLY | O_CLOEXEC);
-    if (t->fd < 0)
-        t->fd = dup(lfd);
+        t->fd = eg_store_reopen(s, 0);
     eg_status st = EG_OK;
     if (t->fd < 0 || fstat(t->fd, &t->id)) {
         st = eg_fail(err, EG_EIO, "%s: cannot open the store file for reading rows: %s", s->path,

@@ -39,23 +39,17 @@ static int cmp_vblock(const void *a, const void *b)
 
 static int verify_direct(eg_store *s)
 {
-    const uint64_t total = s->base[s->n_layers];
-    const unsigned char *mb = NULL;
-    uint64_t n = 0;
-    for (uint64_t i = 0; i < total; i++)
-        if (s->blk[i]) {
-            if (!mb)
-                mb = eg_store_map_start_of(s->blk[i]);
-            n++;
-        }
-    int lfd = -1;
-    if (!n || !mb || mdb_env_get_fd(s->env, &lfd) || lfd < 0)
+    int any;
+    const unsigned char *mb = eg_store_rows_map(s, &any);
+    if (!mb)
         return -1;
-    char fdpath[64];
-    snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", lfd);
-    const int fd = open(fdpath, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    const int fd = eg_store_reopen(s, O_DIRECT);
     if (fd < 0)
         return -1;
+    const uint64_t total = s->base[s->n_layers];
+    uint64_t n = 0;
+    for (uint64_t i = 0; i < total; i++)
+        n += s->blk[i] != NULL;
     vblock *v = malloc(n * sizeof *v);
     if (!v) {
         close(fd);
