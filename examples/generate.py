@@ -35,17 +35,18 @@ sys.path.insert(0, HERE)
 from lm import LM, keep_freed_memory  # noqa: E402
 
 
-def load(path, threads=0, cache_bytes=None, prefetch=True):
+def load(path, threads=0, cache_bytes=None, prefetch=True, shared_cache=False):
     """A model saved by train_lm.py --save: PATH.json (shape), PATH.pt (dense weights),
     PATH.store (the tables' checkpoint). cache_bytes: serve the tables through the
     row tier with a hot-row cache of that many bytes (None: the memory map);
-    prefetch: start each step's row reads with the forward (eg_rt_prefetch)."""
+    prefetch: start each step's row reads with the forward (eg_rt_prefetch);
+    shared_cache: that cache in shared memory, one for every process of the host."""
     with open(path + ".json") as f:
         meta = json.load(f)
     store = path + ".store" if meta["engram_layers"] else None
     model = LM(meta["vocab"], meta["d"], meta["n_layer"], meta["n_head"], meta["ffn"],
                meta["max_len"], engram=store, engram_layers=meta["engram_layers"], threads=threads,
-               cache_bytes=cache_bytes, prefetch=prefetch)
+               cache_bytes=cache_bytes, prefetch=prefetch, shared_cache=shared_cache)
     model.load_state_dict(torch.load(path + ".pt"))
     return model.eval(), meta
 
@@ -154,12 +155,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-bytes", type=int, default=None,
                     help="serve the tables from disk through the row tier with this hot-row cache")
+    ap.add_argument("--shared-cache", action="store_true",
+                    help="keep the hot-row cache in shared memory, one for every replica "
+                         "on this host serving the same tables")
     ap.add_argument("--no-prefetch", action="store_true",
                     help="read each step's rows when the layer needs them, not ahead")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model, meta = load(args.model, args.threads, args.cache_bytes, not args.no_prefetch)
+    model, meta = load(args.model, args.threads, args.cache_bytes, not args.no_prefetch,
+                       args.shared_cache)
     if args.bench:
         rows = bench(model)
         if args.json:

@@ -76,7 +76,8 @@ class LM(nn.Module):
     EngramLayer before every block whose index is one of the store's layer_ids."""
 
     def __init__(self, vocab, d=128, n_layer=4, n_head=4, ffn=512, max_len=128, engram=None,
-                 engram_layers=(), threads=0, cache_bytes=None, prefetch=True):
+                 engram_layers=(), threads=0, cache_bytes=None, prefetch=True,
+                 shared_cache=False):
         super().__init__()
         self.vocab, self.max_len = vocab, max_len
         self.tok = nn.Embedding(vocab, d)
@@ -86,7 +87,8 @@ class LM(nn.Module):
         self.engram = nn.ModuleDict()
         for i in engram_layers:
             self.engram[str(i)] = EngramLayer(engram, layer_id=i, hidden=d, hc_mult=1,
-                                              threads=threads, cache_bytes=cache_bytes)
+                                              threads=threads, cache_bytes=cache_bytes,
+                                              shared_cache=shared_cache)
         # the rows of every Engram layer depend only on the ids: their reads start
         # with the forward (eg_rt_prefetch) and overlap the blocks before each layer
         self.prefetch = prefetch_on_forward(self) if self.engram and prefetch else None

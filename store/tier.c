@@ -8,9 +8,11 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engram/eg_rowcache.h"
+#include "shmcache.h"
 #include "store_impl.h"
 
 #define ALIGN 4096u           /* O_DIRECT's offset, length and buffer alignment */
@@ -63,6 +65,8 @@ struct eg_tier {
     unsigned char *slots;
     size_t slots_bytes;
     uint8_t *state; /* per slot, S_* (read and written under mu) */
+    eg_shmcache *shm; /* the cache in shared memory (opts.shared), instead of dir/slots/state */
+    uint64_t lease_ns; /* its slots' lease */
     uint64_t batch; /* plans made (the directory's batch counter) */
     uint64_t pf_batch, pf_layers_lo; /* the last prefetch: its batch, the layers it covered */
     uint8_t *pf_layer;               /* per layer: covered by the prefetch of pf_batch */
@@ -125,7 +129,9 @@ static void run_unit(eg_tier *t, job *j, const unit *u, unsigned char *buf)
                          "returned %zu of %u): truncated under the reader?",
                          t->rb, (unsigned long long)q->off, got, u->len);
         }
-        if (q->slot != EG_ROWCACHE_DIRECT)
+        if (q->slot != EG_ROWCACHE_DIRECT && t->shm)
+            eg_shmcache_publish(t->shm, q->slot, ok);
+        else if (q->slot != EG_ROWCACHE_DIRECT)
             t->state[q->slot] = ok ? S_READY : S_ERROR;
         else if (!ok)
             q->dst = NULL; /* the direct row's failure, for its waiter */
@@ -163,7 +169,9 @@ static void *reader(void *arg)
             pthread_mutex_lock(&t->mu);
             for (uint32_t k = 0; k < u.n; k++) {
                 req *q = &j->reqs[u.first + k];
-                if (q->slot != EG_ROWCACHE_DIRECT)
+                if (q->slot != EG_ROWCACHE_DIRECT && t->shm)
+                    eg_shmcache_publish(t->shm, q->slot, 0);
+                else if (q->slot != EG_ROWCACHE_DIRECT)
                     t->state[q->slot] = S_ERROR;
                 else
                     q->dst = NULL;
@@ -319,8 +327,20 @@ eg_status eg_tier_open(eg_store *s, const eg_tier_opts *o, eg_tier **out, eg_err
         st = eg_fail(err, EG_ENOMEM, "out of memory");
         goto fail;
     }
-    const uint64_t n_slots = o->cache_bytes / (t->rb + SLOT_OVERHEAD);
-    if (n_slots >= WAYS) {
+    const uint64_t n_slots =
+        o->cache_bytes / (t->rb + (o->shared ? EG_SHM_SLOT_OVERHEAD : SLOT_OVERHEAD));
+    if (o->shared && n_slots >= WAYS) {
+        if ((st = eg_shmcache_open(&t->id, n_slots, WAYS, t->rb, &t->shm, err))) {
+            char m[sizeof err->msg];
+            snprintf(m, sizeof m, "%s", err ? err->msg : "");
+            st = eg_fail(err, st, "%s: %s", s->path, m);
+            goto fail;
+        }
+        t->st.cache_slots = eg_shmcache_slots(t->shm);
+        t->st.cache_bytes = t->st.cache_slots * t->rb;
+        t->st.shared = 1;
+        t->lease_ns = (uint64_t)(o->lease_ms ? o->lease_ms : 250) * 1000000ull;
+    } else if (n_slots >= WAYS) {
         if ((st = eg_rowcache_create(n_slots, WAYS, &t->dir, err)))
             goto fail;
         const uint64_t ns = eg_rowcache_slots(t->dir);
@@ -380,6 +400,7 @@ void eg_tier_close(eg_tier *t)
     if (t->slots)
         munmap(t->slots, t->slots_bytes);
     free(t->state);
+    eg_shmcache_close(t->shm);
     free(t->pf_layer);
     eg_rowcache_free(t->dir);
     if (t->fd >= 0)
@@ -534,6 +555,61 @@ out:
     return st;
 }
 
+/* Plan keys[n] in the shared cache: slot_of[i] gets the slot (or DIRECT),
+ * want[i] the word it holds when the row is there; the rows claimed here are
+ * read into their slots by a job on the active list (absent rows generated
+ * here). *hits / *inflight count rows found read / being read. Under t->call.
+ * Reads in flight are not waited for: slots another plan may take are
+ * checked by their words when copied. */
+static eg_status plan_shared(eg_tier *t, const uint64_t *keys, size_t n, uint64_t *slot_of,
+                             uint64_t *want, size_t *hits, size_t *inflight, eg_err *err)
+{
+    req *reqs = malloc((n ? n : 1) * sizeof *reqs);
+    if (!reqs)
+        return eg_fail(err, EG_ENOMEM, "out of memory");
+    reap(t, 0); /* the completed jobs' memory */
+    eg_status st = EG_OK;
+    size_t nr = 0, h = 0, f = 0, i = 0;
+    for (; i < n; i++) {
+        const int r = eg_shmcache_find(t->shm, keys[i], t->lease_ns, &slot_of[i], &want[i]);
+        h += r == EG_SHM_HIT;
+        f += r == EG_SHM_INFLIGHT;
+        if (r != EG_SHM_CLAIMED)
+            continue;
+        const uint32_t li = (uint32_t)(keys[i] >> 40);
+        const uint64_t row = keys[i] & ((1ull << 40) - 1);
+        unsigned char *dst = eg_shmcache_row(t->shm, slot_of[i]);
+        uint64_t off;
+        int absent;
+        locate(t, li, row, &off, &absent);
+        if (absent) {
+            st = eg_store_read_encoded(t->s, li, row, 1, dst, t->rb, err);
+            eg_shmcache_publish(t->shm, slot_of[i], !st);
+            if (st)
+                break;
+            continue;
+        }
+        reqs[nr++] = (req){.off = off, .dst = dst, .slot = slot_of[i], .key = keys[i]};
+    }
+    job *j = st ? NULL : make_job(t, reqs, nr, ++t->batch);
+    if (!j) { /* nothing submitted: the claimed slots go back empty */
+        if (!st)
+            st = eg_fail(err, EG_ENOMEM, "out of memory");
+        for (size_t k = 0; k < nr; k++)
+            eg_shmcache_publish(t->shm, reqs[k].slot, 0);
+        free(reqs);
+        return st;
+    }
+    j->a_next = t->active;
+    t->active = j;
+    submit(t, j);
+    if (hits)
+        *hits = h;
+    if (inflight)
+        *inflight = f;
+    return EG_OK;
+}
+
 static eg_status check_keys(const eg_tier *t, const uint64_t *keys, size_t n, eg_err *err)
 {
     for (size_t i = 0; i < n; i++) {
@@ -555,12 +631,21 @@ eg_status eg_tier_prefetch(eg_tier *t, const uint64_t *keys, size_t n, eg_err *e
     if (!t || (n && !keys))
         return eg_fail(err, EG_EINVAL, "eg_tier_prefetch: NULL argument");
     eg_status st = check_keys(t, keys, n, err);
-    if (st || !t->dir || !n)
+    if (st || (!t->dir && !t->shm) || !n)
         return st;
     uint64_t *slot_of = malloc(n * sizeof *slot_of);
     if (!slot_of)
         return eg_fail(err, EG_ENOMEM, "out of memory");
     pthread_mutex_lock(&t->call);
+    if (t->shm) {
+        uint64_t *want = malloc(n * sizeof *want);
+        st = want ? plan_shared(t, keys, n, slot_of, want, NULL, NULL, err)
+                  : eg_fail(err, EG_ENOMEM, "out of memory");
+        free(want);
+        pthread_mutex_unlock(&t->call);
+        free(slot_of);
+        return st;
+    }
     st = plan_batch(t, keys, n, slot_of, NULL, err);
     if (!st) {
         memset(t->pf_layer, 0, t->s->n_layers);
@@ -635,6 +720,72 @@ out:
     return st;
 }
 
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The gather on the shared cache: plan (rows another process or a prefetch
+ * read are found), wait for the reads in flight (this process's on its
+ * condition, another's by polling, up to 5 s or its death), copy each row
+ * checking its slot's word; rows not cached, or whose slot changed or whose
+ * read failed, are read straight into dst. Under t->call. */
+static eg_status gather_shared(eg_tier *t, uint32_t li, const uint64_t *rows, size_t n,
+                               unsigned char *out, uint64_t *slot_of, size_t *direct,
+                               eg_err *err)
+{
+    uint64_t *keys = malloc(n * sizeof *keys), *want = malloc(n * sizeof *want);
+    eg_status st = EG_OK;
+    if (!keys || !want) {
+        st = eg_fail(err, EG_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        keys[i] = EG_TIER_KEY(li, rows[i]);
+    size_t hits = 0, inflight = 0, nd = 0;
+    if ((st = plan_shared(t, keys, n, slot_of, want, &hits, &inflight, err)))
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        const uint64_t s = slot_of[i];
+        if (s == EG_SHM_DIRECT) {
+            direct[nd++] = i;
+            continue;
+        }
+        const uint64_t loading = eg_shm_loading_of(want[i]);
+        uint64_t deadline = 0;
+        while (eg_shmcache_word(t->shm, s) == loading) {
+            if (eg_shmcache_mine(t->shm, s)) { /* our reader publishes under mu */
+                pthread_mutex_lock(&t->mu);
+                while (eg_shmcache_word(t->shm, s) == loading)
+                    pthread_cond_wait(&t->doneq, &t->mu);
+                pthread_mutex_unlock(&t->mu);
+                break;
+            }
+            const uint64_t now = mono_ns();
+            if (!deadline)
+                deadline = now + 5000000000ull;
+            if (now > deadline || eg_shmcache_loader_dead(t->shm, s))
+                break;
+            struct timespec ts = {0, 20000};
+            nanosleep(&ts, NULL);
+        }
+        if (!eg_shmcache_copy(t->shm, s, want[i], keys[i], out + i * t->rb))
+            direct[nd++] = i; /* evicted, failed or still loading: read it here */
+    }
+    st = read_direct(t, li, rows, direct, nd, out, err);
+    pthread_mutex_lock(&t->mu);
+    t->st.lookups += n;
+    t->st.hits += hits;
+    t->st.waited += inflight;
+    pthread_mutex_unlock(&t->mu);
+out:
+    free(keys);
+    free(want);
+    return st;
+}
+
 eg_status eg_tier_gather(eg_tier *t, uint32_t li, const uint64_t *rows, size_t n, void *dst,
                          size_t cap, eg_err *err)
 {
@@ -663,6 +814,16 @@ eg_status eg_tier_gather(eg_tier *t, uint32_t li, const uint64_t *rows, size_t n
     }
     pthread_mutex_lock(&t->call);
     eg_status st = check_file(t, li, rows[0], err);
+    if (t->shm) {
+        if (!st)
+            st = gather_shared(t, li, rows, n, out, slot_of, direct, err);
+        if (!st)
+            st = check_file(t, li, rows[0], err);
+        pthread_mutex_unlock(&t->call);
+        free(slot_of);
+        free(direct);
+        return st;
+    }
     size_t nd = 0;
     uint64_t hits = 0, waited = 0, planned_hits = 0;
     int planned = 0;
@@ -728,4 +889,9 @@ eg_status eg_tier_gather(eg_tier *t, uint32_t li, const uint64_t *rows, size_t n
     free(slot_of);
     free(direct);
     return st;
+}
+
+const char *eg_tier_cache_name(const eg_tier *t)
+{
+    return t ? eg_shmcache_name(t->shm) : NULL;
 }

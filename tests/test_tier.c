@@ -6,6 +6,7 @@
  * truncated or written under the reader is an error naming layer and row,
  * and two processes reading one store through the map hold its pages once. */
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,8 +96,12 @@ TEST(tier_rows_equal_the_map_every_dtype_cache_and_mode)
             const size_t rb = eg_store_get_info(s)->row_bytes;
             const uint64_t caches[3] = {0, 8 * 4 * rb, 1u << 22}; /* none, 4 sets, ample */
             for (int c = 0; c < 3; c++)
-                for (int buffered = 0; buffered < 2; buffered++) {
-                    eg_tier_opts o = {.cache_bytes = caches[c], .n_readers = 3, .buffered = buffered};
+                for (int mode = 0; mode < 3; mode++) { /* O_DIRECT, buffered, shared cache */
+                    if (mode == 2 && c == 0)
+                        continue;
+                    const int buffered = mode == 1;
+                    eg_tier_opts o = {.cache_bytes = caches[c], .n_readers = 3,
+                                      .buffered = buffered, .shared = mode == 2};
                     eg_tier *t = NULL;
                     REQUIRE_MSG(!eg_tier_open(s, &o, &t, &err), "%s", err.msg);
                     for (int step = 0; step < 6; step++) {
@@ -110,8 +115,8 @@ TEST(tier_rows_equal_the_map_every_dtype_cache_and_mode)
                             CHECK(!eg_tier_prefetch(t, keys, 600, &err));
                         for (uint32_t li = 0; li < 2; li++)
                             CHECK_MSG(same_as_map(s, t, li, rows[li], 300, &err),
-                                      "dtype %d sparse %d cache %d buffered %d step %d layer %u: %s",
-                                      dt, sparse, c, buffered, step, li, err.msg);
+                                      "dtype %d sparse %d cache %d mode %d step %d layer %u: %s",
+                                      dt, sparse, c, mode, step, li, err.msg);
                     }
                     eg_tier_stats ts;
                     eg_tier_get_stats(t, &ts);
@@ -206,11 +211,11 @@ TEST(tier_read_errors_fail_the_step_and_leave_it_usable)
     eg_store *s = NULL;
     eg_err err;
     REQUIRE(!eg_store_open(path, 0, &s, &err));
-    for (int c = 0; c < 2; c++)
+    for (int c = 0; c < 3; c++) /* no cache, a private one, a shared one */
         for (int mode = 1; mode <= 2; mode++) {
             fault f = {0, 0};
             eg_tier_opts o = {.cache_bytes = c ? 1u << 20 : 0, .n_readers = 2,
-                              .read_fn = faulty_read, .read_ctx = &f};
+                              .read_fn = faulty_read, .read_ctx = &f, .shared = c == 2};
             eg_tier *t = NULL;
             REQUIRE(!eg_tier_open(s, &o, &t, &err));
             uint64_t rows[100], keys[100], rs = 9 + (uint64_t)mode;
@@ -616,5 +621,250 @@ TEST(tier_buffered_readers_share_the_page_cache)
                   grew[k], file_kb);
     close(go[1]);
     close(ready[0]);
+    eg_spec_free(sp);
+}
+
+/* ---- the cache in shared memory ------------------------------------------------- */
+
+static int shm_exists(const char *name)
+{
+    char p[160];
+    snprintf(p, sizeof p, "/dev/shm%s", name);
+    return access(p, F_OK) == 0;
+}
+
+/* Gather every row of both layers in chunks of 512, each chunk checked against
+ * the map; 0 when all equal. */
+static int gather_all(eg_store *s, eg_tier *t, eg_err *err)
+{
+    const eg_spec *ss = eg_store_spec(s);
+    uint64_t rows[512];
+    for (uint32_t li = 0; li < 2; li++)
+        for (uint64_t r = 0; r < eg_spec_layer_rows(ss, li); r += 512) {
+            size_t n = 0;
+            for (; n < 512 && r + n < eg_spec_layer_rows(ss, li); n++)
+                rows[n] = r + n;
+            if (!same_as_map(s, t, li, rows, n, err))
+                return 1;
+        }
+    return 0;
+}
+
+typedef struct {
+    eg_tier_stats st;
+    char name[96];
+    int status;
+} shm_report;
+
+/* Two serving processes with one cache in shared memory: the second finds
+ * every row the first read (reads none itself), the rows are resident once
+ * (the two processes' proportional shares of the segment add up to one copy),
+ * and the last to close removes the segment's name. */
+TEST(tier_shared_cache_is_one_copy_per_host)
+{
+    eg_spec *sp = tier_spec(512); /* 57 MB of f32 rows */
+    REQUIRE(sp);
+    TMP(path, "shm-tier.store");
+    REQUIRE(build(path, sp, EG_F32, NULL));
+    int go[2], ready[2];
+    REQUIRE(!pipe(go) && !pipe(ready));
+    pid_t kid[2];
+    shm_report rep[2];
+    memset(rep, 0, sizeof rep);
+    for (int k = 0; k < 2; k++) {
+        kid[k] = fork();
+        REQUIRE(kid[k] >= 0);
+        if (kid[k] == 0) {
+            shm_report me;
+            memset(&me, 0, sizeof me);
+            eg_store *s = NULL;
+            eg_tier *t = NULL;
+            eg_err err;
+            eg_tier_opts o = {.cache_bytes = 256u << 20, .n_readers = 4, .shared = 1};
+            if (eg_store_open(path, 0, &s, &err) || eg_tier_open(s, &o, &t, &err))
+                me.status = 2;
+            else if (gather_all(s, t, &err))
+                me.status = 3;
+            eg_tier_get_stats(t, &me.st);
+            if (eg_tier_cache_name(t))
+                snprintf(me.name, sizeof me.name, "%s", eg_tier_cache_name(t));
+            char c;
+            if (write(ready[1], &me, sizeof me) != sizeof me || read(go[0], &c, 1) != 1)
+                _exit(4);
+            eg_tier_close(t);
+            eg_store_close(s);
+            _exit(0);
+        }
+        /* the second starts when the first has read everything */
+        CHECK(read(ready[0], &rep[k], sizeof rep[k]) == sizeof rep[k]);
+    }
+    close(ready[1]);
+    close(go[0]);
+    char shm[160];
+    snprintf(shm, sizeof shm, "/dev/shm%s", rep[0].name);
+    long rss[2] = {0, 0}, pss[2] = {0, 0};
+    for (int k = 0; k < 2; k++)
+        file_mem(kid[k], shm, &rss[k], &pss[k]);
+    for (int k = 0; k < 2; k++)
+        if (write(go[1], "g", 1) != 1)
+            break;
+    for (int k = 0; k < 2; k++) {
+        int ws = 0;
+        waitpid(kid[k], &ws, 0);
+        CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    }
+    const eg_spec *ss = sp;
+    const uint64_t n_rows = eg_spec_layer_rows(ss, 0) + eg_spec_layer_rows(ss, 1);
+    const long rows_kb = (long)(n_rows * 2048 / 1024);
+    for (int k = 0; k < 2; k++) {
+        CHECK_MSG(rep[k].status == 0, "process %d: status %d", k, rep[k].status);
+        CHECK(rep[k].st.shared && rep[k].st.lookups == n_rows);
+    }
+    CHECK(rep[0].name[0] && !strcmp(rep[0].name, rep[1].name));
+    CHECK_MSG(rep[0].st.rows_read == n_rows, "first: read %llu of %llu rows",
+              (unsigned long long)rep[0].st.rows_read, (unsigned long long)n_rows);
+    /* (a few of the 8-way sets hold more rows than ways: the first process
+     * evicted those of its own rows; the second reads them again) */
+    CHECK_MSG(rep[1].st.rows_read * 100 <= n_rows && rep[1].st.hits + rep[1].st.rows_read >= n_rows,
+              "second: read %llu rows, %llu hits of %llu", (unsigned long long)rep[1].st.rows_read,
+              (unsigned long long)rep[1].st.hits, (unsigned long long)n_rows);
+    CHECK_MSG(rss[0] > rows_kb * 3 / 4 && rss[1] > rows_kb * 3 / 4,
+              "rss %ld and %ld kB of %ld kB of rows", rss[0], rss[1], rows_kb);
+    CHECK_MSG(pss[0] + pss[1] <= (long)(256u << 10) + 64 && pss[0] + pss[1] >= rows_kb * 3 / 4 &&
+                  pss[0] + pss[1] < rss[0] + rss[1] - rows_kb / 2,
+              "pss %ld + %ld kB (rss %ld + %ld) of %ld kB of rows: not one copy", pss[0], pss[1],
+              rss[0], rss[1], rows_kb);
+    CHECK_MSG(!shm_exists(rep[0].name), "%s left behind", rep[0].name);
+    close(go[1]);
+    close(ready[0]);
+    eg_spec_free(sp);
+}
+
+/* Two processes evicting each other's rows from a small shared cache (32
+ * slots over ~64 hot rows, leases of 1 ms): every gather equals the map. */
+TEST(tier_shared_cache_processes_evicting_each_other_get_exact_rows)
+{
+    eg_spec *sp = tier_spec(32);
+    REQUIRE(sp);
+    TMP(path, "shm-evict.store");
+    REQUIRE(build(path, sp, EG_BF16, NULL));
+    pid_t kid[2];
+    for (int k = 0; k < 2; k++) {
+        kid[k] = fork();
+        REQUIRE(kid[k] >= 0);
+        if (kid[k] == 0) {
+            eg_store *s = NULL;
+            eg_tier *t = NULL;
+            eg_err err;
+            eg_tier_opts o = {.cache_bytes = 32 * (64 + 40), .n_readers = 3, .shared = 1,
+                              .lease_ms = 1};
+            if (eg_store_open(path, 0, &s, &err) || eg_tier_open(s, &o, &t, &err))
+                _exit(2);
+            uint64_t rs = 101 + (uint64_t)k;
+            for (int step = 0; step < 300; step++) {
+                uint64_t rows[2][100], keys[200];
+                for (uint32_t li = 0; li < 2; li++) {
+                    draw_rows(rows[li], 100, eg_spec_layer_rows(sp, li), &rs);
+                    for (int i = 0; i < 100; i++)
+                        keys[li * 100 + (unsigned)i] = EG_TIER_KEY(li, rows[li][i]);
+                }
+                if ((step & 1) && eg_tier_prefetch(t, keys, 200, &err))
+                    _exit(3);
+                for (uint32_t li = 0; li < 2; li++)
+                    if (!same_as_map(s, t, li, rows[li], 100, &err))
+                        _exit(4);
+            }
+            eg_tier_stats ts;
+            eg_tier_get_stats(t, &ts);
+            eg_tier_close(t);
+            eg_store_close(s);
+            _exit(ts.hits > 0 && ts.rows_read > 0 ? 0 : 5); /* it hit, and it evicted */
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        int ws = 0;
+        waitpid(kid[k], &ws, 0);
+        CHECK_MSG(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "process %d: status %d", k,
+                  WIFEXITED(ws) ? WEXITSTATUS(ws) : -1);
+    }
+    eg_spec_free(sp);
+}
+
+typedef struct {
+    int fd; /* told once a read starts */
+} hang;
+
+static ssize_t hanging_read(void *ctx, int fd, void *buf, size_t n, off_t off)
+{
+    (void)fd, (void)buf, (void)n, (void)off;
+    hang *h = ctx;
+    if (write(h->fd, "r", 1) != 1)
+        return -1;
+    for (;;)
+        pause();
+}
+
+/* A process killed while it loads rows into the shared cache: the next one
+ * reads those rows itself (exact), takes the dead loader's slots over (its
+ * next gather hits), and a cache size of another value is refused by name. */
+TEST(tier_shared_cache_survives_a_loader_killed_mid_read)
+{
+    eg_spec *sp = tier_spec(32);
+    REQUIRE(sp);
+    TMP(path, "shm-kill.store");
+    REQUIRE(build(path, sp, EG_F32, NULL));
+    uint64_t rows[200], rs = 5;
+    draw_rows(rows, 200, eg_spec_layer_rows(sp, 1), &rs);
+    int started[2];
+    REQUIRE(!pipe(started));
+    const uint64_t cache = 1u << 20;
+    pid_t kid = fork();
+    REQUIRE(kid >= 0);
+    if (kid == 0) {
+        eg_store *s = NULL;
+        eg_tier *t = NULL;
+        eg_err err;
+        hang h = {started[1]};
+        eg_tier_opts o = {.cache_bytes = cache, .n_readers = 2, .shared = 1,
+                          .read_fn = hanging_read, .read_ctx = &h};
+        if (eg_store_open(path, 0, &s, &err) || eg_tier_open(s, &o, &t, &err))
+            _exit(2);
+        unsigned char buf[200 * 128];
+        (void)eg_tier_gather(t, 1, rows, 200, buf, sizeof buf, &err); /* hangs */
+        _exit(3);
+    }
+    char c;
+    CHECK(read(started[0], &c, 1) == 1);
+    kill(kid, SIGKILL);
+    int ws = 0;
+    waitpid(kid, &ws, 0);
+    CHECK(WIFSIGNALED(ws));
+    eg_store *s = NULL;
+    eg_tier *t = NULL, *t2 = NULL;
+    eg_err err;
+    REQUIRE(!eg_store_open(path, 0, &s, &err));
+    eg_tier_opts o = {.cache_bytes = cache, .n_readers = 2, .shared = 1};
+    REQUIRE_MSG(!eg_tier_open(s, &o, &t, &err), "%s", err.msg);
+    CHECK_MSG(same_as_map(s, t, 1, rows, 200, &err), "%s", err.msg);
+    eg_tier_stats a, b;
+    eg_tier_get_stats(t, &a);
+    CHECK(a.rows_read > 0);
+    CHECK_MSG(same_as_map(s, t, 1, rows, 200, &err), "%s", err.msg);
+    eg_tier_get_stats(t, &b);
+    CHECK_MSG(b.rows_read == a.rows_read && b.hits - a.hits == 200,
+              "after taking the slots over: %llu more reads, %llu more hits of 200",
+              (unsigned long long)(b.rows_read - a.rows_read),
+              (unsigned long long)(b.hits - a.hits));
+    o.cache_bytes = 2 * cache;
+    CHECK_EQ(eg_tier_open(s, &o, &t2, &err), EG_EINVAL);
+    CHECK_MSG(strstr(err.msg, "same cache_bytes") && strstr(err.msg, "/dev/shm/engram-tier-"),
+              "%s", err.msg);
+    char name[96];
+    snprintf(name, sizeof name, "%s", eg_tier_cache_name(t));
+    eg_tier_close(t);
+    CHECK_MSG(!shm_exists(name), "%s left behind", name);
+    eg_store_close(s);
+    close(started[0]);
+    close(started[1]);
     eg_spec_free(sp);
 }

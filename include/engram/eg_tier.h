@@ -38,6 +38,25 @@
  * block's crc without reading the whole block): `engram verify` checks a
  * store once, when it lands.
  *
+ * One cache per host (opts.shared = 1): serving processes on one host that
+ * open one store file (data-parallel replicas) share one hot-row cache in
+ * POSIX shared memory, /dev/shm/engram-tier-<the file's device, inode, size
+ * and mtime>, created by the first and sized by cache_bytes (cache_bytes /
+ * (row_bytes + 40) slots; /dev/shm must hold it: posix_fallocate'd at
+ * creation, EG_ENOMEM otherwise); a process that opens it with another
+ * cache_bytes gets EG_EINVAL naming the size in use. A row one process reads
+ * is a hit for all. No lock is held across processes: each slot has a word
+ * (a sequence number and a state) changed by compare-and-swap, and a row is
+ * copied out and kept only if its slot's word did not change meanwhile, else
+ * it is read from the file; a process that dies holds nothing (the slots it
+ * was loading are taken over). Rows a process found or loaded are leased for
+ * lease_ms (250 ms unless set: a step's gathers find what its prefetch
+ * planned; a row evicted even so is read again, never wrong) instead of the
+ * private cache's "this step and the next". The last process to close the
+ * tier removes the segment's name; processes must share a pid namespace
+ * (liveness is checked with kill(pid, 0)). A new store generation (another
+ * inode or mtime) gets a cache of its own.
+ *
  * Threads: calls on one tier are serialized internally (a mutex); the reads
  * run on the tier's own threads.
  */
@@ -66,6 +85,11 @@ typedef struct eg_tier_opts {
      * Same contract as pread: bytes read, 0 at end of file, -1 with errno. */
     ssize_t (*read_fn)(void *ctx, int fd, void *buf, size_t n, off_t off);
     void *read_ctx;
+    int shared;           /* 1: the cache lives in shared memory, one per store file and host,
+                           * used by every process that opens the file with shared = 1 and
+                           * the same cache_bytes (see "One cache per host" above) */
+    uint32_t lease_ms;    /* shared: how long a row found or loaded is kept from eviction
+                           * (0: 250 ms; a step's prefetch to its last gather should fit) */
 } eg_tier_opts;
 
 /* Open a tier over an open store `s` (borrowed: it must outlive the tier).
@@ -101,8 +125,13 @@ typedef struct eg_tier_stats {
     uint64_t bytes_read; /* bytes those calls read */
     uint64_t cache_slots, cache_bytes; /* the cache's size (row slots, bytes of rows) */
     int direct;          /* 1: the file is read with O_DIRECT */
+    int shared;          /* 1: the cache is in shared memory (opts.shared) */
 } eg_tier_stats;
 void eg_tier_get_stats(const eg_tier *t, eg_tier_stats *st);
+
+/* The shared cache's name under /dev/shm ("/engram-tier-..."), NULL for a
+ * private cache or none; borrowed, valid while the tier is open. */
+const char *eg_tier_cache_name(const eg_tier *t);
 
 #ifdef __cplusplus
 }

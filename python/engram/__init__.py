@@ -63,7 +63,8 @@ class _Adam(ctypes.Structure):
 class _TierOpts(ctypes.Structure):  # eg_tier_opts
     _fields_ = [("cache_bytes", ctypes.c_uint64), ("n_readers", ctypes.c_int),
                 ("buffered", ctypes.c_int), ("read_fn", ctypes.c_void_p),
-                ("read_ctx", ctypes.c_void_p)]
+                ("read_ctx", ctypes.c_void_p), ("shared", ctypes.c_int),
+                ("lease_ms", ctypes.c_uint32)]
 
 
 class _RuntimeOpts(ctypes.Structure):  # eg_runtime_opts
@@ -74,7 +75,7 @@ class _RuntimeOpts(ctypes.Structure):  # eg_runtime_opts
 class _TierStats(ctypes.Structure):  # eg_tier_stats
     _fields_ = [(n, ctypes.c_uint64) for n in ("lookups", "hits", "waited", "rows_read", "reads",
                                               "bytes_read", "cache_slots", "cache_bytes")] + \
-               [("direct", ctypes.c_int)]
+               [("direct", ctypes.c_int), ("shared", ctypes.c_int)]
 
 
 class _History(ctypes.Structure):
@@ -190,15 +191,19 @@ class Runtime:
     """A store opened for lookups and training (eg_runtime_open)."""
 
     def __init__(self, path, tokenizer_sha256=None, threads=0, cache_bytes=None, readers=0,
-                 buffered=False):
+                 buffered=False, shared_cache=False):
         """cache_bytes: None reads rows through the store's memory map (the
         store should fit in RAM); a number (0 included) reads them with the
         row tier (eg_tier.h) into a hot-row cache of that many bytes, with
-        `readers` reader threads (0: 16), O_DIRECT unless `buffered`."""
+        `readers` reader threads (0: 16), O_DIRECT unless `buffered`.
+        shared_cache: the hot-row cache lives in shared memory, one per store
+        file and host, used by every process that opens the file so (with the
+        same cache_bytes): data-parallel replicas hold the hot rows once."""
         L = library()
         self._rt = ctypes.c_void_p()
         err = _Err()
-        tier = _TierOpts(int(cache_bytes or 0), int(readers), int(bool(buffered)), None, None)
+        tier = _TierOpts(int(cache_bytes or 0), int(readers), int(bool(buffered)), None, None,
+                         int(bool(shared_cache)), 0)
         self._opts = _RuntimeOpts(tokenizer_sha256.encode() if tokenizer_sha256 else None, None,
                                   threads, 0 if cache_bytes is None else 1, tier)
         _check(L.eg_runtime_open(os.fsencode(path), ctypes.byref(self._opts),

@@ -49,19 +49,21 @@ _stores = {}
 _device_layers = {}  # id(runtime) -> engram.cuda.DeviceLayer of its layers (synced at checkpoints)
 
 
-def open_store(path, tokenizer_sha256=None, threads=0, cache_bytes=None):
+def open_store(path, tokenizer_sha256=None, threads=0, cache_bytes=None, shared_cache=False):
     """The Runtime of `path`, shared by every layer of this process that reads it.
 
     Two runtimes of one file would each checkpoint only their own trained
     rows over the other's; sharing one makes a checkpoint carry all layers.
     cache_bytes: None reads rows through the store's memory map; a number
     serves a store larger than RAM from disk through the row tier with a
-    hot-row cache of that many bytes (the first opener's choice holds)."""
+    hot-row cache of that many bytes (the first opener's choice holds);
+    shared_cache puts that cache in shared memory, one for every process of
+    the host serving the file (Runtime's shared_cache)."""
     key = os.path.realpath(path)
     rt = _stores.get(key)
     if rt is None or not rt._rt:
         rt = Runtime(path, tokenizer_sha256=tokenizer_sha256, threads=threads,
-                     cache_bytes=cache_bytes)
+                     cache_bytes=cache_bytes, shared_cache=shared_cache)
         rt.path = path
         _stores[key] = rt
     elif tokenizer_sha256:
@@ -289,15 +291,17 @@ class EngramLayer(nn.Module):
     cache_rows hot rows; serves only) -- see engram.cuda. cache_bytes: None
     reads the store's rows through its memory map; a number serves a store
     larger than RAM through the row tier (eg_tier.h) with a hot-row cache of
-    that many bytes; prefetch() / prefetch_on_forward() start a step's reads
-    ahead of the layers."""
+    that many bytes (in shared memory, one per host, with shared_cache);
+    prefetch() / prefetch_on_forward() start a step's reads ahead of the
+    layers."""
 
     def __init__(self, store, layer_id, hidden, hc_mult=1, kernel=None, bias=True,
                  tokenizer_sha256=None, config=None, threads=0, eps_kq=0.0, eps_conv=1e-5,
-                 tables="host", cache_rows=None, cache_bytes=None):
+                 tables="host", cache_rows=None, cache_bytes=None, shared_cache=False):
         super().__init__()
         self.rt = store if isinstance(store, Runtime) else open_store(
-            store, tokenizer_sha256=tokenizer_sha256, threads=threads, cache_bytes=cache_bytes)
+            store, tokenizer_sha256=tokenizer_sha256, threads=threads, cache_bytes=cache_bytes,
+            shared_cache=shared_cache)
         L = library()
         store_cfg = self.rt.config()
         if config is not None:

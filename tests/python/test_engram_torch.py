@@ -319,6 +319,19 @@ def test_tier_serves_the_maps_rows_and_decodes_with_prefetch():
     assert st["lookups"] == 2 * 2 * ids.size * b.n_heads and st["rows_read"] > 0, st
     assert st["hits"] + st["waited"] > 0, st
     assert a.tier_stats()["lookups"] == 0
+    # the cache in shared memory: a second runtime of the file (another replica)
+    # finds what the first read, and reads nothing itself
+    c, d = (engram.Runtime(store, cache_bytes=1 << 20, readers=2, shared_cache=True)
+            for _ in range(2))
+    rows = [a.hash(li, ids) for li in range(2)]
+    for rt in (c, d):
+        for li in range(2):
+            assert np.array_equal(a.gather(li, rows[li]), rt.gather(li, rows[li]))
+    sc, sd = c.tier_stats(), d.tier_stats()
+    assert sc["shared"] == 1 and sc["rows_read"] > 0 and sd["rows_read"] == 0, (sc, sd)
+    assert sd["hits"] == sd["lookups"] == 2 * ids.size * d.n_heads, sd
+    c.close()
+    d.close()
     a.close()
     b.close()
     torch.manual_seed(1)
